@@ -1,0 +1,41 @@
+//! `duoseg`: semi-supervised 3D medical image segmentation from the command line.
+//!
+//! Subcommands follow the pipeline's stages (nnU-Net style). Results go to stdout, logs to stderr.
+//! Exit codes (ripgrep's convention): 0 ok, 1 a check failed (e.g. `--min-dice`), 2 error.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "duoseg", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+/// What a subcommand reports back to `main`: success, or a failed check (exit code 1).
+enum Outcome {
+    Ok,
+    #[allow(dead_code)]
+    CheckFailed,
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {}
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::CheckFailed) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

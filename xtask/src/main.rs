@@ -1,0 +1,28 @@
+//! Project automation, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
+//!
+//! Architecture invariant: xtask uses none of the duoseg crates; it drives them through `cargo`
+//! (and Python reference tools where a benchmark compares against them).
+
+use anyhow::{bail, Result};
+
+const USAGE: &str = "usage: cargo xtask <task> [args]
+
+tasks:
+  ci                 run the checks CI runs (fmt, clippy, tests)";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "ci" => ci::run(&rest),
+        "" | "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}\n{USAGE}"),
+    }
+}
+
+mod ci;
+mod util;
