@@ -8,7 +8,8 @@ use anyhow::{bail, Result};
 const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
-  ci                 run the checks CI runs (fmt, clippy, tests)";
+  ci                 run the checks CI runs (fmt, clippy, tests)
+  bench <name>       run a benchmark, write bench/<name>.json";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -16,6 +17,7 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     match task.as_str() {
         "ci" => ci::run(&rest),
+        "bench" => bench::run(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
@@ -24,5 +26,6 @@ fn main() -> Result<()> {
     }
 }
 
+mod bench;
 mod ci;
 mod util;

@@ -1,0 +1,20 @@
+//! `cargo xtask bench <name>`: benchmarks that write `bench/<name>.json`.
+//!
+//! Convention: the Rust side of a benchmark is an example binary of the crate it measures
+//! (`crates/<crate>/examples/bench_<name>.rs`, run in release) that prints one JSON object on stdout;
+//! the task runs it, runs the Python reference in the same invocation where the benchmark compares
+//! against one, and writes the combined JSON atomically.
+
+use anyhow::{bail, Result};
+
+const BENCHES: &str = "";
+
+pub fn run(args: &[String]) -> Result<()> {
+    let Some(name) = args.first() else {
+        bail!("usage: cargo xtask bench <name>; benchmarks: {BENCHES}");
+    };
+    #[allow(clippy::match_single_binding)]
+    match name.as_str() {
+        other => bail!("unknown benchmark {other:?}; benchmarks: {BENCHES}"),
+    }
+}
