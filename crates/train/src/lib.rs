@@ -1,4 +1,11 @@
 //! The dual-stream training loop, schedules, checkpoints, sliding-window inference and evaluation.
 //!
 //! Architecture invariant: the only crate that ties io, models, losses and metrics together; the CLI
-//! is a thin layer over it.
+//! is a thin layer over it. Library code never prints: progress goes through `tracing` or a callback.
+
+pub mod checkpoint;
+pub mod sgd;
+pub mod sliding;
+
+pub use sgd::{OptimConfig, Sgd};
+pub use sliding::{Blend, SlidingWindow};

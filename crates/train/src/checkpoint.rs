@@ -1,0 +1,296 @@
+//! Checkpoints: one safetensors file holding both nets, the optimiser's momentum buffers and, in the
+//! safetensors metadata, the iteration, the run's RNG seed, the resolved config and the loop state.
+//!
+//! Tensor names: `net_a.<pytorch name>` (V-Net), `net_b.<pytorch name>` (ResNet-34 V-Net), and
+//! `momentum.net_a.<name>` / `momentum.net_b.<name>`. Strip the `net_a.` prefix to get a PyTorch
+//! `state_dict` of subnet A. Files are written to a temporary name and renamed (atomic).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{bail, Device, Result, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of subnet A (V-Net) tensors.
+pub const NET_A: &str = "net_a";
+/// Prefix of subnet B (ResNet-34 V-Net) tensors.
+pub const NET_B: &str = "net_b";
+/// Prefix of optimiser momentum buffers.
+pub const MOMENTUM: &str = "momentum";
+const FORMAT: &str = "duoseg-checkpoint-1";
+
+/// The non-tensor part of a checkpoint, stored as safetensors metadata strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Number of completed iterations.
+    pub iteration: usize,
+    /// The run's seed; with `iteration` it fixes every random stream of the loop.
+    pub seed: u64,
+    /// The resolved training config, as JSON.
+    pub config: serde_json::Value,
+    /// Loop state that is not a tensor (e.g. the EMA of the self-adaptive threshold), as JSON.
+    pub state: serde_json::Value,
+}
+
+/// Named tensors of a var map (sorted), as a plain map.
+pub fn varmap_tensors(prefix: &str, vm: &VarMap) -> Result<BTreeMap<String, Tensor>> {
+    let data = vm
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
+    Ok(data
+        .iter()
+        .map(|(n, v)| (format!("{prefix}.{n}"), v.as_tensor().clone()))
+        .collect())
+}
+
+/// Writes `tensors` and `meta` to `path` atomically (temp file in the same folder + rename).
+pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &CheckpointMeta) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut info = HashMap::new();
+    info.insert("format".to_string(), FORMAT.to_string());
+    info.insert("iteration".to_string(), meta.iteration.to_string());
+    info.insert("seed".to_string(), meta.seed.to_string());
+    info.insert("config".to_string(), meta.config.to_string());
+    info.insert("state".to_string(), meta.state.to_string());
+    let contiguous: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let tmp = tmp_path(path);
+    safetensors::serialize_to_file(contiguous, Some(info), &tmp)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Reads a checkpoint written by [`save`]: its tensors on `device` and its metadata.
+pub fn load(path: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    let Some(info) = header.metadata() else {
+        bail!("{}: not a duoseg checkpoint (no metadata)", path.display())
+    };
+    if info.get("format").map(String::as_str) != Some(FORMAT) {
+        bail!(
+            "{}: not a duoseg checkpoint (format {:?})",
+            path.display(),
+            info.get("format")
+        )
+    }
+    let field = |k: &str| -> Result<&String> {
+        info.get(k).ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: metadata lacks {k}", path.display()))
+        })
+    };
+    let parse_json = |k: &str| -> Result<serde_json::Value> {
+        serde_json::from_str(field(k)?)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: bad {k}: {e}", path.display())))
+    };
+    let meta = CheckpointMeta {
+        iteration: field("iteration")?
+            .parse()
+            .map_err(|_| candle_core::Error::Msg(format!("{}: bad iteration", path.display())))?,
+        seed: field("seed")?
+            .parse()
+            .map_err(|_| candle_core::Error::Msg(format!("{}: bad seed", path.display())))?,
+        config: parse_json("config")?,
+        state: parse_json("state")?,
+    };
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    Ok((tensors.into_iter().collect(), meta))
+}
+
+/// Sets every variable of `vm` from `tensors[prefix.name]`; every variable must be present with its shape.
+pub fn restore_varmap(prefix: &str, vm: &VarMap, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let data = vm
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
+    for (name, var) in data.iter() {
+        let key = format!("{prefix}.{name}");
+        let Some(t) = tensors.get(&key) else {
+            bail!("checkpoint lacks {key}")
+        };
+        if t.dims() != var.dims() {
+            bail!(
+                "checkpoint {key} has shape {:?}, model {:?}",
+                t.dims(),
+                var.dims()
+            )
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
+/// `dir/iter-<n>.safetensors` files, sorted by `n`.
+pub fn list(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n = name
+                .strip_prefix("iter-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The path of the checkpoint after `iteration` iterations inside `dir`.
+pub fn iter_path(dir: &Path, iteration: usize) -> PathBuf {
+    dir.join(format!("iter-{iteration}.safetensors"))
+}
+
+/// Deletes all but the newest `keep` iteration checkpoints in `dir` (`keep = 0` keeps all).
+pub fn prune(dir: &Path, keep: usize) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let all = list(dir);
+    for (_, p) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_file(p)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use candle_nn::Init;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("duoseg-ckpt-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_restore() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        vm.get(
+            (2, 3),
+            "block_one.conv.0.weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+            DType::F32,
+            &dev,
+        )?;
+        vm.get(
+            4,
+            "block_one.conv.1.running_var",
+            Init::Const(1.0),
+            DType::F32,
+            &dev,
+        )?;
+        let mut tensors = varmap_tensors(NET_A, &vm)?;
+        tensors.insert(
+            "momentum.net_a.block_one.conv.0.weight".into(),
+            Tensor::ones((2, 3), DType::F32, &dev)?,
+        );
+        let meta = CheckpointMeta {
+            iteration: 7,
+            seed: 42,
+            config: serde_json::json!({"a": 1}),
+            state: serde_json::json!({"t_ema": 0.5}),
+        };
+        let dir = tmpdir("rt");
+        let path = iter_path(&dir, 7);
+        save(&path, &tensors, &meta)?;
+        assert!(!tmp_path(&path).exists());
+        let (back, meta2) = load(&path, &dev)?;
+        assert_eq!(meta, meta2);
+        assert_eq!(
+            back.keys().collect::<Vec<_>>(),
+            tensors.keys().collect::<Vec<_>>()
+        );
+        // restoring into a fresh var map reproduces the values
+        let vm2 = VarMap::new();
+        vm2.get(
+            (2, 3),
+            "block_one.conv.0.weight",
+            Init::Const(0.0),
+            DType::F32,
+            &dev,
+        )?;
+        vm2.get(
+            4,
+            "block_one.conv.1.running_var",
+            Init::Const(0.0),
+            DType::F32,
+            &dev,
+        )?;
+        restore_varmap(NET_A, &vm2, &back)?;
+        let a = varmap_tensors(NET_A, &vm)?;
+        let b = varmap_tensors(NET_A, &vm2)?;
+        for (k, t) in &a {
+            assert_eq!(
+                t.flatten_all()?.to_vec1::<f32>()?,
+                b[k].flatten_all()?.to_vec1::<f32>()?
+            );
+        }
+        // a shape mismatch or missing tensor is an error
+        let vm3 = VarMap::new();
+        vm3.get(
+            (3, 3),
+            "block_one.conv.0.weight",
+            Init::Const(0.0),
+            DType::F32,
+            &dev,
+        )?;
+        assert!(restore_varmap(NET_A, &vm3, &back).is_err());
+        assert!(restore_varmap(NET_B, &vm2, &back).is_err());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn prune_keeps_newest() -> Result<()> {
+        let dir = tmpdir("prune");
+        std::fs::create_dir_all(&dir)?;
+        for n in [5, 10, 15, 20] {
+            std::fs::write(iter_path(&dir, n), b"x")?;
+        }
+        prune(&dir, 2)?;
+        let left: Vec<usize> = list(&dir).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(left, vec![15, 20]);
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_foreign_files() {
+        let dir = tmpdir("foreign");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.safetensors");
+        std::fs::write(&p, b"not a safetensors file").unwrap();
+        assert!(load(&p, &Device::Cpu).is_err());
+        assert!(load(&dir.join("missing.safetensors"), &Device::Cpu).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
