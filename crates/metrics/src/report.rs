@@ -1,0 +1,166 @@
+//! The evaluation summary: per case and class, then mean / std / n per class and metric, the
+//! cases whose surface metrics are undefined, and the definitions used (`duoseg evaluate --json`,
+//! and the trainer's `summary.json`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::definition::{EmptyCase, MetricDefinition};
+use crate::labels::ClassMetrics;
+
+/// Mean, population standard deviation (numpy's default `ddof=0`) and count of the defined values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    /// `None` when no value is defined.
+    pub mean: Option<f64>,
+    /// `None` when no value is defined.
+    pub std: Option<f64>,
+    /// How many values were defined.
+    pub n: usize,
+}
+
+impl Stat {
+    /// Statistics of the defined (`Some`) values.
+    pub fn of(values: impl IntoIterator<Item = Option<f64>>) -> Stat {
+        let defined: Vec<f64> = values.into_iter().flatten().collect();
+        let n = defined.len();
+        if n == 0 {
+            return Stat {
+                mean: None,
+                std: None,
+                n,
+            };
+        }
+        let mean = defined.iter().sum::<f64>() / n as f64;
+        let var = defined.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+        Stat {
+            mean: Some(mean),
+            std: Some(var.sqrt()),
+            n,
+        }
+    }
+}
+
+/// A case and class whose prediction or label was empty (surface metrics undefined, or zeroed
+/// under [`crate::EmptyRule::ReferenceZeros`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndefinedEntry {
+    pub case: String,
+    pub class: String,
+    /// Which side was empty.
+    pub empty: EmptyCase,
+}
+
+/// Everything `duoseg evaluate --json` writes. Maps are `BTreeMap`s so keys come out sorted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationReport {
+    /// The definitions that produced the numbers.
+    pub definition: MetricDefinition,
+    /// case -> class -> metrics.
+    pub cases: BTreeMap<String, BTreeMap<String, ClassMetrics>>,
+    /// class -> metric -> statistics over cases.
+    pub summary: BTreeMap<String, BTreeMap<String, Stat>>,
+    /// Every case and class with an empty side, in case order.
+    pub undefined: Vec<UndefinedEntry>,
+}
+
+/// Builds the report from per-case results (case -> class -> metrics).
+pub fn summarize(
+    definition: MetricDefinition,
+    cases: BTreeMap<String, BTreeMap<String, ClassMetrics>>,
+) -> EvaluationReport {
+    let mut by_class: BTreeMap<String, Vec<ClassMetrics>> = BTreeMap::new();
+    let mut undefined = Vec::new();
+    for (case, classes) in &cases {
+        for (class, metrics) in classes {
+            by_class.entry(class.clone()).or_default().push(*metrics);
+            if let Some(empty) = metrics.empty {
+                undefined.push(UndefinedEntry {
+                    case: case.clone(),
+                    class: class.clone(),
+                    empty,
+                });
+            }
+        }
+    }
+    let summary = by_class
+        .into_iter()
+        .map(|(class, list)| {
+            let names = list.first().map(ClassMetrics::values).unwrap_or_default();
+            let stats = names
+                .iter()
+                .enumerate()
+                .map(|(m, (name, _))| {
+                    let stat = Stat::of(list.iter().map(|c| c.values()[m].1));
+                    (name.to_string(), stat)
+                })
+                .collect();
+            (class, stats)
+        })
+        .collect();
+    EvaluationReport {
+        definition,
+        cases,
+        summary,
+        undefined,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(dice: f64, hd95: Option<f64>, empty: Option<EmptyCase>) -> ClassMetrics {
+        ClassMetrics {
+            dice,
+            jaccard: dice,
+            hd95_vox: hd95,
+            asd_vox: hd95,
+            hd95_mm: hd95,
+            asd_mm: hd95,
+            assd_mm: hd95,
+            hd_mm: hd95,
+            nsd: Some(1.0),
+            empty,
+        }
+    }
+
+    #[test]
+    fn summary_skips_undefined_values_and_lists_them() {
+        let mut cases = BTreeMap::new();
+        cases.insert(
+            "b".to_string(),
+            BTreeMap::from([(
+                "1".to_string(),
+                class(0.0, None, Some(EmptyCase::Prediction)),
+            )]),
+        );
+        cases.insert(
+            "a".to_string(),
+            BTreeMap::from([("1".to_string(), class(0.8, Some(2.0), None))]),
+        );
+        let report = summarize(MetricDefinition::default(), cases);
+        let dice = report.summary["1"]["dice"];
+        assert_eq!(dice.n, 2);
+        assert_eq!(dice.mean, Some(0.4));
+        assert_eq!(dice.std, Some(0.4));
+        let hd = report.summary["1"]["hd95_vox"];
+        assert_eq!((hd.mean, hd.std, hd.n), (Some(2.0), Some(0.0), 1));
+        assert_eq!(
+            report.undefined,
+            vec![UndefinedEntry {
+                case: "b".into(),
+                class: "1".into(),
+                empty: EmptyCase::Prediction
+            }]
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["cases"]["b"]["1"]["hd95_vox"].is_null());
+        assert_eq!(json["cases"]["b"]["1"]["empty"], "prediction");
+        assert!(json["cases"]["a"]["1"].get("empty").is_none());
+        assert_eq!(json["definition"]["hausdorff"], "medpy_pooled");
+        let back: EvaluationReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report);
+    }
+}
