@@ -3,3 +3,20 @@
 //! Architecture invariant: this crate never imports candle; it works on plain `Vec<f32>` / `Vec<u8>`
 //! volumes so it is tested without any accelerator. Turning samples into device tensors is the
 //! trainer's job (a dataset is not a batcher).
+//!
+//! Axis convention: a [`Volume`]'s `shape` is the file's axes (x, y, z) and its `data` is C order,
+//! the last axis fastest: `index = (i * ny + j) * nz + k`.
+
+// Voxel code indexes several arrays by one axis variable; iterator chains would hide that.
+#![allow(clippy::needless_range_loop)]
+
+mod error;
+pub mod nifti;
+mod volume;
+
+pub use error::{Error, Result};
+pub use nifti::NiftiHeader;
+pub use volume::{read_volume, write_labels, write_probabilities, DataType, Volume};
+
+#[cfg(test)]
+mod tests;

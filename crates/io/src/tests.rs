@@ -1,0 +1,440 @@
+//! Unit tests on generated volumes (no binary blobs), plus real-data checks that skip when
+//! `../shared/data` is absent.
+
+use std::path::{Path, PathBuf};
+
+use crate::nifti::{decode_nifti, NiftiHeader};
+use crate::volume::write_raw_nifti;
+use crate::*;
+
+/// A fresh scratch directory under the system temp dir, unique per test.
+pub(crate) fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("duoseg-io-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The shared real data folder, or `None` (after printing why) when it is absent.
+pub(crate) fn shared_data(test: &str, sub: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("DUOSEG_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let p = root.join(sub);
+    if p.exists() {
+        Some(p)
+    } else {
+        println!("skipping {test}: {} not found", p.display());
+        None
+    }
+}
+
+/// Deterministic pseudo-random value of voxel (i, j, k) in [-50, 200).
+fn synth(i: usize, j: usize, k: usize) -> f64 {
+    let h = (i * 7919 + j * 104_729 + k * 1_299_709) % 250;
+    h as f64 - 50.0
+}
+
+/// Encodes synthetic voxels of `dtype` in Fortran order as little/big-endian bytes.
+fn fortran_bytes(
+    shape: [usize; 3],
+    dtype: DataType,
+    big_endian: bool,
+    f: impl Fn(usize, usize, usize) -> f64,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    for k in 0..shape[2] {
+        for j in 0..shape[1] {
+            for i in 0..shape[0] {
+                let v = f(i, j, k);
+                let mut b: Vec<u8> = match dtype {
+                    DataType::U8 => vec![v.max(0.0) as u8],
+                    DataType::I8 => vec![(v.clamp(-128.0, 127.0) as i8) as u8],
+                    DataType::I16 => (v as i16).to_le_bytes().to_vec(),
+                    DataType::U16 => (v.max(0.0) as u16).to_le_bytes().to_vec(),
+                    DataType::I32 => (v as i32).to_le_bytes().to_vec(),
+                    DataType::U32 => (v.max(0.0) as u32).to_le_bytes().to_vec(),
+                    DataType::I64 => (v as i64).to_le_bytes().to_vec(),
+                    DataType::U64 => (v.max(0.0) as u64).to_le_bytes().to_vec(),
+                    DataType::F32 => (v as f32).to_le_bytes().to_vec(),
+                    DataType::F64 => v.to_le_bytes().to_vec(),
+                };
+                if big_endian {
+                    b.reverse();
+                }
+                out.extend(b);
+            }
+        }
+    }
+    out
+}
+
+fn expected_value(dtype: DataType, v: f64) -> f64 {
+    match dtype {
+        DataType::U8 => v.max(0.0).trunc(),
+        DataType::I8 => v.clamp(-128.0, 127.0).trunc(),
+        DataType::U16 | DataType::U32 | DataType::U64 => v.max(0.0).trunc(),
+        _ => v,
+    }
+}
+
+const ALL_TYPES: [DataType; 10] = [
+    DataType::U8,
+    DataType::I8,
+    DataType::I16,
+    DataType::U16,
+    DataType::I32,
+    DataType::U32,
+    DataType::I64,
+    DataType::U64,
+    DataType::F32,
+    DataType::F64,
+];
+
+fn header(shape: [usize; 3], dtype: DataType) -> NiftiHeader {
+    let spacing = [0.5, 0.75, 2.0];
+    let mut affine = crate::volume::diag_affine(spacing);
+    affine[0][3] = -10.0;
+    affine[1][3] = 4.0;
+    affine[2][3] = 7.5;
+    NiftiHeader::new_3d(shape, spacing, &affine, dtype).unwrap()
+}
+
+#[test]
+fn every_dtype_round_trips_in_c_order_with_scaling() {
+    let dir = scratch("dtypes");
+    let shape = [5, 4, 3];
+    for dtype in ALL_TYPES {
+        for gz in [false, true] {
+            let mut h = header(shape, dtype);
+            h.scl_slope = 0.5;
+            h.scl_inter = -3.0;
+            let path = dir.join(format!("v_{dtype}.nii{}", if gz { ".gz" } else { "" }));
+            write_raw_nifti(&path, &h, &fortran_bytes(shape, dtype, false, synth)).unwrap();
+            let v = read_volume(&path).unwrap();
+            assert_eq!(v.shape, shape);
+            assert_eq!(v.dtype, dtype);
+            assert_eq!(v.spacing, [0.5, 0.75, 2.0]);
+            assert_eq!(v.affine[0][3], -10.0);
+            for i in 0..5 {
+                for j in 0..4 {
+                    for k in 0..3 {
+                        let want = expected_value(dtype, synth(i, j, k)) * 0.5 - 3.0;
+                        let got = v.data[(i * 4 + j) * 3 + k];
+                        assert_eq!(got, want as f32, "{dtype} at ({i},{j},{k})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn big_endian_files_read_like_little_endian_ones() {
+    let shape = [3, 2, 2];
+    for dtype in [DataType::I16, DataType::F32, DataType::F64] {
+        let h = header(shape, dtype);
+        let mut bytes = h.to_bytes().to_vec();
+        // Byte-swap every numeric header field we read by rebuilding from a swapped copy.
+        let swap = |b: &mut [u8], off: usize, n: usize| b[off..off + n].reverse();
+        swap(&mut bytes, 0, 4);
+        for i in 0..8 {
+            swap(&mut bytes, 40 + 2 * i, 2);
+            swap(&mut bytes, 76 + 4 * i, 4);
+        }
+        for off in [68, 70, 72, 74, 120, 252, 254] {
+            swap(&mut bytes, off, 2);
+        }
+        for off in [
+            56, 60, 64, 108, 112, 116, 124, 128, 132, 136, 256, 260, 264, 268, 272, 276,
+        ] {
+            swap(&mut bytes, off, 4);
+        }
+        for off in (280..328).step_by(4) {
+            swap(&mut bytes, off, 4);
+        }
+        bytes.extend([0u8; 4]);
+        bytes.extend(fortran_bytes(shape, dtype, true, synth));
+        let v = decode_nifti(&bytes, Path::new("be.nii")).unwrap();
+        assert!(v.nifti.as_ref().unwrap().big_endian);
+        assert_eq!(v.spacing, [0.5, 0.75, 2.0]);
+        assert_eq!(v.data[(2 * 2 + 1) * 2 + 1], synth(2, 1, 1) as f32);
+    }
+}
+
+#[test]
+fn zero_or_nan_slope_means_no_scaling() {
+    let shape = [2, 2, 2];
+    for slope in [0.0, f32::NAN] {
+        let mut h = header(shape, DataType::U8);
+        h.scl_slope = slope;
+        h.scl_inter = 100.0;
+        let mut bytes = h.to_bytes().to_vec();
+        bytes.extend([0u8; 4]);
+        bytes.extend(fortran_bytes(shape, DataType::U8, false, synth));
+        let v = decode_nifti(&bytes, Path::new("s.nii")).unwrap();
+        assert_eq!(v.data[0], synth(0, 0, 0).max(0.0) as f32);
+    }
+}
+
+#[test]
+fn qform_is_used_when_sform_code_is_zero() {
+    // 90 degrees about z (quaternion b=c=0, d=sin(45)), qfac -1, pixdim (2, 3, 4).
+    let mut h = header([2, 2, 2], DataType::U8);
+    h.sform_code = 0;
+    h.qform_code = 1;
+    h.quatern = [0.0, 0.0, std::f32::consts::FRAC_1_SQRT_2];
+    h.qoffset = [1.0, 2.0, 3.0];
+    h.pixdim = [-1.0, 2.0, 3.0, 4.0, 1.0, 1.0, 1.0, 1.0];
+    let a = h.affine();
+    let want = [
+        [0.0, -3.0, 0.0, 1.0],
+        [2.0, 0.0, 0.0, 2.0],
+        [0.0, 0.0, -4.0, 3.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    for r in 0..4 {
+        for c in 0..4 {
+            assert!((a[r][c] - want[r][c]).abs() < 1e-6, "{a:?}");
+        }
+    }
+    // And the writer's affine -> quaternion conversion reproduces it.
+    let h2 = NiftiHeader::new_3d([2, 2, 2], [2.0, 3.0, 4.0], &want, DataType::U8).unwrap();
+    let mut h2q = h2.clone();
+    h2q.sform_code = 0;
+    let a2 = h2q.affine();
+    for r in 0..4 {
+        for c in 0..4 {
+            assert!((a2[r][c] - want[r][c]).abs() < 1e-5, "{a2:?}");
+        }
+    }
+    // No transform at all: diag(pixdim).
+    h.qform_code = 0;
+    assert_eq!(h.affine()[1][1], 3.0);
+}
+
+#[test]
+fn labels_and_probabilities_keep_the_source_geometry() {
+    let dir = scratch("write");
+    let shape = [4, 3, 2];
+    let mut h = header(shape, DataType::I16);
+    h.descrip[..4].copy_from_slice(b"test");
+    let src = dir.join("img.nii.gz");
+    write_raw_nifti(&src, &h, &fortran_bytes(shape, DataType::I16, false, synth)).unwrap();
+    let img = read_volume(&src).unwrap();
+    let labels: Vec<u8> = (0..24).map(|i| (i % 3) as u8).collect();
+    for name in ["lab.nii.gz", "lab.nii"] {
+        let out = dir.join(name);
+        write_labels(&out, shape, &labels, &img).unwrap();
+        let back = read_volume(&out).unwrap();
+        assert_eq!(back.dtype, DataType::U8);
+        assert_eq!(back.to_labels().unwrap(), labels);
+        img.check_same_geometry(&back).unwrap();
+        assert_eq!(&back.nifti.as_ref().unwrap().descrip[..4], b"test");
+    }
+    let probs: Vec<f32> = (0..24).map(|i| i as f32 / 24.0).collect();
+    let out = dir.join("prob.nii.gz");
+    write_probabilities(&out, shape, &probs, &img).unwrap();
+    let back = read_volume(&out).unwrap();
+    assert_eq!(back.data, probs);
+    assert_eq!(back.affine, img.affine);
+    // In-memory geometry source (no NIfTI header): spacing and affine still survive.
+    let mem = Volume::from_data(shape, [0.5, 0.75, 2.0], vec![0.0; 24]).unwrap();
+    write_labels(&out, shape, &labels, &mem).unwrap();
+    let back = read_volume(&out).unwrap();
+    mem.check_same_geometry(&back).unwrap();
+    // No temp files left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn writers_reject_wrong_lengths_and_shapes() {
+    let dir = scratch("badwrite");
+    let mem = Volume::from_data([2, 2, 2], [1.0; 3], vec![0.0; 8]).unwrap();
+    let e = write_labels(dir.join("a.nii"), [2, 2, 2], &[0u8; 7], &mem).unwrap_err();
+    assert!(matches!(e, Error::Length { len: 7, .. }), "{e}");
+    let e = write_labels(dir.join("a.nii"), [2, 2, 1], &[0u8; 4], &mem).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    assert!(Volume::from_data([2, 2, 2], [1.0; 3], vec![0.0; 9]).is_err());
+}
+
+#[test]
+fn to_labels_rejects_non_integer_negative_and_large_values() {
+    for bad in [0.5f32, -1.0, 256.0, f32::NAN] {
+        let v = Volume::from_data([1, 1, 2], [1.0; 3], vec![1.0, bad]).unwrap();
+        let e = v.to_labels().unwrap_err();
+        assert!(matches!(e, Error::BadLabel { index: 1, .. }), "{e}");
+    }
+    let v = Volume::from_data([1, 1, 3], [1.0; 3], vec![0.0, 255.0, 2.0]).unwrap();
+    assert_eq!(v.to_labels().unwrap(), vec![0, 255, 2]);
+}
+
+#[test]
+fn geometry_mismatch_is_a_typed_error() {
+    let a = Volume::from_data([2, 2, 2], [1.0; 3], vec![0.0; 8]).unwrap();
+    let b = Volume::from_data([2, 2, 2], [1.0, 1.0, 2.0], vec![0.0; 8]).unwrap();
+    let c = Volume::from_data([2, 1, 4], [1.0; 3], vec![0.0; 8]).unwrap();
+    assert!(matches!(
+        a.check_same_geometry(&b),
+        Err(Error::GeometryMismatch { .. })
+    ));
+    assert!(matches!(
+        a.check_same_geometry(&c),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+/// A valid small `.nii` as bytes.
+pub(crate) fn small_nii(dtype: DataType) -> Vec<u8> {
+    let shape = [3, 2, 2];
+    let mut bytes = header(shape, dtype).to_bytes().to_vec();
+    bytes.extend([0u8; 4]);
+    bytes.extend(fortran_bytes(shape, dtype, false, synth));
+    bytes
+}
+
+#[test]
+fn malformed_nifti_gives_typed_errors_naming_the_file() {
+    let p = Path::new("bad.nii");
+    let good = small_nii(DataType::F32);
+    // Wrong magic.
+    let mut b = good.clone();
+    b[344..348].copy_from_slice(b"abcd");
+    let e = decode_nifti(&b, p).unwrap_err();
+    assert!(
+        matches!(e, Error::BadMagic { .. }) && e.to_string().contains("bad.nii"),
+        "{e}"
+    );
+    // Not a header at all.
+    assert!(matches!(
+        decode_nifti(b"hello", p),
+        Err(Error::Truncated { .. })
+    ));
+    assert!(matches!(
+        decode_nifti(&[7u8; 400], p),
+        Err(Error::BadMagic { .. })
+    ));
+    // Unsupported data type (complex64 = 32).
+    let mut b = good.clone();
+    b[70..72].copy_from_slice(&32i16.to_le_bytes());
+    assert!(matches!(
+        decode_nifti(&b, p),
+        Err(Error::UnsupportedDataType { .. })
+    ));
+    // Truncated voxels.
+    let e = decode_nifti(&good[..good.len() - 1], p).unwrap_err();
+    assert!(matches!(e, Error::Truncated { .. }), "{e}");
+    // Empty volume.
+    let mut b = good.clone();
+    b[42..44].copy_from_slice(&0i16.to_le_bytes());
+    assert!(matches!(decode_nifti(&b, p), Err(Error::Empty { .. })));
+    // 4-D with more than one frame.
+    let mut b = good.clone();
+    b[40..42].copy_from_slice(&4i16.to_le_bytes());
+    b[48..50].copy_from_slice(&2i16.to_le_bytes());
+    assert!(matches!(decode_nifti(&b, p), Err(Error::Header { .. })));
+    // NaN intensity.
+    let mut b = good.clone();
+    b[352..356].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert!(matches!(
+        decode_nifti(&b, p),
+        Err(Error::NonFinite { index: 0, .. })
+    ));
+    // Infinity produced by scaling.
+    let mut b = good.clone();
+    b[112..116].copy_from_slice(&f32::MAX.to_le_bytes());
+    assert!(matches!(decode_nifti(&b, p), Err(Error::NonFinite { .. })));
+    // Bad vox_offset.
+    let mut b = good;
+    b[108..112].copy_from_slice(&(-5.0f32).to_le_bytes());
+    assert!(matches!(decode_nifti(&b, p), Err(Error::Header { .. })));
+}
+
+#[test]
+fn truncated_or_corrupt_gzip_is_a_gzip_error() {
+    let dir = scratch("gz");
+    let path = dir.join("v.nii.gz");
+    write_raw_nifti(
+        &path,
+        &header([3, 2, 2], DataType::U8),
+        &fortran_bytes([3, 2, 2], DataType::U8, false, synth),
+    )
+    .unwrap();
+    let gz = std::fs::read(&path).unwrap();
+    let cut = dir.join("cut.nii.gz");
+    std::fs::write(&cut, &gz[..gz.len() / 2]).unwrap();
+    let e = read_volume(&cut).unwrap_err();
+    assert!(
+        matches!(e, Error::Gzip { .. }) && e.to_string().contains("cut.nii.gz"),
+        "{e}"
+    );
+    let mut bad = gz.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    bad[mid + 1] ^= 0x55;
+    let corrupt = dir.join("corrupt.nii.gz");
+    std::fs::write(&corrupt, &bad).unwrap();
+    assert!(read_volume(&corrupt).is_err());
+    assert!(matches!(
+        read_volume(dir.join("missing.nii")),
+        Err(Error::Io { .. })
+    ));
+    assert!(matches!(
+        read_volume(dir.join("x.mha")),
+        Err(Error::UnknownFormat { .. })
+    ));
+}
+
+/// Values computed by nibabel (`tests/reference/io_nifti.py`) on real LA files.
+#[test]
+fn la2018_matches_nibabel() {
+    let Some(root) = shared_data("la2018_matches_nibabel", "la2018") else {
+        return;
+    };
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/io/la2018_nibabel.json");
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in cases.as_array().unwrap() {
+        let rel = case["file"].as_str().unwrap();
+        let v = read_volume(root.join(rel)).unwrap();
+        let shape: Vec<usize> = serde_json::from_value(case["shape"].clone()).unwrap();
+        assert_eq!(v.shape.to_vec(), shape, "{rel}");
+        assert_eq!(v.dtype.name(), case["dtype"].as_str().unwrap());
+        let spacing: Vec<f64> = serde_json::from_value(case["spacing"].clone()).unwrap();
+        for a in 0..3 {
+            assert!((v.spacing[a] - spacing[a]).abs() < 1e-6);
+        }
+        let affine: Vec<Vec<f64>> = serde_json::from_value(case["affine"].clone()).unwrap();
+        for r in 0..4 {
+            for c in 0..4 {
+                assert!((v.affine[r][c] - affine[r][c]).abs() < 1e-5, "{rel} affine");
+            }
+        }
+        let sum: f64 = v.data.iter().map(|&x| f64::from(x)).sum();
+        let want_sum = case["sum"].as_f64().unwrap();
+        assert!(
+            (sum - want_sum).abs() <= 1e-6 * want_sum.abs().max(1.0) + 1e-2,
+            "{rel}: sum {sum} vs {want_sum}"
+        );
+        for probe in case["probes"].as_array().unwrap() {
+            let idx: Vec<usize> = serde_json::from_value(probe["index"].clone()).unwrap();
+            let want = probe["value"].as_f64().unwrap();
+            let got = v.data[(idx[0] * v.shape[1] + idx[1]) * v.shape[2] + idx[2]];
+            assert!(
+                (f64::from(got) - want).abs() < 1e-5,
+                "{rel} {idx:?}: {got} vs {want}"
+            );
+        }
+        if rel.starts_with("labelsTr") {
+            let labels = v.to_labels().unwrap();
+            let ones = labels.iter().filter(|&&l| l == 1).count();
+            assert_eq!(ones as f64, want_sum, "{rel}");
+        }
+    }
+}
