@@ -11,10 +11,12 @@
 #![allow(clippy::needless_range_loop)]
 
 mod error;
+mod h5;
 pub mod nifti;
 mod volume;
 
 pub use error::{Error, Result};
+pub use h5::{decode_h5, h5_dataset_names, read_h5_dataset, read_h5_pair};
 pub use nifti::NiftiHeader;
 pub use volume::{read_volume, write_labels, write_probabilities, DataType, Volume};
 

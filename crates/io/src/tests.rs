@@ -438,3 +438,123 @@ fn la2018_matches_nibabel() {
         }
     }
 }
+
+/// The two LA h5 cases agree with their NIfTI copies voxel for voxel (h5py order = nibabel order).
+#[test]
+fn la2018_h5_matches_nifti() {
+    let Some(h5root) = shared_data(
+        "la2018_h5_matches_nifti",
+        "la2018-h5-sample/2018LA_Seg_Training Set",
+    ) else {
+        return;
+    };
+    let Some(nii) = shared_data("la2018_h5_matches_nifti", "la2018") else {
+        return;
+    };
+    let mut cases: Vec<_> = std::fs::read_dir(&h5root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    assert_eq!(cases.len(), 2);
+    for case in cases {
+        let id = case.file_name().unwrap().to_string_lossy().into_owned();
+        let h5 = case.join("mri_norm2.h5");
+        assert_eq!(h5_dataset_names(&h5).unwrap(), vec!["image", "label"]);
+        let (img, lab) = read_h5_pair(&h5).unwrap();
+        assert_eq!(img.dtype, DataType::F32);
+        assert_eq!(lab.dtype, DataType::U8);
+        let img_nii = read_volume(nii.join(format!("imagesTr/{id}.nii.gz"))).unwrap();
+        let lab_nii = read_volume(nii.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
+        assert_eq!(img.shape, img_nii.shape);
+        let max_diff = img
+            .data
+            .iter()
+            .zip(&img_nii.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff < 1e-5, "{id}: max |h5 - nii| = {max_diff}");
+        assert_eq!(
+            lab.to_labels().unwrap(),
+            lab_nii.to_labels().unwrap(),
+            "{id}"
+        );
+        assert_eq!(read_volume(&h5).unwrap().data, img.data);
+    }
+}
+
+/// A small LA-style h5 file (gzip-chunked `image` f32 and `label` u8) built in memory.
+pub(crate) fn synthetic_h5(shape: [usize; 3]) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
+    use hdf5_writer::{
+        DatasetBuilder, FilterDescription, Hdf5Builder, Hdf5Writer, WriteOptions, FILTER_DEFLATE,
+    };
+    let n = shape.iter().product::<usize>();
+    let image: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let label: Vec<u8> = (0..n).map(|i| u8::from(i % 5 == 0)).collect();
+    let dims: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
+    let chunk: Vec<u64> = shape.iter().map(|&s| (s as u64).div_ceil(2)).collect();
+    let gzip = FilterDescription {
+        id: FILTER_DEFLATE,
+        name: None,
+        client_data: vec![4],
+    };
+    let plan = Hdf5Builder::new()
+        .dataset(
+            DatasetBuilder::typed_data("image", dims.clone(), &image)
+                .unwrap()
+                .chunked(chunk.clone())
+                .filter(gzip.clone()),
+        )
+        .dataset(
+            DatasetBuilder::typed_data("label", dims, &label)
+                .unwrap()
+                .chunked(chunk)
+                .filter(gzip),
+        )
+        .dataset(DatasetBuilder::typed_data("flat", vec![4u64], &[1.0f32, 2.0, 3.0, 4.0]).unwrap())
+        .dataset(DatasetBuilder::typed_data("nan", vec![1u64, 1, 2], &[1.0f32, f32::NAN]).unwrap())
+        .into_plan()
+        .unwrap();
+    let bytes = Hdf5Writer::new(std::io::Cursor::new(Vec::new()), WriteOptions::default())
+        .finish(plan)
+        .unwrap()
+        .into_inner();
+    (bytes, image, label)
+}
+
+#[test]
+fn synthetic_h5_reads_in_c_order_with_typed_errors() {
+    let dir = scratch("h5");
+    let (bytes, image, label) = synthetic_h5([5, 4, 3]);
+    let path = dir.join("mri_norm2.h5");
+    std::fs::write(&path, &bytes).unwrap();
+    let (img, lab) = read_h5_pair(&path).unwrap();
+    assert_eq!(img.shape, [5, 4, 3]);
+    assert_eq!(img.data, image);
+    assert_eq!(lab.to_labels().unwrap(), label);
+    assert_eq!(
+        h5_dataset_names(&path).unwrap(),
+        vec!["flat", "image", "label", "nan"]
+    );
+    let p = Path::new("x.h5");
+    assert!(matches!(
+        decode_h5(bytes.clone(), p, "flat"),
+        Err(Error::Hdf5 { .. })
+    ));
+    assert!(matches!(
+        decode_h5(bytes.clone(), p, "nan"),
+        Err(Error::NonFinite { index: 1, .. })
+    ));
+    assert!(matches!(
+        decode_h5(bytes.clone(), p, "missing"),
+        Err(Error::Hdf5 { .. })
+    ));
+    assert!(matches!(
+        decode_h5(bytes[..bytes.len() / 2].to_vec(), p, "image"),
+        Err(Error::Hdf5 { .. })
+    ));
+    assert!(matches!(
+        decode_h5(b"not hdf5".to_vec(), p, "image"),
+        Err(Error::Hdf5 { .. })
+    ));
+}

@@ -267,6 +267,7 @@ pub(crate) fn check_len(what: &str, len: usize, shape: [usize; 3]) -> Result<()>
 /// Which reader a path needs, by extension.
 enum Format {
     Nifti,
+    Hdf5,
 }
 
 fn format_of(path: &Path) -> Result<Format> {
@@ -276,6 +277,8 @@ fn format_of(path: &Path) -> Result<Format> {
         .unwrap_or_default();
     if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         Ok(Format::Nifti)
+    } else if name.ends_with(".h5") || name.ends_with(".hdf5") {
+        Ok(Format::Hdf5)
     } else {
         Err(Error::UnknownFormat {
             path: path.to_path_buf(),
@@ -283,11 +286,13 @@ fn format_of(path: &Path) -> Result<Format> {
     }
 }
 
-/// Reads a volume: `.nii` / `.nii.gz`.
+/// Reads a volume: `.nii` / `.nii.gz`, or the `image` dataset of an `.h5` file
+/// (use [`crate::read_h5_dataset`] for `label`, [`crate::read_h5_pair`] for both).
 pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
     let path = path.as_ref();
     match format_of(path)? {
         Format::Nifti => nifti::read_nifti(path),
+        Format::Hdf5 => crate::h5::read_h5_dataset(path, "image"),
     }
 }
 
