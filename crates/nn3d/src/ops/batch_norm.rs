@@ -1,0 +1,593 @@
+//! Fused batch normalisation over `[N, C, D, H, W]` f32 tensors, with autograd.
+//!
+//! The functional entry points are [`batch_norm_train`] (batch statistics) and
+//! [`batch_norm_eval`] (given statistics, e.g. the running ones). Both run as candle custom ops so
+//! that a training forward + backward reads the activation only a few times instead of once per
+//! elementary candle op:
+//!
+//! | op | inputs | output | work |
+//! |---|---|---|---|
+//! | [`ChannelStats`] (`CustomOp1`, no backward) | `x` | `[2, C]`: mean, biased variance | one pass over `x` |
+//! | [`BatchNormForward`] (`CustomOp3`) | `x`, stats `[2, C]`, affine `[2, C]` = (gamma, beta) | `y` | one pass |
+//! | [`ChannelGradSums`] (`CustomOp3`, no backward) | `x`, `dy`, stats `[2, C]` | `[2, C]`: `Σ dy`, `Σ dy·(x − mean)` | one pass |
+//! | [`BatchNormGradInput`] (`CustomOp3`, no backward) | `x`, `dy`, coeffs `[4, C]` = (a, b, centre, c) | `dx = a·dy + b·(x − centre) + c` | one pass |
+//!
+//! `BatchNormForward::bwd` calls `ChannelGradSums`, turns the sums into `dgamma`, `dbeta` and the
+//! per-channel coefficients of `dx` with a few candle ops on `[C]` tensors (the only place where the
+//! gradient formula lives, so every device shares it), then calls `BatchNormGradInput`.
+//! Statistics never receive a gradient: in training mode the dependence of mean and variance on `x` is
+//! part of the fused `dx` formula; in eval mode they are constants.
+//!
+//! Device support: the CPU kernels are here (rayon over channel chunks, f64 accumulators on a shifted
+//! origin so 2M-voxel channels stay accurate). A CUDA implementation adds `cuda_fwd` to each of the
+//! four op structs (fields are `pub(crate)`), delegating to `crate::cuda`; the tensor layouts above
+//! are the whole interface. Inputs reach the ops contiguous (the wrappers call `contiguous()`), and the
+//! kernels reject other layouts.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements per rayon task in the CPU kernels (128 KiB of f32).
+const CHUNK: usize = 1 << 15;
+/// Independent f64 accumulators per reduction, so the inner loops vectorise.
+const LANES: usize = 8;
+
+/// Per-channel statistics of one batch, as returned by [`batch_norm_train`].
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    /// Mean per channel, `[C]`.
+    pub mean: Tensor,
+    /// Biased (population) variance per channel, `[C]`; the one used to normalise.
+    pub var: Tensor,
+    /// Number of values per channel, `N·D·H·W`; the unbiased variance is `var · count / (count − 1)`.
+    pub count: usize,
+}
+
+impl BatchStats {
+    /// Unbiased (sample) variance per channel, `[C]`, as PyTorch folds into `running_var`.
+    pub fn unbiased_var(&self) -> Result<Tensor> {
+        let m = self.count as f64;
+        self.var.affine(m / (m - 1.0), 0.0)
+    }
+}
+
+/// Which statistics a [`BatchNormForward`] normalises with; decides its backward formula.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsSource {
+    /// Statistics of the input batch itself (training mode): `dx` includes their dependence on `x`.
+    Batch,
+    /// Fixed statistics, e.g. running ones (eval mode): they are constants for the gradient.
+    Fixed,
+}
+
+/// Batch normalisation with batch statistics (PyTorch's `F.batch_norm(..., training=True)`).
+///
+/// `x` is `[N, C, D, H, W]` f32, `weight` (gamma) and `bias` (beta) are `[C]`. Returns the normalised
+/// `y = (x − mean) / sqrt(var + eps) · weight + bias` and the batch statistics (detached), from which
+/// the caller updates running statistics. Gradients flow to `x`, `weight` and `bias`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    let (c, count) = check_input(x, weight, bias, eps)?;
+    if count < 2 {
+        bail!(
+            "batch-norm in training mode needs more than 1 value per channel, input shape {:?}",
+            x.dims()
+        )
+    }
+    let x = x.contiguous()?;
+    let stats = x.apply_op1_no_bwd(&ChannelStats)?; // [2, C]
+    let affine = Tensor::stack(&[weight, bias], 0)?; // [2, C]
+    let y = x.apply_op3(
+        &stats,
+        &affine,
+        BatchNormForward {
+            eps,
+            source: StatsSource::Batch,
+        },
+    )?;
+    debug_assert_eq!(stats.dims(), [2, c]);
+    let stats = BatchStats {
+        mean: stats.get(0)?,
+        var: stats.get(1)?,
+        count,
+    };
+    Ok((y, stats))
+}
+
+/// Batch normalisation with given statistics (PyTorch's `F.batch_norm(..., training=False)`).
+///
+/// `mean` and `var` (`[C]`, e.g. running statistics) are treated as constants: they are detached and
+/// receive no gradient. Gradients flow to `x`, `weight` and `bias`.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (c, _) = check_input(x, weight, bias, eps)?;
+    for (name, t) in [("mean", mean), ("variance", var)] {
+        if t.dims() != [c] || t.dtype() != DType::F32 {
+            bail!(
+                "batch-norm {name} must be f32 [{c}], got {:?} {:?}",
+                t.dtype(),
+                t.dims()
+            )
+        }
+    }
+    let x = x.contiguous()?;
+    let stats = Tensor::stack(&[mean.detach(), var.detach()], 0)?;
+    let affine = Tensor::stack(&[weight, bias], 0)?;
+    x.apply_op3(
+        &stats,
+        &affine,
+        BatchNormForward {
+            eps,
+            source: StatsSource::Fixed,
+        },
+    )
+}
+
+/// Checks `x` `[N, C, D, H, W]` f32 against `[C]` weight and bias; returns `(C, N·D·H·W)`.
+fn check_input(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(usize, usize)> {
+    let (n, c, d, h, w) = match x.dims5() {
+        Ok(dims) => dims,
+        Err(_) => bail!(
+            "batch-norm expects a [N, C, D, H, W] input, got shape {:?}",
+            x.dims()
+        ),
+    };
+    if x.dtype() != DType::F32 {
+        bail!("batch-norm supports f32 only, got {:?}", x.dtype())
+    }
+    if x.elem_count() == 0 {
+        bail!("batch-norm got an empty input of shape {:?}", x.dims())
+    }
+    for (name, t) in [("weight", weight), ("bias", bias)] {
+        if t.dims() != [c] || t.dtype() != DType::F32 {
+            bail!(
+                "batch-norm {name} must be f32 [{c}] for input {:?}, got {:?} {:?}",
+                x.dims(),
+                t.dtype(),
+                t.dims()
+            )
+        }
+    }
+    if eps.is_nan() || eps < 0.0 {
+        bail!("batch-norm eps must be >= 0, got {eps}")
+    }
+    Ok((c, n * d * h * w))
+}
+
+/// Mean and biased variance per channel of `x` `[N, C, D, H, W]`: output `[2, C]` (row 0 mean, row 1
+/// variance). CPU: per channel, f64 sums of `x − x₀` and `(x − x₀)²` with `x₀` the channel's first value,
+/// rayon over chunks of each `(n, c)` plane.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelStats;
+
+impl CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "nn3d-batch-stats"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (_, c, _) = planes(l)?;
+        let out = crate::cuda::batch_norm::channel_stats(s, l)?;
+        Ok((out, Shape::from((2, c))))
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "input")?;
+        let (n, c, plane) = planes(l)?;
+        let origin: Vec<f64> = (0..c).map(|ci| x[ci * plane] as f64).collect();
+        let partial: Vec<(f64, f64)> = chunks(n * c, plane)
+            .into_par_iter()
+            .map(|(p, lo, hi)| shifted_sums(&x[p * plane + lo..p * plane + hi], origin[p % c]))
+            .collect();
+        let mut s1 = vec![0f64; c];
+        let mut s2 = vec![0f64; c];
+        for ((p, _, _), (a, b)) in chunks(n * c, plane).into_iter().zip(partial) {
+            s1[p % c] += a;
+            s2[p % c] += b;
+        }
+        let m = (n * plane) as f64;
+        let mut out = vec![0f32; 2 * c];
+        for ci in 0..c {
+            let shifted_mean = s1[ci] / m;
+            out[ci] = (origin[ci] + shifted_mean) as f32;
+            out[c + ci] = (s2[ci] / m - shifted_mean * shifted_mean).max(0.0) as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// `y = (x − mean) · gamma / sqrt(var + eps) + beta` per channel, from `x` `[N, C, D, H, W]`, stats
+/// `[2, C]` (mean, biased variance) and affine `[2, C]` (gamma, beta). `source` selects the backward
+/// formula (see [`StatsSource`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNormForward {
+    pub(crate) eps: f64,
+    pub(crate) source: StatsSource,
+}
+
+impl CustomOp3 for BatchNormForward {
+    fn name(&self) -> &'static str {
+        "nn3d-batch-norm"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = crate::cuda::batch_norm::forward(s1, l1, s2, l2, s3, l3, self.eps)?;
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let (_, c, plane) = planes(l1)?;
+        let stats = rows_f32(s2, l2, 2, c, "statistics")?;
+        let affine = rows_f32(s3, l3, 2, c, "affine parameters")?;
+        let (mean, var) = stats.split_at(c);
+        let (gamma, beta) = affine.split_at(c);
+        let scale: Vec<f32> = (0..c)
+            .map(|ci| (gamma[ci] as f64 / (var[ci] as f64 + self.eps).sqrt()) as f32)
+            .collect();
+        let mut y = vec![0f32; x.len()];
+        channel_map(&mut y, x, None, plane, c, |ci, xv, _| {
+            (xv - mean[ci]) * scale[ci] + beta[ci]
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        stats: &Tensor,
+        affine: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let stats = stats.detach();
+        let sums = x.apply_op3_no_bwd(&dy, &stats, &ChannelGradSums)?; // [2, C]
+        let (sum_dy, sum_dy_xc) = (sums.get(0)?, sums.get(1)?);
+        let (mean, var) = (stats.get(0)?, stats.get(1)?);
+        let gamma = affine.detach().get(0)?;
+        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
+        let a = (&gamma * &inv_std)?;
+        let coeffs = match self.source {
+            StatsSource::Batch => {
+                let m = (x.elem_count() / x.dim(1)?) as f64;
+                // dx = a·(dy − Σdy/m − x̂·Σ(dy·x̂)/m), x̂ = (x − mean)·inv_std
+                let b = ((&a * inv_std.sqr()?)? * &sum_dy_xc)?.affine(-1.0 / m, 0.0)?;
+                let c = (&a * &sum_dy)?.affine(-1.0 / m, 0.0)?;
+                Tensor::stack(&[&a, &b, &mean, &c], 0)?
+            }
+            StatsSource::Fixed => {
+                let zeros = a.zeros_like()?;
+                Tensor::stack(&[&a, &zeros, &zeros, &zeros], 0)?
+            }
+        };
+        let dx = x.apply_op3_no_bwd(&dy, &coeffs, &BatchNormGradInput)?;
+        let dgamma = (sum_dy_xc * inv_std)?;
+        let d_affine = Tensor::stack(&[&dgamma, &sum_dy], 0)?;
+        Ok((Some(dx), None, Some(d_affine)))
+    }
+}
+
+/// Per-channel `Σ dy` and `Σ dy·(x − mean)` from `x`, `dy` `[N, C, D, H, W]` and stats `[2, C]` (only
+/// the mean row is read): output `[2, C]`. CPU: f64 accumulators, rayon over plane chunks.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelGradSums;
+
+impl CustomOp3 for ChannelGradSums {
+    fn name(&self) -> &'static str {
+        "nn3d-batch-norm-grad-sums"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (_, c, _) = planes(l1)?;
+        let out = crate::cuda::batch_norm::grad_sums(s1, l1, s2, l2, s3, l3)?;
+        Ok((out, Shape::from((2, c))))
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let dy = contiguous_f32(s2, l2, "output gradient")?;
+        same_shape(l1, l2)?;
+        let (n, c, plane) = planes(l1)?;
+        let stats = rows_f32(s3, l3, 2, c, "statistics")?;
+        let partial: Vec<(f64, f64)> = chunks(n * c, plane)
+            .into_par_iter()
+            .map(|(p, lo, hi)| {
+                let range = p * plane + lo..p * plane + hi;
+                grad_sums(&x[range.clone()], &dy[range], stats[p % c] as f64)
+            })
+            .collect();
+        let mut out = vec![0f64; 2 * c];
+        for ((p, _, _), (a, b)) in chunks(n * c, plane).into_iter().zip(partial) {
+            out[p % c] += a;
+            out[c + p % c] += b;
+        }
+        let out = out.into_iter().map(|v| v as f32).collect();
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// `dx = a·dy + b·(x − centre) + c` per channel, from `x`, `dy` `[N, C, D, H, W]` and coeffs `[4, C]`
+/// (rows a, b, centre, c), as computed in [`BatchNormForward`]'s backward.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNormGradInput;
+
+impl CustomOp3 for BatchNormGradInput {
+    fn name(&self) -> &'static str {
+        "nn3d-batch-norm-grad-input"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dx = crate::cuda::batch_norm::grad_input(s1, l1, s2, l2, s3, l3)?;
+        Ok((dx, l1.shape().clone()))
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let dy = contiguous_f32(s2, l2, "output gradient")?;
+        same_shape(l1, l2)?;
+        let (_, c, plane) = planes(l1)?;
+        let k = rows_f32(s3, l3, 4, c, "gradient coefficients")?;
+        let (a, rest) = k.split_at(c);
+        let (b, rest) = rest.split_at(c);
+        let (centre, cc) = rest.split_at(c);
+        let mut dx = vec![0f32; x.len()];
+        channel_map(&mut dx, x, Some(dy), plane, c, |ci, xv, gv| {
+            a[ci] * gv + b[ci] * (xv - centre[ci]) + cc[ci]
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// The contiguous f32 data of a storage, or an error naming `what`.
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(data) => data,
+        other => bail!("batch-norm {what} must be f32, got {:?}", other.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((lo, hi)) => Ok(&data[lo..hi]),
+        None => bail!(
+            "batch-norm {what} must be contiguous, got shape {:?} strides {:?}",
+            l.dims(),
+            l.stride()
+        ),
+    }
+}
+
+/// A contiguous f32 `[rows, c]` operand.
+fn rows_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    rows: usize,
+    c: usize,
+    what: &str,
+) -> Result<&'a [f32]> {
+    if l.dims() != [rows, c] {
+        bail!(
+            "batch-norm {what} must be [{rows}, {c}], got {:?}",
+            l.dims()
+        )
+    }
+    contiguous_f32(s, l, what)
+}
+
+/// `(N, C, D·H·W)` of a `[N, C, D, H, W]` layout.
+fn planes(l: &Layout) -> Result<(usize, usize, usize)> {
+    match *l.dims() {
+        [n, c, d, h, w] if n * c * d * h * w > 0 => Ok((n, c, d * h * w)),
+        _ => bail!(
+            "batch-norm expects a non-empty [N, C, D, H, W] tensor, got {:?}",
+            l.dims()
+        ),
+    }
+}
+
+fn same_shape(l1: &Layout, l2: &Layout) -> Result<()> {
+    if l1.dims() != l2.dims() {
+        bail!(
+            "batch-norm output gradient shape {:?} differs from input shape {:?}",
+            l2.dims(),
+            l1.dims()
+        )
+    }
+    Ok(())
+}
+
+/// Work items `(plane, start, end)` covering `planes` planes of `plane` elements in chunks of
+/// at most [`CHUNK`]; the order is fixed, so reductions are deterministic.
+fn chunks(planes: usize, plane: usize) -> Vec<(usize, usize, usize)> {
+    let per_plane = plane.div_ceil(CHUNK);
+    (0..planes)
+        .flat_map(|p| (0..per_plane).map(move |i| (p, i * CHUNK, ((i + 1) * CHUNK).min(plane))))
+        .collect()
+}
+
+/// `out[i] = f(channel, x[i], g[i])` (with `g[i] = 0` when `g` is `None`), in parallel over plane chunks.
+fn channel_map<F>(out: &mut [f32], x: &[f32], g: Option<&[f32]>, plane: usize, c: usize, f: F)
+where
+    F: Fn(usize, f32, f32) -> f32 + Sync,
+{
+    out.par_chunks_mut(plane)
+        .zip(x.par_chunks(plane))
+        .enumerate()
+        .for_each(|(p, (op, xp))| {
+            let ci = p % c;
+            match g {
+                Some(g) => {
+                    let gp = &g[p * plane..(p + 1) * plane];
+                    op.par_chunks_mut(CHUNK)
+                        .zip(xp.par_chunks(CHUNK).zip(gp.par_chunks(CHUNK)))
+                        .for_each(|(o, (xc, gc))| {
+                            for ((o, &xv), &gv) in o.iter_mut().zip(xc).zip(gc) {
+                                *o = f(ci, xv, gv);
+                            }
+                        })
+                }
+                None => op
+                    .par_chunks_mut(CHUNK)
+                    .zip(xp.par_chunks(CHUNK))
+                    .for_each(|(o, xc)| {
+                        for (o, &xv) in o.iter_mut().zip(xc) {
+                            *o = f(ci, xv, 0.0);
+                        }
+                    }),
+            }
+        });
+}
+
+/// `(Σ (x − origin), Σ (x − origin)²)` in f64.
+fn shifted_sums(x: &[f32], origin: f64) -> (f64, f64) {
+    let mut s1 = [0f64; LANES];
+    let mut s2 = [0f64; LANES];
+    let mut blocks = x.chunks_exact(LANES);
+    for block in &mut blocks {
+        for l in 0..LANES {
+            let d = block[l] as f64 - origin;
+            s1[l] += d;
+            s2[l] += d * d;
+        }
+    }
+    for (l, &v) in blocks.remainder().iter().enumerate() {
+        let d = v as f64 - origin;
+        s1[l] += d;
+        s2[l] += d * d;
+    }
+    (s1.iter().sum(), s2.iter().sum())
+}
+
+/// `(Σ dy, Σ dy·(x − mean))` in f64.
+fn grad_sums(x: &[f32], dy: &[f32], mean: f64) -> (f64, f64) {
+    let mut s1 = [0f64; LANES];
+    let mut s2 = [0f64; LANES];
+    let mut xb = x.chunks_exact(LANES);
+    let mut gb = dy.chunks_exact(LANES);
+    for (xs, gs) in (&mut xb).zip(&mut gb) {
+        for l in 0..LANES {
+            let g = gs[l] as f64;
+            s1[l] += g;
+            s2[l] += g * (xs[l] as f64 - mean);
+        }
+    }
+    for (l, (&xv, &gv)) in xb.remainder().iter().zip(gb.remainder()).enumerate() {
+        let g = gv as f64;
+        s1[l] += g;
+        s2[l] += g * (xv as f64 - mean);
+    }
+    (s1.iter().sum(), s2.iter().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_plane_once() {
+        let items = chunks(3, 2 * CHUNK + 5);
+        assert_eq!(items.len(), 9);
+        assert_eq!(items[2], (0, 2 * CHUNK, 2 * CHUNK + 5));
+        assert_eq!(items[3], (1, 0, CHUNK));
+        assert!(chunks(2, 1).iter().all(|&(_, lo, hi)| lo == 0 && hi == 1));
+    }
+
+    #[test]
+    fn shifted_sums_are_accurate_far_from_zero() {
+        // values 1000 + k/8: mean and variance known in closed form
+        let x: Vec<f32> = (0..1001).map(|k| 1000.0 + k as f32 / 8.0).collect();
+        let (s1, s2) = shifted_sums(&x, x[0] as f64);
+        let m = x.len() as f64;
+        let mean = 1000.0 + s1 / m;
+        let var = s2 / m - (s1 / m).powi(2);
+        assert!((mean - 1062.5).abs() < 1e-9, "{mean}");
+        // variance of k/8 for k = 0..=1000 is (1001² − 1)/12/64
+        let want = (1001.0f64 * 1001.0 - 1.0) / 12.0 / 64.0;
+        assert!((var - want).abs() < 1e-9 * want, "{var} vs {want}");
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let w = Tensor::ones(3, DType::F32, &dev)?;
+        let b = Tensor::zeros(3, DType::F32, &dev)?;
+        let x4 = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev)?;
+        assert!(batch_norm_train(&x4, &w, &b, 1e-5).is_err());
+        let x1 = Tensor::zeros((1, 3, 1, 1, 1), DType::F32, &dev)?;
+        let err = batch_norm_train(&x1, &w, &b, 1e-5).unwrap_err().to_string();
+        assert!(err.contains("more than 1 value per channel"), "{err}");
+        let x = Tensor::zeros((2, 2, 2, 2, 2), DType::F32, &dev)?;
+        assert!(batch_norm_train(&x, &w, &b, 1e-5).is_err());
+        let xd = Tensor::zeros((2, 3, 2, 2, 2), DType::F64, &dev)?;
+        assert!(batch_norm_train(&xd, &w, &b, 1e-5).is_err());
+        let x = Tensor::zeros((2, 3, 2, 2, 2), DType::F32, &dev)?;
+        assert!(batch_norm_train(&x, &w, &b, -1.0).is_err());
+        assert!(batch_norm_eval(&x, &w.get(0)?, &w, &w, &b, 1e-5).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of duoseg-nn3d (one binary, see STYLE.md): one module per layer family.
+
+mod batch_norm;
