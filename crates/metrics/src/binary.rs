@@ -84,9 +84,10 @@ impl SurfaceDistances {
         numpy_mean(&self.pred_to_gt)
     }
 
-    /// medpy `assd`: the mean of the two directed ASDs.
+    /// medpy 0.5 `assd`: the mean of both directed distance sets pooled (medpy 0.4 averaged the
+    /// two directed ASDs instead, which weighs the surfaces differently).
     pub fn assd(&self) -> f64 {
-        (numpy_mean(&self.pred_to_gt) + numpy_mean(&self.gt_to_pred)) / 2.0
+        numpy_mean(&[self.pred_to_gt.as_slice(), self.gt_to_pred.as_slice()].concat())
     }
 
     /// medpy `hd`: the largest distance in either direction.

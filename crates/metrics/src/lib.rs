@@ -12,8 +12,9 @@
 //!   read at the surface voxels of A, in C order.
 //! - HD95 = 95th percentile (numpy's linear interpolation) of `sds(pred, gt)` and `sds(gt, pred)`
 //!   pooled ([`HausdorffDefinition::MedpyPooled`]); ASD = mean of `sds(pred, gt)` (one direction);
-//!   ASSD = mean of both directed ASDs; HD = the largest distance in either direction; normalised
-//!   surface Dice = fraction of both surfaces within a tolerance of the other surface.
+//!   ASSD = mean of both directed sets pooled (medpy 0.5); HD = the largest distance in either
+//!   direction; normalised surface Dice = the fraction of both surfaces within a tolerance of the
+//!   other surface.
 //! - Empty prediction or label: HD95/ASD/ASSD/HD are undefined (`None`), never 0, unless
 //!   [`EmptyRule::ReferenceZeros`] reproduces the reference code's `(0, 0, 0, 0)`.
 //!
