@@ -10,11 +10,13 @@
 // Voxel code indexes several arrays by one axis variable; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
+pub mod dataset;
 mod error;
 mod h5;
 pub mod nifti;
 mod volume;
 
+pub use dataset::{Case, Dataset, LabeledSplit, Layout, Sample, Split};
 pub use error::{Error, Result};
 pub use h5::{decode_h5, h5_dataset_names, read_h5_dataset, read_h5_pair};
 pub use nifti::NiftiHeader;

@@ -1,0 +1,535 @@
+//! Datasets: one [`Dataset`] over the MSD / nnU-Net layout, the UA-MT h5 layout and a plain folder
+//! of image / label pairs, plus splits (lists, `folds.json`, seeded K folds, labeled / unlabeled).
+//!
+//! A dataset is not a batcher: [`Dataset::load`] does CPU I/O and returns a [`Sample`]; stacking
+//! samples into device tensors is the trainer's job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::h5::read_h5_pair;
+use crate::volume::{read_volume, Volume};
+
+/// Folder name of the UA-MT LA distribution.
+pub const LA_H5_DIR: &str = "2018LA_Seg_Training Set";
+/// File name of one UA-MT LA case.
+pub const LA_H5_FILE: &str = "mri_norm2.h5";
+
+/// How a dataset folder is organised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// `dataset.json` + `imagesTr/` + `labelsTr/` (MSD, nnU-Net; `_0000` channel suffix accepted).
+    Msd,
+    /// `2018LA_Seg_Training Set/<ID>/mri_norm2.h5` + `train.list` / `test.list` (UA-MT).
+    H5,
+    /// `images/` + `labels/` with matching file names (a label may be missing: unlabeled case).
+    Pairs,
+}
+
+/// One case: where its image and label live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    pub id: String,
+    /// NIfTI image, or the h5 file holding both `image` and `label`.
+    pub image: PathBuf,
+    /// NIfTI label (`None` for an unlabeled case; for h5 the label is inside `image`).
+    pub label: Option<PathBuf>,
+}
+
+/// A decoded case: intensities and (when present) labels, checked to share one geometry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub id: String,
+    pub image: Volume,
+    pub label: Option<Vec<u8>>,
+}
+
+/// A train / test split of case ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    pub train: Vec<String>,
+    pub test: Vec<String>,
+}
+
+/// Training cases divided into labeled and unlabeled ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabeledSplit {
+    pub labeled: Vec<String>,
+    pub unlabeled: Vec<String>,
+}
+
+/// A dataset folder of any [`Layout`].
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub layout: Layout,
+    /// Cases sorted by id.
+    pub cases: Vec<Case>,
+    /// Label names -> values, when the dataset says (`dataset.json` `labels`).
+    pub label_names: BTreeMap<String, u8>,
+    /// The dataset's own train / test split (`train.list` / `test.list`, or `dataset.json`'s
+    /// `train` / `test` id lists), when it has one.
+    pub split: Option<Split>,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn ds_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Dataset {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ds_err(path, format!("invalid json: {e}")))
+}
+
+/// Reads a case list (`train.list`): one id per line, blank lines ignored. UA-MT lists sometimes
+/// hold paths (`.../<ID>/mri_norm2.h5`); those are reduced to the `<ID>`.
+pub fn read_list(path: impl AsRef<Path>) -> Result<Vec<String>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let l = l
+                .strip_suffix(LA_H5_FILE)
+                .unwrap_or(l)
+                .trim_end_matches('/');
+            l.rsplit('/').next().unwrap_or(l).to_string()
+        })
+        .collect())
+}
+
+/// Reads `folds.json` (`{"folds": [{"fold": 0, "train": [...], "test": [...]}, ...]}`), in fold order.
+pub fn read_folds(path: impl AsRef<Path>) -> Result<Vec<Split>> {
+    #[derive(Deserialize)]
+    struct Fold {
+        fold: usize,
+        train: Vec<String>,
+        #[serde(alias = "val")]
+        test: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct Folds {
+        folds: Vec<Fold>,
+    }
+    let path = path.as_ref();
+    let v = read_json(path)?;
+    let mut folds: Folds =
+        serde_json::from_value(v).map_err(|e| ds_err(path, format!("not a folds file: {e}")))?;
+    folds.folds.sort_by_key(|f| f.fold);
+    for (i, f) in folds.folds.iter().enumerate() {
+        if f.fold != i {
+            return Err(ds_err(
+                path,
+                format!("folds must be numbered 0..n, found fold {}", f.fold),
+            ));
+        }
+    }
+    Ok(folds
+        .folds
+        .into_iter()
+        .map(|f| Split {
+            train: f.train,
+            test: f.test,
+        })
+        .collect())
+}
+
+/// `k` folds of `ids` from a seed: the ids are shuffled (ChaCha8, stable across platforms) and dealt
+/// into `k` near-equal test sets; each fold trains on the others.
+pub fn k_folds(ids: &[String], k: usize, seed: u64) -> Result<Vec<Split>> {
+    if k < 2 || k > ids.len() {
+        return Err(Error::Invalid(format!(
+            "k_folds: k = {k} must be in 2..={}",
+            ids.len()
+        )));
+    }
+    let mut shuffled = ids.to_vec();
+    shuffled.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    Ok((0..k)
+        .map(|f| {
+            let (lo, hi) = (f * ids.len() / k, (f + 1) * ids.len() / k);
+            Split {
+                train: shuffled[..lo]
+                    .iter()
+                    .chain(&shuffled[hi..])
+                    .cloned()
+                    .collect(),
+                test: shuffled[lo..hi].to_vec(),
+            }
+        })
+        .collect())
+}
+
+/// The literature's convention: the first `n` cases of the train list are labeled, the rest not.
+pub fn split_labeled_by_count(train: &[String], n: usize) -> Result<LabeledSplit> {
+    if n == 0 || n > train.len() {
+        return Err(Error::Invalid(format!(
+            "labeled count {n} must be in 1..={}",
+            train.len()
+        )));
+    }
+    Ok(LabeledSplit {
+        labeled: train[..n].to_vec(),
+        unlabeled: train[n..].to_vec(),
+    })
+}
+
+/// Labeled = the ids of `labeled` (each must be in `train`), unlabeled = the rest of `train`.
+pub fn split_labeled_by_list(train: &[String], labeled: &[String]) -> Result<LabeledSplit> {
+    let in_train: BTreeSet<&String> = train.iter().collect();
+    if let Some(missing) = labeled.iter().find(|id| !in_train.contains(id)) {
+        return Err(Error::Invalid(format!(
+            "labeled case {missing:?} is not in the train list"
+        )));
+    }
+    let chosen: BTreeSet<&String> = labeled.iter().collect();
+    Ok(LabeledSplit {
+        labeled: labeled.to_vec(),
+        unlabeled: train
+            .iter()
+            .filter(|id| !chosen.contains(id))
+            .cloned()
+            .collect(),
+    })
+}
+
+fn exists_or_missing(manifest: &Path, p: PathBuf) -> Result<PathBuf> {
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::MissingFile {
+            manifest: manifest.to_path_buf(),
+            missing: p,
+        })
+    }
+}
+
+/// `name` without a NIfTI / h5 extension.
+fn strip_ext(name: &str) -> &str {
+    for ext in [".nii.gz", ".nii", ".h5"] {
+        if let Some(s) = name.strip_suffix(ext) {
+            return s;
+        }
+    }
+    name
+}
+
+/// An MSD image path, accepting nnU-Net's `_0000` channel suffix when the plain name is absent.
+fn msd_image(root: &Path, rel: &str) -> PathBuf {
+    let plain = root.join(rel.trim_start_matches("./"));
+    if plain.is_file() {
+        return plain;
+    }
+    let name = plain
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = strip_ext(&name);
+    let ext = &name[stem.len()..];
+    let channel = plain.with_file_name(format!("{stem}_0000{ext}"));
+    if channel.is_file() {
+        channel
+    } else {
+        plain
+    }
+}
+
+fn id_list(v: &serde_json::Value, key: &str, path: &Path) -> Result<Option<Vec<String>>> {
+    match v.get(key) {
+        None => Ok(None),
+        Some(serde_json::Value::Array(items)) => {
+            let ids: Option<Vec<String>> = items
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect();
+            let ids =
+                ids.ok_or_else(|| ds_err(path, format!("{key:?} must be a list of strings")))?;
+            // MSD's "test" lists image paths of unlabeled test images, not case ids: not a split.
+            if ids.iter().any(|s| s.contains('/')) {
+                return Ok(None);
+            }
+            Ok(Some(ids))
+        }
+        Some(_) => Err(ds_err(path, format!("{key:?} must be a list"))),
+    }
+}
+
+impl Dataset {
+    /// Opens a dataset folder, recognising its layout: `dataset.json` (MSD), `2018LA_Seg_Training Set`
+    /// (h5), or `images/` + `labels/` (pairs).
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref();
+        if root.join("dataset.json").is_file() {
+            Self::open_msd(root)
+        } else if root.join(LA_H5_DIR).is_dir() {
+            Self::open_h5(root)
+        } else if root.join("images").is_dir() {
+            Self::open_pairs(root)
+        } else {
+            Err(ds_err(
+                root,
+                format!("not a dataset: expected dataset.json, {LA_H5_DIR}/ or images/ + labels/"),
+            ))
+        }
+    }
+
+    /// MSD / nnU-Net: cases from `dataset.json`'s `training` list, or (nnU-Net v2, no list) from the
+    /// files in `labelsTr/` with `file_ending`. Every named file must exist.
+    pub fn open_msd(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref();
+        let manifest = root.join("dataset.json");
+        let v = read_json(&manifest)?;
+        let ending = v
+            .get("file_ending")
+            .and_then(|e| e.as_str())
+            .unwrap_or(".nii.gz")
+            .to_string();
+        let mut cases = Vec::new();
+        match v.get("training") {
+            Some(serde_json::Value::Array(items)) => {
+                for item in items {
+                    let (Some(img), Some(lab)) = (
+                        item.get("image").and_then(|x| x.as_str()),
+                        item.get("label").and_then(|x| x.as_str()),
+                    ) else {
+                        return Err(ds_err(
+                            &manifest,
+                            "\"training\" entries need \"image\" and \"label\" strings",
+                        ));
+                    };
+                    let label =
+                        exists_or_missing(&manifest, root.join(lab.trim_start_matches("./")))?;
+                    let image = exists_or_missing(&manifest, msd_image(root, img))?;
+                    let name = label
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    cases.push(Case {
+                        id: strip_ext(&name).to_string(),
+                        image,
+                        label: Some(label),
+                    });
+                }
+            }
+            Some(_) => return Err(ds_err(&manifest, "\"training\" must be a list")),
+            None => {
+                let dir = root.join("labelsTr");
+                for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+                    let path = entry.map_err(|e| io_err(&dir, e))?.path();
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let Some(id) = name.strip_suffix(ending.as_str()) else {
+                        continue;
+                    };
+                    let image = exists_or_missing(
+                        &manifest,
+                        root.join(format!("imagesTr/{id}_0000{ending}")),
+                    )?;
+                    cases.push(Case {
+                        id: id.to_string(),
+                        image,
+                        label: Some(path),
+                    });
+                }
+            }
+        }
+        if cases.is_empty() {
+            return Err(ds_err(&manifest, "no training cases"));
+        }
+        let mut label_names = BTreeMap::new();
+        if let Some(serde_json::Value::Object(map)) = v.get("labels") {
+            for (k, val) in map {
+                // MSD writes {"0": "background"}, nnU-Net v2 {"background": 0}.
+                if let Some(n) = val.as_u64() {
+                    label_names.insert(k.clone(), n as u8);
+                } else if let (Some(name), Ok(n)) = (val.as_str(), k.parse::<u8>()) {
+                    label_names.insert(name.to_string(), n);
+                }
+            }
+        }
+        let split = match (
+            id_list(&v, "train", &manifest)?,
+            id_list(&v, "test", &manifest)?,
+        ) {
+            (Some(train), Some(test)) => Some(Split { train, test }),
+            _ => Self::list_split(root)?,
+        };
+        Self::finish(root, Layout::Msd, cases, label_names, split)
+    }
+
+    /// UA-MT h5: every `<root>/2018LA_Seg_Training Set/<ID>/mri_norm2.h5`; split from
+    /// `train.list` / `test.list` in `root` when present.
+    pub fn open_h5(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref();
+        let dir = root.join(LA_H5_DIR);
+        let mut cases = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+            let path = entry.map_err(|e| io_err(&dir, e))?.path();
+            let file = path.join(LA_H5_FILE);
+            if file.is_file() {
+                cases.push(Case {
+                    id: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    image: file,
+                    label: None,
+                });
+            }
+        }
+        if cases.is_empty() {
+            return Err(ds_err(&dir, format!("no <ID>/{LA_H5_FILE} files")));
+        }
+        let split = Self::list_split(root)?;
+        Self::finish(root, Layout::H5, cases, BTreeMap::new(), split)
+    }
+
+    /// Plain pairs: each image in `<root>/images/` with the same-named file (if any) in `<root>/labels/`.
+    pub fn open_pairs(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref();
+        let dir = root.join("images");
+        let mut cases = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+            let image = entry.map_err(|e| io_err(&dir, e))?.path();
+            let name = image
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = strip_ext(&name);
+            if id.len() == name.len() || name.starts_with('.') {
+                continue; // not a volume
+            }
+            let label = root.join("labels").join(&name);
+            cases.push(Case {
+                id: id.to_string(),
+                label: label.is_file().then_some(label),
+                image,
+            });
+        }
+        if cases.is_empty() {
+            return Err(ds_err(&dir, "no .nii / .nii.gz / .h5 images"));
+        }
+        let split = Self::list_split(root)?;
+        Self::finish(root, Layout::Pairs, cases, BTreeMap::new(), split)
+    }
+
+    fn list_split(root: &Path) -> Result<Option<Split>> {
+        let (train, test) = (root.join("train.list"), root.join("test.list"));
+        if train.is_file() && test.is_file() {
+            Ok(Some(Split {
+                train: read_list(&train)?,
+                test: read_list(&test)?,
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn finish(
+        root: &Path,
+        layout: Layout,
+        mut cases: Vec<Case>,
+        label_names: BTreeMap<String, u8>,
+        split: Option<Split>,
+    ) -> Result<Self> {
+        cases.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(w) = cases.windows(2).find(|w| w[0].id == w[1].id) {
+            return Err(ds_err(root, format!("case id {:?} appears twice", w[0].id)));
+        }
+        let ds = Self {
+            root: root.to_path_buf(),
+            layout,
+            cases,
+            label_names,
+            split,
+        };
+        if let Some(split) = &ds.split {
+            ds.check_split(split)?;
+        }
+        Ok(ds)
+    }
+
+    /// All case ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        self.cases.iter().map(|c| c.id.clone()).collect()
+    }
+
+    /// The case with this id.
+    pub fn case(&self, id: &str) -> Result<&Case> {
+        self.cases
+            .binary_search_by(|c| c.id.as_str().cmp(id))
+            .map(|i| &self.cases[i])
+            .map_err(|_| ds_err(&self.root, format!("no case {id:?}")))
+    }
+
+    /// Checks that every id of `split` is a case of this dataset.
+    pub fn check_split(&self, split: &Split) -> Result<()> {
+        for id in split.train.iter().chain(&split.test) {
+            if self.case(id).is_err() {
+                return Err(Error::MissingFile {
+                    manifest: self.root.clone(),
+                    missing: PathBuf::from(id),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The 5 folds of `<root>/folds.json` (checked against the cases).
+    pub fn folds(&self) -> Result<Vec<Split>> {
+        let folds = read_folds(self.root.join("folds.json"))?;
+        for f in &folds {
+            self.check_split(f)?;
+        }
+        Ok(folds)
+    }
+
+    /// Decodes one case; the label (if any) is checked to be integer in [0, 255] and to share the
+    /// image's shape and geometry.
+    pub fn load(&self, id: &str) -> Result<Sample> {
+        let case = self.case(id)?;
+        if self.layout == Layout::H5 {
+            let (image, label) = read_h5_pair(&case.image)?;
+            let label = label.to_labels()?;
+            return Ok(Sample {
+                id: id.to_string(),
+                image,
+                label: Some(label),
+            });
+        }
+        let image = read_volume(&case.image)?;
+        let label = match &case.label {
+            Some(p) => {
+                let label = read_volume(p)?;
+                image.check_same_geometry(&label)?;
+                Some(label.to_labels()?)
+            }
+            None => None,
+        };
+        Ok(Sample {
+            id: id.to_string(),
+            image,
+            label,
+        })
+    }
+}
