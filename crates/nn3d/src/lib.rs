@@ -2,3 +2,11 @@
 //! kernels (slab im2col + GEMM, rayon) and, behind the `cuda` feature, cuDNN kernels.
 //!
 //! Architecture invariant: depends only on candle; layout is always `[N, C, D, H, W]`, f32.
+
+pub mod ops;
+
+mod conv;
+pub use conv::{
+    conv3d, conv3d_no_bias, conv_transpose3d, Conv3d, Conv3dConfig, ConvTranspose3d,
+    ConvTranspose3dConfig,
+};

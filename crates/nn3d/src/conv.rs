@@ -1,0 +1,194 @@
+//! `Conv3d` and `ConvTranspose3d` layers with PyTorch parameter names (`weight`, `bias`).
+//!
+//! Initialisation (when the `VarBuilder` creates the variables): weight kaiming-normal with PyTorch's
+//! fan-in `weight.dim(1) * k^3` and gain sqrt(2), i.e. std = sqrt(2 / fan_in); bias zero.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::ops::{self, Conv3dParams, ConvTranspose3dParams};
+
+/// Settings of a cubic [`Conv3d`] (candle-nn naming): same padding, stride and dilation on every axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv3dConfig {
+    pub padding: usize,
+    pub stride: usize,
+    pub dilation: usize,
+}
+
+impl Default for Conv3dConfig {
+    fn default() -> Self {
+        Self {
+            padding: 0,
+            stride: 1,
+            dilation: 1,
+        }
+    }
+}
+
+/// A 3D convolution layer, `[N, C_in, D, H, W] -> [N, C_out, OD, OH, OW]`.
+#[derive(Clone, Debug)]
+pub struct Conv3d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    params: Conv3dParams,
+}
+
+impl Conv3d {
+    /// A layer from existing tensors: `weight [C_out, C_in, kd, kh, kw]`, `bias [C_out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, params: Conv3dParams) -> Self {
+        Self {
+            weight,
+            bias,
+            params,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn params(&self) -> Conv3dParams {
+        self.params
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        ops::conv3d(xs, &self.weight, self.bias.as_ref(), self.params)
+    }
+}
+
+/// Kaiming-normal std of a weight `[_, dim1, k, k, k]` as PyTorch computes it.
+fn kaiming_normal(dim1: usize, k: usize) -> Init {
+    let fan_in = (dim1 * k * k * k).max(1) as f64;
+    Init::Randn {
+        mean: 0.,
+        stdev: (2.0 / fan_in).sqrt(),
+    }
+}
+
+fn conv3d_impl(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    cfg: Conv3dConfig,
+    bias: bool,
+    vb: VarBuilder,
+) -> Result<Conv3d> {
+    let weight = vb.get_with_hints((c_out, c_in, k, k, k), "weight", kaiming_normal(c_in, k))?;
+    let bias = if bias {
+        Some(vb.get_with_hints(c_out, "bias", Init::Const(0.))?)
+    } else {
+        None
+    };
+    let params = Conv3dParams::uniform(cfg.stride, cfg.padding, cfg.dilation);
+    Ok(Conv3d {
+        weight,
+        bias,
+        params,
+    })
+}
+
+/// A cubic `k^3` convolution with bias: variables `weight [c_out, c_in, k, k, k]` and `bias [c_out]`.
+pub fn conv3d(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    cfg: Conv3dConfig,
+    vb: VarBuilder,
+) -> Result<Conv3d> {
+    conv3d_impl(c_in, c_out, k, cfg, true, vb)
+}
+
+/// A cubic `k^3` convolution without bias: variable `weight [c_out, c_in, k, k, k]`.
+pub fn conv3d_no_bias(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    cfg: Conv3dConfig,
+    vb: VarBuilder,
+) -> Result<Conv3d> {
+    conv3d_impl(c_in, c_out, k, cfg, false, vb)
+}
+
+/// Settings of a cubic [`ConvTranspose3d`]; `output_padding` must be smaller than `stride`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTranspose3dConfig {
+    pub padding: usize,
+    pub output_padding: usize,
+    pub stride: usize,
+    pub dilation: usize,
+}
+
+impl Default for ConvTranspose3dConfig {
+    fn default() -> Self {
+        Self {
+            padding: 0,
+            output_padding: 0,
+            stride: 1,
+            dilation: 1,
+        }
+    }
+}
+
+/// A transposed 3D convolution layer (PyTorch `ConvTranspose3d`), weight `[C_in, C_out, k, k, k]`.
+#[derive(Clone, Debug)]
+pub struct ConvTranspose3d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    params: ConvTranspose3dParams,
+}
+
+impl ConvTranspose3d {
+    /// A layer from existing tensors: `weight [C_in, C_out, kd, kh, kw]`, `bias [C_out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, params: ConvTranspose3dParams) -> Self {
+        Self {
+            weight,
+            bias,
+            params,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn params(&self) -> ConvTranspose3dParams {
+        self.params
+    }
+}
+
+impl Module for ConvTranspose3d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        ops::conv_transpose3d(xs, &self.weight, self.bias.as_ref(), self.params)
+    }
+}
+
+/// A cubic transposed convolution with bias: `weight [c_in, c_out, k, k, k]`, `bias [c_out]`.
+/// The weight's fan-in is `c_out * k^3`, as PyTorch computes it from `weight.dim(1)`.
+pub fn conv_transpose3d(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    cfg: ConvTranspose3dConfig,
+    vb: VarBuilder,
+) -> Result<ConvTranspose3d> {
+    let weight = vb.get_with_hints((c_in, c_out, k, k, k), "weight", kaiming_normal(c_out, k))?;
+    let bias = Some(vb.get_with_hints(c_out, "bias", Init::Const(0.))?);
+    let params =
+        ConvTranspose3dParams::uniform(cfg.stride, cfg.padding, cfg.output_padding, cfg.dilation);
+    Ok(ConvTranspose3d {
+        weight,
+        bias,
+        params,
+    })
+}

@@ -1,0 +1,150 @@
+//! `conv_transpose3d`: the adjoint of `conv3d`, i.e. its input gradient.
+//!
+//! The forward is [`Conv3dBwdData`] (the backward-data op of the convolution with the same stride,
+//! padding and dilation, asked for the larger output size); its gradients reuse [`super::conv3d`]'s
+//! ops: `dx = Conv3dFwd(dy, w)`, `dw = Conv3dBwdFilter(dy, x)`.
+
+use candle_core::{bail, Result, Tensor};
+
+use super::conv3d::{check_bias, dims5, is_patch_conv, Conv3dBwdData, Conv3dParams};
+
+/// Stride, padding, output padding and dilation of a transposed 3D convolution, per axis `(D, H, W)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTranspose3dParams {
+    pub stride: [usize; 3],
+    pub padding: [usize; 3],
+    pub output_padding: [usize; 3],
+    pub dilation: [usize; 3],
+}
+
+impl Default for ConvTranspose3dParams {
+    fn default() -> Self {
+        Self {
+            stride: [1; 3],
+            padding: [0; 3],
+            output_padding: [0; 3],
+            dilation: [1; 3],
+        }
+    }
+}
+
+impl ConvTranspose3dParams {
+    /// The same settings on all three axes.
+    pub fn uniform(stride: usize, padding: usize, output_padding: usize, dilation: usize) -> Self {
+        Self {
+            stride: [stride; 3],
+            padding: [padding; 3],
+            output_padding: [output_padding; 3],
+            dilation: [dilation; 3],
+        }
+    }
+
+    /// The convolution whose input gradient this transposed convolution is.
+    pub fn conv_params(&self) -> Conv3dParams {
+        Conv3dParams {
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+        }
+    }
+
+    /// Output spatial size `(I - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1`.
+    ///
+    /// `output_padding` must be smaller than `stride` (PyTorch also allows values below `dilation`;
+    /// those are not supported here).
+    pub fn output_dims(&self, dims: [usize; 3], kernel: [usize; 3]) -> Result<[usize; 3]> {
+        let mut out = [0; 3];
+        for i in 0..3 {
+            let (s, d, k) = (self.stride[i], self.dilation[i], kernel[i]);
+            if s == 0 || d == 0 || k == 0 || dims[i] == 0 {
+                bail!(
+                    "conv_transpose3d: stride {:?}, dilation {:?}, kernel {kernel:?} and input {dims:?} must be positive",
+                    self.stride,
+                    self.dilation
+                )
+            }
+            if self.output_padding[i] >= s {
+                bail!(
+                    "conv_transpose3d: output_padding {:?} must be smaller than stride {:?}",
+                    self.output_padding,
+                    self.stride
+                )
+            }
+            let full = (dims[i] - 1) * s + d * (k - 1) + self.output_padding[i] + 1;
+            if full <= 2 * self.padding[i] {
+                bail!("conv_transpose3d: padding {:?} leaves no output for input {dims:?}, kernel {kernel:?}", self.padding)
+            }
+            out[i] = full - 2 * self.padding[i];
+        }
+        Ok(out)
+    }
+}
+
+/// Transposed 3D convolution (PyTorch's `conv_transpose3d`), f32.
+///
+/// `x [N, C_in, D, H, W]`, `w [C_in, C_out, kd, kh, kw]` (PyTorch layout), `bias [C_out]` →
+/// `[N, C_out, OD, OH, OW]`, see [`ConvTranspose3dParams::output_dims`]. Differentiable in `x`, `w`
+/// and `bias`. Kernels equal to the stride with no padding (the V-Net up convolutions) run as
+/// matmul + permute + reshape.
+pub fn conv_transpose3d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: ConvTranspose3dParams,
+) -> Result<Tensor> {
+    let (_, c_in, dims) = dims5("conv_transpose3d input", x)?;
+    let (wc, c_out, kernel) = dims5("conv_transpose3d weight", w)?;
+    if wc != c_in {
+        bail!(
+            "conv_transpose3d: weight {:?} expects {wc} input channels, input {:?} has {c_in}",
+            w.dims(),
+            x.dims()
+        )
+    }
+    check_bias("conv_transpose3d", bias, c_out)?;
+    let out_dims = p.output_dims(dims, kernel)?;
+    let y = if is_patch_conv(kernel, p.stride, p.padding, p.dilation) {
+        patch_conv_transpose3d(x, w, p.output_padding)?
+    } else {
+        let op = Conv3dBwdData {
+            params: p.conv_params(),
+            input_dims: out_dims,
+        };
+        x.contiguous()?.apply_op2(&w.contiguous()?, op)?
+    };
+    match bias {
+        None => Ok(y),
+        Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1, 1))?),
+    }
+}
+
+/// Kernel == stride, no padding: every input voxel writes its own output patch, a matmul.
+fn patch_conv_transpose3d(x: &Tensor, w: &Tensor, output_padding: [usize; 3]) -> Result<Tensor> {
+    let (n, c_in, [d, h, wd]) = dims5("conv_transpose3d input", x)?;
+    let (_, c_out, [kd, kh, kw]) = dims5("conv_transpose3d weight", w)?;
+    let taps = kd * kh * kw;
+    let mut y = if taps == 1 {
+        // [C_out, C_in] x [N, C_in, S] -> [N, C_out, S]
+        let wt = w.reshape((c_in, c_out))?.t()?.reshape((1, c_out, c_in))?;
+        let wt = wt.broadcast_as((n, c_out, c_in))?.contiguous()?;
+        wt.matmul(&x.contiguous()?.reshape((n, c_in, d * h * wd))?)?
+            .reshape((n, c_out, d, h, wd))?
+    } else {
+        let rows = x
+            .permute((0, 2, 3, 4, 1))?
+            .contiguous()?
+            .reshape((n * d * h * wd, c_in))?;
+        // [N*S, C_in] x [C_in, C_out*taps] -> [N, D, H, W, C_out, kd, kh, kw]
+        let y = rows.matmul(&w.reshape((c_in, c_out * taps))?)?;
+        y.reshape(vec![n, d, h, wd, c_out, kd, kh, kw])?
+            .permute(vec![0, 4, 1, 5, 2, 6, 3, 7])?
+            .contiguous()?
+            .reshape((n, c_out, d * kd, h * kh, wd * kw))?
+    };
+    for (i, &extra) in output_padding.iter().enumerate() {
+        if extra > 0 {
+            y = y.pad_with_zeros(2 + i, 0, extra)?;
+        }
+    }
+    Ok(y)
+}

@@ -1,0 +1,421 @@
+//! CPU kernels of the 3D convolutions: tile-wise im2col + `gemm`, parallel over tiles with rayon.
+//!
+//! Everything is expressed through one [`Geometry`], a *gather* convolution
+//! `out[n, o, q] = sum_{c, a} w[o, c, a] * x[n, c, q * stride - pad + a * dilation]`
+//! (zero outside the input), over contiguous f32 buffers in `[N, C, D, H, W]` order.
+//!
+//! - [`conv_forward`]: a tile is a run of output rows `(od, oh)` of one sample (about
+//!   [`TILE_COLUMNS`] output voxels). The tile's input patches are unfolded into a column buffer
+//!   `[C_in * kd * kh * kw, P]` (never the whole volume) and multiplied by the weight `[C_out, K]`
+//!   straight into the output, whose tile is contiguous along `P` for each output channel.
+//! - [`conv_backward_filter`]: the same unfolding; `dW += dY_tile [C_out, P] * col^T`, accumulated
+//!   per rayon fold and summed at the end.
+//! - [`conv_backward_data`]: for unit stride, a gather convolution of `dY` with the flipped,
+//!   transposed kernel (so the fast forward kernel is reused). Otherwise one task per input depth
+//!   slice `(n, id)`: `dcol [C_in * kh * kw, OH * OW] = sum_a W_a^T * dY[n, :, od(a)]` by GEMM, then a
+//!   2D col2im adds `dcol` into that slice, which no other task writes.
+//!
+//! Extra memory: one column buffer per worker thread (`K * TILE_COLUMNS` floats) plus, for
+//! backward-filter, one `dW` per fold.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Target number of output voxels per tile: big enough for an efficient GEMM, small enough that the
+/// column buffer stays in the L2 cache.
+const TILE_COLUMNS: usize = 2048;
+
+/// Shape of a gather convolution (see the module docs). `pad` may be negative (a crop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) batch: usize,
+    pub(crate) c_in: usize,
+    pub(crate) c_out: usize,
+    pub(crate) in_dims: [usize; 3],
+    pub(crate) out_dims: [usize; 3],
+    pub(crate) kernel: [usize; 3],
+    pub(crate) stride: [usize; 3],
+    pub(crate) pad: [isize; 3],
+    pub(crate) dilation: [usize; 3],
+}
+
+impl Geometry {
+    fn in_volume(&self) -> usize {
+        self.in_dims.iter().product()
+    }
+
+    fn out_volume(&self) -> usize {
+        self.out_dims.iter().product()
+    }
+
+    /// Rows of the column matrix: `C_in * kd * kh * kw`.
+    fn k_len(&self) -> usize {
+        self.c_in * self.kernel.iter().product::<usize>()
+    }
+
+    /// Tiles `(n, first row, end row)` over the output rows `r = od * OH + oh` of each sample.
+    fn tiles(&self) -> Vec<(usize, usize, usize)> {
+        let [od, oh, ow] = self.out_dims;
+        let rows = od * oh;
+        let mut per_tile = (TILE_COLUMNS / ow.max(1)).max(1);
+        // keep at least a few tiles per thread so that rayon can balance the work
+        let min_tiles = 4 * rayon::current_num_threads();
+        while per_tile > 1 && self.batch * rows.div_ceil(per_tile) < min_tiles {
+            per_tile = per_tile.div_ceil(2);
+        }
+        let mut tiles = Vec::with_capacity(self.batch * rows.div_ceil(per_tile));
+        for n in 0..self.batch {
+            let mut r0 = 0;
+            while r0 < rows {
+                let r1 = (r0 + per_tile).min(rows);
+                tiles.push((n, r0, r1));
+                r0 = r1;
+            }
+        }
+        tiles
+    }
+}
+
+/// A raw pointer that rayon tasks may share; every use writes a region no other task touches.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The output indices `o` in `0..n_out` with `0 <= o * stride + offset < len`, as a range.
+fn valid_range(offset: isize, stride: usize, len: usize, n_out: usize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if offset >= 0 {
+        0
+    } else {
+        (-offset + s - 1) / s
+    };
+    let room = len as isize - offset;
+    let hi = if room <= 0 { 0 } else { (room + s - 1) / s };
+    let hi = (hi as usize).min(n_out);
+    let lo = (lo as usize).min(hi);
+    (lo, hi)
+}
+
+/// Unfolds the patches of output rows `r0..r1` of one sample `x_n` (`[C_in, D, H, W]`) into
+/// `col` (`[K, (r1 - r0) * OW]`, K ordered as the weight's `(c, a, b, e)`).
+fn unfold(g: &Geometry, x_n: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
+    let [d, h, w] = g.in_dims;
+    let [_, oh_n, ow_n] = g.out_dims;
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let [dd, dh, dw] = g.dilation;
+    let [pd, ph, pw] = g.pad;
+    let p = (r1 - r0) * ow_n;
+    let plane = h * w;
+    let mut rows = col.chunks_exact_mut(p);
+    for c in 0..g.c_in {
+        let x_c = &x_n[c * d * plane..(c + 1) * d * plane];
+        for a in 0..kd {
+            for b in 0..kh {
+                for e in 0..kw {
+                    let Some(dst) = rows.next() else { return };
+                    let off_w = (e * dw) as isize - pw;
+                    let (lo, hi) = valid_range(off_w, sw, w, ow_n);
+                    for (t, r) in (r0..r1).enumerate() {
+                        let out = &mut dst[t * ow_n..(t + 1) * ow_n];
+                        let id = ((r / oh_n) * sd + a * dd) as isize - pd;
+                        let ih = ((r % oh_n) * sh + b * dh) as isize - ph;
+                        if id < 0 || id >= d as isize || ih < 0 || ih >= h as isize || lo >= hi {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &x_c[id as usize * plane + ih as usize * w..][..w];
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        if sw == 1 {
+                            let s0 = (lo as isize + off_w) as usize;
+                            out[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                        } else {
+                            for (ow, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                                *o = src[((ow * sw) as isize + off_w) as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out [N, C_out, OD, OH, OW] = conv(x [N, C_in, D, H, W], w [C_out, K]) (+ bias [C_out])`.
+pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (k, s_in, s_out) = (g.k_len(), g.in_volume(), g.out_volume());
+    let ow = g.out_dims[2];
+    let mut out = vec![0f32; g.batch * g.c_out * s_out];
+    if out.is_empty() {
+        return out;
+    }
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    g.tiles()
+        .par_iter()
+        .for_each_init(Vec::new, |col: &mut Vec<f32>, &(n, r0, r1)| {
+            let p = (r1 - r0) * ow;
+            col.resize(k * p, 0.0);
+            unfold(
+                g,
+                &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in],
+                r0,
+                r1,
+                col,
+            );
+            let base = n * g.c_out * s_out + r0 * ow;
+            let dst = out_ptr.get();
+            if let Some(b) = bias {
+                for (o, &bo) in b.iter().enumerate() {
+                    // SAFETY: the tile `base + o * s_out .. + p` belongs to this task only.
+                    unsafe { std::slice::from_raw_parts_mut(dst.add(base + o * s_out), p) }
+                        .fill(bo);
+                }
+            }
+            // SAFETY: dst rows `base + o * s_out .. + p` (o < c_out) lie inside `out` and belong to
+            // this task; lhs is `w` [c_out, k] row-major, rhs is `col` [k, p] row-major.
+            unsafe {
+                gemm(
+                    g.c_out,
+                    p,
+                    k,
+                    dst.add(base),
+                    1,
+                    s_out as isize,
+                    bias.is_some(),
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    col.as_ptr(),
+                    1,
+                    p as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            }
+        });
+    out
+}
+
+/// `dW [C_out, K]` of `conv(x, w)` given `dy [N, C_out, OD, OH, OW]`.
+pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (k, s_in, s_out) = (g.k_len(), g.in_volume(), g.out_volume());
+    let ow = g.out_dims[2];
+    let len = g.c_out * k;
+    if g.batch * s_out == 0 || len == 0 {
+        return vec![0f32; len];
+    }
+    g.tiles()
+        .par_iter()
+        .fold(
+            || (vec![0f32; len], Vec::new()),
+            |(mut dw, mut col), &(n, r0, r1)| {
+                let p = (r1 - r0) * ow;
+                col.resize(k * p, 0.0);
+                unfold(
+                    g,
+                    &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in],
+                    r0,
+                    r1,
+                    &mut col,
+                );
+                let lhs = &dy[n * g.c_out * s_out + r0 * ow..];
+                // SAFETY: lhs is dy's tile [c_out, p] with row stride s_out (inside dy), rhs is
+                // col^T [p, k], dst is the fold's own dw [c_out, k].
+                unsafe {
+                    gemm(
+                        g.c_out,
+                        k,
+                        p,
+                        dw.as_mut_ptr(),
+                        1,
+                        k as isize,
+                        true,
+                        lhs.as_ptr(),
+                        1,
+                        s_out as isize,
+                        col.as_ptr(),
+                        p as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                }
+                (dw, col)
+            },
+        )
+        .map(|(dw, _)| dw)
+        .reduce(
+            || vec![0f32; len],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+/// `dx [N, C_in, D, H, W]` of `conv(x, w)` given `dy [N, C_out, OD, OH, OW]` and `w [C_out, K]`:
+/// the transposed convolution.
+pub(crate) fn conv_backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if g.stride == [1, 1, 1] {
+        backward_data_unit_stride(g, dy, w)
+    } else {
+        backward_data_col2im(g, dy, w)
+    }
+}
+
+/// Unit stride: `dx = gather-conv(dy, flip(w)^T)` with padding `dilation * (k - 1) - pad`.
+fn backward_data_unit_stride(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let [kd, kh, kw] = g.kernel;
+    let taps = kd * kh * kw;
+    // w' [C_in, C_out, kd, kh, kw] with w'[c, o, a'] = w[o, c, k - 1 - a']
+    let mut wt = vec![0f32; w.len()];
+    for o in 0..g.c_out {
+        for c in 0..g.c_in {
+            let src = &w[(o * g.c_in + c) * taps..][..taps];
+            let dst = &mut wt[(c * g.c_out + o) * taps..][..taps];
+            for (t, v) in dst.iter_mut().enumerate() {
+                *v = src[taps - 1 - t];
+            }
+        }
+    }
+    let mut pad = [0isize; 3];
+    for (i, p) in pad.iter_mut().enumerate() {
+        *p = (g.dilation[i] * (g.kernel[i] - 1)) as isize - g.pad[i];
+    }
+    let flipped = Geometry {
+        batch: g.batch,
+        c_in: g.c_out,
+        c_out: g.c_in,
+        in_dims: g.out_dims,
+        out_dims: g.in_dims,
+        kernel: g.kernel,
+        stride: [1, 1, 1],
+        pad,
+        dilation: g.dilation,
+    };
+    conv_forward(&flipped, dy, &wt, None)
+}
+
+/// Any stride: per input depth slice, GEMM into a 2D column buffer, then col2im.
+fn backward_data_col2im(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let [d, h, wd] = g.in_dims;
+    let [od_n, oh_n, ow_n] = g.out_dims;
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let [dd, dh, dw] = g.dilation;
+    let [pd, ph, pw] = g.pad;
+    let (s_in, s_out) = (g.in_volume(), g.out_volume());
+    let plane_out = oh_n * ow_n;
+    let m2 = g.c_in * kh * kw;
+    let taps = kd * kh * kw;
+    // wt[a] = [C_in * kh * kw, C_out] with wt[a][(c, b, e)][o] = w[o, c, a, b, e]
+    let mut wt = vec![0f32; kd * m2 * g.c_out];
+    for o in 0..g.c_out {
+        for c in 0..g.c_in {
+            for a in 0..kd {
+                for be in 0..kh * kw {
+                    wt[(a * m2 + c * kh * kw + be) * g.c_out + o] =
+                        w[(o * g.c_in + c) * taps + a * kh * kw + be];
+                }
+            }
+        }
+    }
+    let mut dx = vec![0f32; g.batch * g.c_in * s_in];
+    if dx.is_empty() || plane_out == 0 {
+        return dx;
+    }
+    let dx_ptr = SharedMut(dx.as_mut_ptr());
+    let tasks: Vec<(usize, usize)> = (0..g.batch)
+        .flat_map(|n| (0..d).map(move |i| (n, i)))
+        .collect();
+    tasks
+        .par_iter()
+        .for_each_init(Vec::new, |dcol: &mut Vec<f32>, &(n, id)| {
+            dcol.resize(m2 * plane_out, 0.0);
+            let mut first = true;
+            for a in 0..kd {
+                let t = id as isize + pd - (a * dd) as isize;
+                if t < 0 || t % sd as isize != 0 || t as usize / sd >= od_n {
+                    continue;
+                }
+                let od = t as usize / sd;
+                let rhs = &dy[n * g.c_out * s_out + od * plane_out..];
+                // SAFETY: lhs wt[a] [m2, c_out] row-major, rhs dy[n, :, od] [c_out, plane_out] with row
+                // stride s_out, dst the task's own dcol [m2, plane_out].
+                unsafe {
+                    gemm(
+                        m2,
+                        plane_out,
+                        g.c_out,
+                        dcol.as_mut_ptr(),
+                        1,
+                        plane_out as isize,
+                        !first,
+                        wt[a * m2 * g.c_out..].as_ptr(),
+                        1,
+                        g.c_out as isize,
+                        rhs.as_ptr(),
+                        1,
+                        s_out as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                }
+                first = false;
+            }
+            if first {
+                return;
+            }
+            for c in 0..g.c_in {
+                // SAFETY: the slice dx[n, c, id] belongs to this task only.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dx_ptr.get().add((n * g.c_in + c) * s_in + id * h * wd),
+                        h * wd,
+                    )
+                };
+                for b in 0..kh {
+                    for e in 0..kw {
+                        let src = &dcol[((c * kh + b) * kw + e) * plane_out..][..plane_out];
+                        let off_w = (e * dw) as isize - pw;
+                        let (lo, hi) = valid_range(off_w, sw, wd, ow_n);
+                        if lo >= hi {
+                            continue;
+                        }
+                        for oh in 0..oh_n {
+                            let ih = (oh * sh + b * dh) as isize - ph;
+                            if ih < 0 || ih >= h as isize {
+                                continue;
+                            }
+                            let row = &mut dst[ih as usize * wd..][..wd];
+                            let s = &src[oh * ow_n..][..ow_n];
+                            for ow in lo..hi {
+                                row[((ow * sw) as isize + off_w) as usize] += s[ow];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    dx
+}

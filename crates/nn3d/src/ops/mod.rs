@@ -1,0 +1,21 @@
+//! Functional 3D ops with autograd, f32, layout `[N, C, D, H, W]`.
+//!
+//! - [`conv3d`] / [`Conv3dParams`]: convolution (PyTorch `conv3d`), weight `[C_out, C_in, k..]`.
+//! - [`conv_transpose3d`] / [`ConvTranspose3dParams`]: its adjoint (PyTorch `conv_transpose3d`),
+//!   weight `[C_in, C_out, k..]`.
+//!
+//! Design: both are built from three candle custom ops (forward, backward-data, backward-filter;
+//! table in `conv3d.rs`) whose CPU kernels (`cpu_gemm.rs`) unfold one tile of output rows at a
+//! time into a small column buffer and multiply it with the `gemm` crate, in parallel over tiles
+//! with rayon (no full-volume im2col). Kernels equal to the stride with no padding bypass them as
+//! reshape + permute + matmul in plain candle ops.
+
+pub(crate) mod conv3d;
+pub(crate) mod conv_transpose3d;
+pub(crate) mod cpu_gemm;
+
+pub use conv3d::{conv3d, Conv3dParams};
+pub use conv_transpose3d::{conv_transpose3d, ConvTranspose3dParams};
+
+#[cfg(test)]
+mod conv_tests;
