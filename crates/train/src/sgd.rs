@@ -51,11 +51,7 @@ impl OptimConfig {
 }
 
 /// True for tensors that are state, not trainable parameters (BatchNorm running statistics).
-pub fn is_buffer_name(name: &str) -> bool {
-    name.ends_with("running_mean")
-        || name.ends_with("running_var")
-        || name.ends_with("num_batches_tracked")
-}
+pub use duoseg_nn3d::is_batch_norm_buffer as is_buffer_name;
 
 /// SGD over a named set of candle `Var`s with per-parameter momentum buffers.
 pub struct Sgd {
