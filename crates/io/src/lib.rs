@@ -10,12 +10,15 @@
 // Voxel code indexes several arrays by one axis variable; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
+pub mod augment;
 pub mod dataset;
 mod error;
 mod h5;
 pub mod nifti;
+pub mod preprocess;
 mod volume;
 
+pub use augment::{Patch, RandCrop, RandRot90Flip, Rng};
 pub use dataset::{Case, Dataset, LabeledSplit, Layout, Sample, Split};
 pub use error::{Error, Result};
 pub use h5::{decode_h5, h5_dataset_names, read_h5_dataset, read_h5_pair};

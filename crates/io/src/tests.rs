@@ -758,3 +758,235 @@ mod dataset_tests {
         }
     }
 }
+
+mod preprocess_tests {
+    use crate::augment::*;
+    use crate::preprocess::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn zscore_matches_numpy_definition_with_and_without_mask() {
+        let mut v = vec![1.0f32, 2.0, 3.0, 4.0];
+        zscore(&mut v, None).unwrap();
+        // numpy: (x - 2.5) / x.std() with std = sqrt(1.25).
+        let s = 1.25f32.sqrt();
+        assert!(v
+            .iter()
+            .zip([-1.5f32, -0.5, 0.5, 1.5])
+            .all(|(a, b)| (a - b / s).abs() < 1e-6));
+        let mut v = vec![1.0f32, 3.0, 100.0];
+        zscore(&mut v, Some(&[true, true, false])).unwrap();
+        assert_eq!(v, vec![-1.0, 1.0, 98.0]);
+        assert!(zscore(&mut v, Some(&[false; 3])).is_err());
+        let mut flat = vec![5.0f32; 4];
+        zscore(&mut flat, None).unwrap();
+        assert_eq!(flat, vec![0.0; 4]);
+    }
+
+    #[test]
+    fn ct_window_clips_and_rescales() {
+        let mut v = vec![-1000.0f32, -120.0, 60.0, 240.0, 3000.0];
+        ct_window(&mut v, CtWindow::default()).unwrap();
+        assert_eq!(v, vec![0.0, 0.0, 0.5, 1.0, 1.0]);
+        assert!(ct_window(&mut v, CtWindow { lo: 1.0, hi: 1.0 }).is_err());
+    }
+
+    #[test]
+    fn bbox_crop_grows_by_margin_and_to_min_size() {
+        let shape = [10, 10, 4];
+        let mut lab = vec![0u8; 400];
+        lab[(4 * 10 + 5) * 4 + 2] = 1;
+        lab[(5 * 10 + 6) * 4 + 2] = 1;
+        let bb = label_bbox(&lab, shape).unwrap().unwrap();
+        assert_eq!(
+            bb,
+            Crop3 {
+                start: [4, 5, 2],
+                size: [2, 2, 1]
+            }
+        );
+        let c = bbox_crop(&lab, shape, [1, 1, 0], [0, 0, 0]).unwrap();
+        assert_eq!(
+            c,
+            Crop3 {
+                start: [3, 4, 2],
+                size: [4, 4, 1]
+            }
+        );
+        // At least 6 in-plane, the whole z axis (min size 8 > 4 keeps the axis).
+        let c = bbox_crop(&lab, shape, [1, 1, 0], [6, 6, 8]).unwrap();
+        assert_eq!(
+            c,
+            Crop3 {
+                start: [2, 3, 0],
+                size: [6, 6, 4]
+            }
+        );
+        // Near the border the box shifts inwards.
+        let mut edge = vec![0u8; 400];
+        edge[(9 * 10 + 9) * 4 + 3] = 1;
+        let c = bbox_crop(&edge, shape, [0; 3], [4, 4, 2]).unwrap();
+        assert_eq!(
+            c,
+            Crop3 {
+                start: [6, 6, 2],
+                size: [4, 4, 2]
+            }
+        );
+        assert!(bbox_crop(&[0u8; 400], shape, [0; 3], [0; 3]).is_err());
+        let data: Vec<u16> = (0..400).collect();
+        let out = crop(
+            &data,
+            shape,
+            Crop3 {
+                start: [1, 2, 3],
+                size: [1, 1, 1],
+            },
+        )
+        .unwrap();
+        assert_eq!(out, vec![(10 + 2) * 4 + 3]);
+    }
+
+    #[test]
+    fn pad_center_puts_the_volume_in_the_middle() {
+        let (out, shape, before) = pad_center(&[1u8, 2], [1, 1, 2], [3, 2, 2]).unwrap();
+        assert_eq!((shape, before), ([3, 2, 2], [1, 0, 0]));
+        assert_eq!(out, vec![0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0]);
+    }
+
+    // import torch, torch.nn.functional as F
+    // x = torch.arange(12.).reshape(1, 1, 2, 3, 2)
+    // F.interpolate(x, size=(3, 4, 3), mode="trilinear", align_corners=False).ravel()
+    // F.interpolate(x, size=(3, 4, 3), mode="nearest-exact").ravel()
+    #[test]
+    fn resize_matches_pytorch_interpolate() {
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let tri = resize_trilinear(&x, [2, 3, 2], [3, 4, 3]).unwrap();
+        let want = [
+            0.0, 0.5, 1.0, 1.25, 1.75, 2.25, 2.75, 3.25, 3.75, 4.0, 4.5, 5.0, 3.0, 3.5, 4.0, 4.25,
+            4.75, 5.25, 5.75, 6.25, 6.75, 7.0, 7.5, 8.0, 6.0, 6.5, 7.0, 7.25, 7.75, 8.25, 8.75,
+            9.25, 9.75, 10.0, 10.5, 11.0,
+        ];
+        assert!(
+            tri.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{tri:?}"
+        );
+        let near = resize_nearest(&x, [2, 3, 2], [3, 4, 3]).unwrap();
+        let want = [
+            0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 2.0, 3.0, 3.0, 4.0, 5.0, 5.0, 6.0, 7.0, 7.0, 8.0, 9.0,
+            9.0, 8.0, 9.0, 9.0, 10.0, 11.0, 11.0, 6.0, 7.0, 7.0, 8.0, 9.0, 9.0, 8.0, 9.0, 9.0,
+            10.0, 11.0, 11.0,
+        ];
+        assert_eq!(near, want);
+        assert_eq!(
+            resampled_shape([100, 100, 40], [0.8, 0.8, 2.5], [1.0; 3]).unwrap(),
+            [80, 80, 100]
+        );
+        assert!(resampled_shape([1, 1, 1], [0.0, 1.0, 1.0], [1.0; 3]).is_err());
+        // Same shape is the identity.
+        assert_eq!(resize_trilinear(&x, [2, 3, 2], [2, 3, 2]).unwrap(), x);
+    }
+
+    // import numpy as np; m = np.arange(6).reshape(2, 3, 1)
+    // [np.rot90(m, k).ravel() for k in range(4)], np.flip(m, 0).ravel(), np.flip(m, 1).ravel()
+    #[test]
+    fn rot90_and_flip_match_numpy() {
+        let p = Patch::new(
+            [2, 3, 1],
+            (0..6).map(|v| v as f32).collect(),
+            Some((0..6).collect()),
+        )
+        .unwrap();
+        let want: [&[f32]; 4] = [
+            &[0., 1., 2., 3., 4., 5.],
+            &[2., 5., 1., 4., 0., 3.],
+            &[5., 4., 3., 2., 1., 0.],
+            &[3., 0., 4., 1., 5., 2.],
+        ];
+        for k in 0..4u8 {
+            let r = rot90(p.clone(), k);
+            assert_eq!(r.shape, if k % 2 == 1 { [3, 2, 1] } else { [2, 3, 1] });
+            assert_eq!(r.image, want[k as usize]);
+            assert_eq!(
+                r.label.unwrap(),
+                want[k as usize]
+                    .iter()
+                    .map(|&v| v as u8)
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(flip(p.clone(), 0).image, vec![3., 4., 5., 0., 1., 2.]);
+        assert_eq!(flip(p.clone(), 1).image, vec![2., 1., 0., 5., 4., 3.]);
+        let q = Patch::new([1, 1, 3], vec![1., 2., 3.], None).unwrap();
+        assert_eq!(flip(q, 2).image, vec![3., 2., 1.]);
+    }
+
+    #[test]
+    fn uamt_padding_rule() {
+        // 190x142x88 vs 112x112x80: no side <= crop, no padding.
+        assert_eq!(uamt_padding([190, 142, 88], [112, 112, 80]), [0, 0, 0]);
+        // One side equal to the crop pads every axis: (80-80)//2+3 = 3, (112-190)//2+3 < 0 -> 0.
+        assert_eq!(uamt_padding([190, 142, 80], [112, 112, 80]), [0, 0, 3]);
+        assert_eq!(uamt_padding([100, 142, 88], [112, 112, 80]), [9, 0, 0]);
+        // Python floor division of odd negatives: (112-115)//2 = -2 -> +3 = 1.
+        assert_eq!(uamt_padding([115, 100, 88], [112, 112, 80]), [1, 9, 0]);
+    }
+
+    #[test]
+    fn rand_crop_is_seeded_and_keeps_image_and_label_aligned() {
+        let shape = [12, 9, 7];
+        let n = 12 * 9 * 7;
+        let image: Vec<f32> = (0..n).map(|v| v as f32).collect();
+        let label: Vec<u8> = (0..n).map(|v| (v % 251) as u8).collect();
+        let p = Patch::new(shape, image, Some(label)).unwrap();
+        let crop = RandCrop { size: [5, 5, 7] };
+        let a = crop.apply(&mut Rng::seed_from_u64(3), p.clone()).unwrap();
+        let b = crop.apply(&mut Rng::seed_from_u64(3), p.clone()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.shape, [5, 5, 7]);
+        for (v, l) in a.image.iter().zip(a.label.as_ref().unwrap()) {
+            // Padded voxels are zero in both; others keep the label of their intensity.
+            assert_eq!(
+                *l,
+                if *v == 0.0 {
+                    0
+                } else {
+                    (*v as usize % 251) as u8
+                }
+            );
+        }
+        // Offsets cover [0, side - size) over many seeds: never the last position (numpy randint).
+        let mut firsts = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let c = RandCrop {
+                size: [5, 9 - 1, 1],
+            }
+            .apply(&mut Rng::seed_from_u64(seed), p.clone())
+            .unwrap();
+            firsts.insert(c.image[0] as usize / (9 * 7));
+        }
+        assert_eq!(firsts, (0..7).collect());
+        let rf = RandRot90Flip
+            .apply(&mut Rng::seed_from_u64(1), a.clone())
+            .unwrap();
+        assert_eq!(rf.image.len(), a.image.len());
+        let mut sorted_a = a.image.clone();
+        let mut sorted_r = rf.image.clone();
+        sorted_a.sort_by(f32::total_cmp);
+        sorted_r.sort_by(f32::total_cmp);
+        assert_eq!(sorted_a, sorted_r);
+        assert!(RandCrop { size: [0, 1, 1] }
+            .apply(&mut Rng::seed_from_u64(0), p)
+            .is_err());
+    }
+
+    #[test]
+    fn rng_state_serialises_for_resume() {
+        use rand::Rng as _;
+        let mut rng = Rng::seed_from_u64(9);
+        let _: u64 = rng.random();
+        let saved = serde_json::to_string(&rng).unwrap();
+        let mut restored: Rng = serde_json::from_str(&saved).unwrap();
+        assert_eq!(rng.random::<u64>(), restored.random::<u64>());
+    }
+}
