@@ -2,3 +2,30 @@
 //! term, the prototype contrastive loss, their schedules and the assembly of one iteration's loss.
 //!
 //! Architecture invariant: pure tensor functions over candle; no model or I/O knowledge.
+//!
+//! Conventions: logits / probabilities / features are f32 `[N, K or C, D, H, W]` (class axis 1); labels and
+//! pseudo-labels are integer tensors `[N, D, H, W]` (u32 internally); voxel masks are f32 0/1 `[N, D, H, W]`.
+//! Every normalisation by a voxel count divides by `max(1, count)`, so empty sets give 0, never NaN.
+
+mod config;
+mod consistency;
+mod contrastive;
+mod objective;
+mod reliability;
+mod schedule;
+mod supervised;
+
+pub use config::{LossConfig, Preset, StudentRule};
+pub use consistency::{
+    consistency_l1, disagreement_mask, mean_confidence, DynamicThreshold, ThresholdRule,
+};
+pub use contrastive::{l2_normalize, prototype_contrastive, ContrastiveConfig, ContrastiveTerms};
+pub use objective::{IterationInput, LossTerms, NetOutputs, Objective};
+pub use reliability::{
+    alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable, Net, TeacherRule,
+    ENTROPY_EPS,
+};
+pub use schedule::{LambdaSchedule, ScheduleShape};
+pub use supervised::{
+    cross_entropy, dice_loss, one_hot, supervised_loss, SupervisedTerms, DICE_EPS,
+};

@@ -1,0 +1,105 @@
+//! The loss configuration: every option of SPEC section 2, with the defaults named there.
+
+use serde::{Deserialize, Serialize};
+
+use crate::consistency::ThresholdRule;
+use crate::contrastive::ContrastiveConfig;
+use crate::reliability::TeacherRule;
+use crate::schedule::{LambdaSchedule, ScheduleShape};
+
+/// Which objective is assembled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The method as SPEC section 2 defines it. Default.
+    #[default]
+    Paper,
+    /// The effective objective of the published reference code (SPEC end of section 2): see
+    /// [`crate::Objective::assemble`].
+    ReferenceCode,
+}
+
+/// Which net(s) learn from the teacher's pseudo-labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StudentRule {
+    /// The other net only. Default.
+    #[default]
+    Other,
+    /// Both nets (the teacher also fits its own pseudo-labels).
+    Both,
+}
+
+/// Every option of the per-iteration loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// Objective preset.
+    pub preset: Preset,
+    /// Teacher choice.
+    pub teacher: TeacherRule,
+    /// Student(s) of the pseudo-label loss.
+    pub student: StudentRule,
+    /// `alpha_0` of the unreliable fraction `alpha_t = alpha_0 (1 - t / t_max)`.
+    pub alpha0: f64,
+    /// Threshold T of `M_diff`.
+    pub threshold: ThresholdRule,
+    /// Prototype contrastive loss options.
+    pub contrastive: ContrastiveConfig,
+    /// `lambda_u(t)`, weight of `L_u + L_reg`.
+    pub lambda_u: LambdaSchedule,
+    /// `lambda_c(t)`, weight of `L_c`.
+    pub lambda_c: LambdaSchedule,
+    /// Ablation switch: the pseudo-label loss `L_u`.
+    pub use_unsup: bool,
+    /// Ablation switch: the consistency regularisation `L_reg`.
+    pub use_reg: bool,
+    /// Ablation switch: the contrastive loss `L_c`.
+    pub use_contrastive: bool,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            preset: Preset::Paper,
+            teacher: TeacherRule::LowerSupervised,
+            student: StudentRule::Other,
+            alpha0: 0.2,
+            threshold: ThresholdRule::default(),
+            contrastive: ContrastiveConfig::default(),
+            lambda_u: LambdaSchedule {
+                weight: 1.0,
+                shape: ScheduleShape::RampUp,
+            },
+            lambda_c: LambdaSchedule {
+                weight: 0.1,
+                shape: ScheduleShape::RampUp,
+            },
+            use_unsup: true,
+            use_reg: true,
+            use_contrastive: true,
+        }
+    }
+}
+
+impl LossConfig {
+    /// Supervised-only baseline: every unlabeled term switched off.
+    pub fn supervised_only() -> Self {
+        LossConfig {
+            use_unsup: false,
+            use_reg: false,
+            use_contrastive: false,
+            ..LossConfig::default()
+        }
+    }
+
+    /// The `reference_code` preset with the reference code's fixed threshold 0.6 and lower-Dice teacher.
+    pub fn reference_code() -> Self {
+        LossConfig {
+            preset: Preset::ReferenceCode,
+            teacher: TeacherRule::LowerDice,
+            threshold: ThresholdRule::Fixed { value: 0.6 },
+            ..LossConfig::default()
+        }
+    }
+}

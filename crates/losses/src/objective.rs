@@ -1,0 +1,435 @@
+//! Assembly of one iteration's total loss from the two nets' outputs, every term kept for logging.
+
+use std::collections::BTreeMap;
+
+use candle_core::{bail, DType, Result, Tensor};
+
+use crate::config::{LossConfig, Preset, StudentRule};
+use crate::consistency::{consistency_l1, disagreement_mask, mean_confidence, DynamicThreshold};
+use crate::contrastive::{prototype_contrastive, ContrastiveTerms};
+use crate::reliability::{
+    alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable, Net,
+};
+use crate::supervised::{cross_entropy, dice_loss, supervised_loss, SupervisedTerms};
+
+/// Fixed parameters of the reference code's effective objective (SPEC end of section 2).
+const REF_CONFIDENT: f64 = 0.6;
+const REF_REG_WEIGHT: f64 = 0.5;
+const REF_KEEP_FRACTION: f64 = 0.2;
+
+/// One net's outputs on the whole batch (labeled items first).
+#[derive(Debug, Clone, Copy)]
+pub struct NetOutputs<'a> {
+    /// Logits `[N, K, D, H, W]`.
+    pub logits: &'a Tensor,
+    /// Features `[N, C, D, H, W]` (not yet normalised).
+    pub features: &'a Tensor,
+}
+
+/// Everything one iteration's loss needs.
+#[derive(Debug, Clone, Copy)]
+pub struct IterationInput<'a> {
+    /// Subnet A's outputs.
+    pub a: NetOutputs<'a>,
+    /// Subnet B's outputs.
+    pub b: NetOutputs<'a>,
+    /// Ground truth of the labeled items `[N_l, D, H, W]` (integer dtype); `N_l` = the first `N_l` items.
+    pub labels: &'a Tensor,
+    /// Iteration t (0-based).
+    pub iteration: usize,
+    /// Total iterations t_max.
+    pub total_iterations: usize,
+    /// Seed of this iteration's voxel sampling (e.g. run seed + t).
+    pub seed: u64,
+}
+
+/// Every term of one iteration. Tensors are scalars; `total` is the one to back-propagate.
+#[derive(Debug, Clone)]
+pub struct LossTerms {
+    /// `L = L_s,A + L_s,B + lambda_u (L_u + L_reg) + lambda_c (L_c,A + L_c,B)`.
+    pub total: Tensor,
+    /// Supervised terms of net A.
+    pub sup_a: SupervisedTerms,
+    /// Supervised terms of net B.
+    pub sup_b: SupervisedTerms,
+    /// `L_u`, summed over the student(s) (0 when switched off).
+    pub unsup: Tensor,
+    /// `L_reg` (0 when switched off).
+    pub reg: Tensor,
+    /// Contrastive terms of net A (zeros when switched off).
+    pub contrast_a: ContrastiveTerms,
+    /// Contrastive terms of net B (zeros when switched off).
+    pub contrast_b: ContrastiveTerms,
+    /// The teacher this iteration.
+    pub teacher: Net,
+    /// `alpha_t`.
+    pub alpha: f64,
+    /// T this iteration (NaN when `L_reg` is off).
+    pub threshold: f64,
+    /// `lambda_u(t)`.
+    pub lambda_u: f64,
+    /// `lambda_c(t)`.
+    pub lambda_c: f64,
+    /// Number of reliable unlabeled voxels.
+    pub n_reliable: usize,
+    /// Number of unreliable unlabeled voxels.
+    pub n_unreliable: usize,
+    /// `|M_diff|`.
+    pub n_disagree: usize,
+}
+
+impl LossTerms {
+    /// Host values of every term, keyed by name (sorted), for the training log.
+    pub fn scalars(&self) -> Result<BTreeMap<&'static str, f64>> {
+        let v = |t: &Tensor| -> Result<f64> {
+            Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?))
+        };
+        let mut m = BTreeMap::new();
+        m.insert("total", v(&self.total)?);
+        m.insert("ce_a", v(&self.sup_a.ce)?);
+        m.insert("dice_a", v(&self.sup_a.dice)?);
+        m.insert("ce_b", v(&self.sup_b.ce)?);
+        m.insert("dice_b", v(&self.sup_b.dice)?);
+        m.insert("unsup", v(&self.unsup)?);
+        m.insert("reg", v(&self.reg)?);
+        m.insert("pull_a", v(&self.contrast_a.pull)?);
+        m.insert("push_a", v(&self.contrast_a.push)?);
+        m.insert("pull_b", v(&self.contrast_b.pull)?);
+        m.insert("push_b", v(&self.contrast_b.push)?);
+        m.insert(
+            "teacher_is_a",
+            if self.teacher == Net::A { 1.0 } else { 0.0 },
+        );
+        m.insert("alpha", self.alpha);
+        m.insert("threshold", self.threshold);
+        m.insert("lambda_u", self.lambda_u);
+        m.insert("lambda_c", self.lambda_c);
+        m.insert("n_reliable", self.n_reliable as f64);
+        m.insert("n_unreliable", self.n_unreliable as f64);
+        m.insert("n_disagree", self.n_disagree as f64);
+        Ok(m)
+    }
+}
+
+/// The per-iteration objective with its state (the dynamic threshold's EMA).
+#[derive(Debug, Clone)]
+pub struct Objective {
+    cfg: LossConfig,
+    n_classes: usize,
+    threshold: DynamicThreshold,
+}
+
+fn host(t: &Tensor) -> Result<f64> {
+    Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?))
+}
+
+fn count(mask: &Tensor) -> Result<usize> {
+    Ok(host(&mask.sum_all()?)?.round() as usize)
+}
+
+fn zero_contrast(zero: &Tensor) -> ContrastiveTerms {
+    ContrastiveTerms {
+        pull: zero.clone(),
+        push: zero.clone(),
+        n_sampled: 0,
+        n_prototypes: 0,
+    }
+}
+
+/// The halves of one net's outputs.
+struct Halves {
+    logits_l: Tensor,
+    logits_u: Tensor,
+    probs_l: Tensor,
+    probs_u: Tensor,
+    feat_l: Tensor,
+    feat_u: Tensor,
+}
+
+fn split(out: NetOutputs, n_labeled: usize) -> Result<Halves> {
+    let n = out.logits.dim(0)?;
+    let n_u = n - n_labeled;
+    let probs = candle_nn::ops::softmax(out.logits, 1)?;
+    Ok(Halves {
+        logits_l: out.logits.narrow(0, 0, n_labeled)?,
+        logits_u: out.logits.narrow(0, n_labeled, n_u)?,
+        probs_l: probs.narrow(0, 0, n_labeled)?,
+        probs_u: probs.narrow(0, n_labeled, n_u)?,
+        feat_l: out.features.narrow(0, 0, n_labeled)?,
+        feat_u: out.features.narrow(0, n_labeled, n_u)?,
+    })
+}
+
+impl Objective {
+    /// A fresh objective for `n_classes` classes.
+    pub fn new(cfg: LossConfig, n_classes: usize) -> Result<Self> {
+        if n_classes < 2 {
+            bail!("need at least 2 classes, got {n_classes}");
+        }
+        if cfg.preset == Preset::ReferenceCode && n_classes != 2 {
+            bail!("the reference_code preset is defined for 2 classes, got {n_classes}");
+        }
+        let threshold = DynamicThreshold::new(cfg.threshold, n_classes);
+        Ok(Objective {
+            cfg,
+            n_classes,
+            threshold,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LossConfig {
+        &self.cfg
+    }
+
+    /// The threshold state (for checkpoints).
+    pub fn threshold_state(&mut self) -> &mut DynamicThreshold {
+        &mut self.threshold
+    }
+
+    fn check(&self, input: &IterationInput) -> Result<usize> {
+        let la = input.a.logits.dims();
+        if la.len() != 5 || la[1] != self.n_classes || input.b.logits.dims() != la {
+            bail!(
+                "logits must be [N, {}, D, H, W] for both nets, got {:?} and {:?}",
+                self.n_classes,
+                la,
+                input.b.logits.dims()
+            );
+        }
+        let fa = input.a.features.dims();
+        if fa.len() != 5 || input.b.features.dims() != fa || fa[0] != la[0] || fa[2..] != la[2..] {
+            bail!(
+                "features {:?} / {:?} do not match logits {:?}",
+                fa,
+                input.b.features.dims(),
+                la
+            );
+        }
+        let n_labeled = input.labels.dim(0)?;
+        if input.labels.dims()[1..] != la[2..] || n_labeled == 0 || n_labeled >= la[0] {
+            bail!(
+                "labels {:?} must be [N_l, D, H, W] with 0 < N_l < N for logits {:?}",
+                input.labels.dims(),
+                la
+            );
+        }
+        Ok(n_labeled)
+    }
+
+    /// Assembles one iteration's loss.
+    ///
+    /// `Preset::Paper` (SPEC section 2): supervised terms of both nets on the labeled half; the teacher
+    /// (lower `L_s`, option lower Dice) gives `y_hat = argmax p_teacher` on the unlabeled half; the `alpha_t`
+    /// most uncertain voxels of the teacher are unreliable; `L_u` = masked CE + masked Dice of the student(s)
+    /// on reliable voxels; `L_reg` = L1 on `M_diff` with the dynamic T (gradient into both nets); `L_c` per net
+    /// (prototype pull + push); total with the lambda schedules. Switched-off terms are 0.
+    ///
+    /// `Preset::ReferenceCode` (our reading of the published code's effective objective): pseudo-label =
+    /// union of both nets' foreground, reliable = in the lowest 20 % entropy of at least one net; `L_u` (both
+    /// nets) and `L_c` are computed on detached tensors (logged, they train nothing); `L_reg` on the labeled
+    /// half = sum over nets of `sum M (p_fg - y)^2 / max(1, |M|)` with `M` = exactly one net's `p_fg > 0.6`;
+    /// total = `L_s,A + L_s,B + 0.5 L_reg + lambda_u L_u + lambda_c L_c` (the last two constant).
+    pub fn assemble(&mut self, input: &IterationInput) -> Result<LossTerms> {
+        let n_labeled = self.check(input)?;
+        let (t, t_max) = (input.iteration, input.total_iterations);
+        let a = split(input.a, n_labeled)?;
+        let b = split(input.b, n_labeled)?;
+        let labels = input.labels.to_dtype(DType::U32)?;
+        let sup_a = supervised_loss(&a.logits_l, &labels, None)?;
+        let sup_b = supervised_loss(&b.logits_l, &labels, None)?;
+        let lambda_u = self.cfg.lambda_u.at(t, t_max);
+        let lambda_c = self.cfg.lambda_c.at(t, t_max);
+        let zero = Tensor::zeros((), input.a.logits.dtype(), input.a.logits.device())?;
+        match self.cfg.preset {
+            Preset::Paper => self.assemble_paper(
+                input, &a, &b, &labels, sup_a, sup_b, lambda_u, lambda_c, zero,
+            ),
+            Preset::ReferenceCode => self.assemble_reference(
+                input, &a, &b, &labels, sup_a, sup_b, lambda_u, lambda_c, zero,
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble_paper(
+        &mut self,
+        input: &IterationInput,
+        a: &Halves,
+        b: &Halves,
+        labels: &Tensor,
+        sup_a: SupervisedTerms,
+        sup_b: SupervisedTerms,
+        lambda_u: f64,
+        lambda_c: f64,
+        zero: Tensor,
+    ) -> Result<LossTerms> {
+        let (t, t_max) = (input.iteration, input.total_iterations);
+        let cfg = self.cfg.clone();
+        let teacher = choose_teacher(
+            cfg.teacher,
+            (host(&sup_a.ce)?, host(&sup_a.dice)?),
+            (host(&sup_b.ce)?, host(&sup_b.dice)?),
+        );
+        let probs_t = match teacher {
+            Net::A => a.probs_u.detach(),
+            Net::B => b.probs_u.detach(),
+        };
+        let yhat = pseudo_labels(&probs_t)?;
+        let alpha = alpha_schedule(cfg.alpha0, t, t_max);
+        let reliable = select_reliable(&entropy(&probs_t)?, alpha)?;
+        let n_reliable = count(&reliable)?;
+        let n_unreliable = reliable.elem_count() - n_reliable;
+
+        let mut unsup = zero.clone();
+        if cfg.use_unsup {
+            let students: &[Net] = match cfg.student {
+                StudentRule::Other => &[teacher.other()],
+                StudentRule::Both => &[Net::A, Net::B],
+            };
+            for s in students {
+                let h = if *s == Net::A { a } else { b };
+                let ce = cross_entropy(&h.logits_u, &yhat, Some(&reliable))?;
+                let dice = dice_loss(&h.probs_u, &yhat, Some(&reliable))?;
+                unsup = ((unsup + ce)? + dice)?;
+            }
+        }
+
+        let (mut reg, mut threshold, mut n_disagree) = (zero.clone(), f64::NAN, 0);
+        if cfg.use_reg {
+            let conf = 0.5 * (mean_confidence(&a.probs_u)? + mean_confidence(&b.probs_u)?);
+            threshold = self.threshold.update(conf, t, t_max);
+            let mdiff = disagreement_mask(&a.probs_u, &b.probs_u, threshold)?;
+            n_disagree = count(&mdiff)?;
+            reg = consistency_l1(&a.probs_u, &b.probs_u, &mdiff)?;
+        }
+
+        let (mut contrast_a, mut contrast_b) = (zero_contrast(&zero), zero_contrast(&zero));
+        if cfg.use_contrastive {
+            let c = &cfg.contrastive;
+            let k = self.n_classes;
+            contrast_a = prototype_contrastive(
+                &a.feat_u, &reliable, &yhat, &a.feat_l, labels, k, c, input.seed,
+            )?;
+            let seed_b = input.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            contrast_b = prototype_contrastive(
+                &b.feat_u, &reliable, &yhat, &b.feat_l, labels, k, c, seed_b,
+            )?;
+        }
+
+        let lc = (contrast_a.total()? + contrast_b.total()?)?;
+        let total = (((sup_a.total()? + sup_b.total()?)? + ((&unsup + &reg)? * lambda_u)?)?
+            + (lc * lambda_c)?)?;
+        Ok(LossTerms {
+            total,
+            sup_a,
+            sup_b,
+            unsup,
+            reg,
+            contrast_a,
+            contrast_b,
+            teacher,
+            alpha,
+            threshold,
+            lambda_u,
+            lambda_c,
+            n_reliable,
+            n_unreliable,
+            n_disagree,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble_reference(
+        &mut self,
+        input: &IterationInput,
+        a: &Halves,
+        b: &Halves,
+        labels: &Tensor,
+        sup_a: SupervisedTerms,
+        sup_b: SupervisedTerms,
+        lambda_u: f64,
+        lambda_c: f64,
+        zero: Tensor,
+    ) -> Result<LossTerms> {
+        let cfg = self.cfg.clone();
+        let teacher = choose_teacher(
+            cfg.teacher,
+            (host(&sup_a.ce)?, host(&sup_a.dice)?),
+            (host(&sup_b.ce)?, host(&sup_b.dice)?),
+        );
+        let (pa_u, pb_u) = (a.probs_u.detach(), b.probs_u.detach());
+        // union of both nets' foreground
+        let yhat = pseudo_labels(&pa_u)?.maximum(&pseudo_labels(&pb_u)?)?;
+        let keep = 1.0 - REF_KEEP_FRACTION;
+        let rel_a = select_reliable(&entropy(&pa_u)?, keep)?;
+        let rel_b = select_reliable(&entropy(&pb_u)?, keep)?;
+        let reliable = rel_a.maximum(&rel_b)?;
+        let n_reliable = count(&reliable)?;
+        let n_unreliable = reliable.elem_count() - n_reliable;
+
+        let mut unsup = zero.clone();
+        if cfg.use_unsup {
+            for h in [a, b] {
+                let ce = cross_entropy(&h.logits_u.detach(), &yhat, Some(&reliable))?;
+                let dice = dice_loss(&h.probs_u.detach(), &yhat, Some(&reliable))?;
+                unsup = ((unsup + ce)? + dice)?;
+            }
+        }
+
+        let (mut reg, mut n_disagree) = (zero.clone(), 0);
+        if cfg.use_reg {
+            let fg_a = a.probs_l.narrow(1, 1, 1)?.squeeze(1)?;
+            let fg_b = b.probs_l.narrow(1, 1, 1)?.squeeze(1)?;
+            let m = fg_a
+                .detach()
+                .gt(REF_CONFIDENT)?
+                .ne(&fg_b.detach().gt(REF_CONFIDENT)?)?
+                .to_dtype(fg_a.dtype())?;
+            n_disagree = count(&m)?;
+            let y = labels.to_dtype(fg_a.dtype())?;
+            let per_net = |fg: &Tensor| -> Result<Tensor> {
+                crate::supervised::div_by_count(
+                    &(fg - &y)?.sqr()?.mul(&m)?.sum_all()?,
+                    &m.sum_all()?,
+                )
+            };
+            reg = (per_net(&fg_a)? + per_net(&fg_b)?)?;
+        }
+
+        let (mut contrast_a, mut contrast_b) = (zero_contrast(&zero), zero_contrast(&zero));
+        if cfg.use_contrastive {
+            let c = &cfg.contrastive;
+            let k = self.n_classes;
+            let (fa_u, fa_l) = (a.feat_u.detach(), a.feat_l.detach());
+            let (fb_u, fb_l) = (b.feat_u.detach(), b.feat_l.detach());
+            contrast_a =
+                prototype_contrastive(&fa_u, &reliable, &yhat, &fa_l, labels, k, c, input.seed)?;
+            let seed_b = input.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            contrast_b =
+                prototype_contrastive(&fb_u, &reliable, &yhat, &fb_l, labels, k, c, seed_b)?;
+        }
+
+        let lc = (contrast_a.total()? + contrast_b.total()?)?;
+        let sup = (sup_a.total()? + sup_b.total()?)?;
+        let total =
+            (((sup + (&reg * REF_REG_WEIGHT)?)? + (&unsup * lambda_u)?)? + (lc * lambda_c)?)?;
+        Ok(LossTerms {
+            total,
+            sup_a,
+            sup_b,
+            unsup,
+            reg,
+            contrast_a,
+            contrast_b,
+            teacher,
+            alpha: REF_KEEP_FRACTION,
+            threshold: REF_CONFIDENT,
+            lambda_u,
+            lambda_c,
+            n_reliable,
+            n_unreliable,
+            n_disagree,
+        })
+    }
+}

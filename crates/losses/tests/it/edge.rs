@@ -1,0 +1,290 @@
+//! Edge cases: empty sets, absent classes, saturated softmax: finite values, never NaN.
+
+use candle_core::{DType, Device, Tensor};
+use duoseg_losses::*;
+
+use crate::{rand_f64, rand_labels, scalar};
+
+fn finite(name: &str, t: &Tensor) -> f64 {
+    let v = scalar(t);
+    assert!(v.is_finite(), "{name} = {v}");
+    v
+}
+
+/// Backpropagates `total` and checks every gradient is finite.
+fn finite_grads(terms: &LossTerms, vars: &[&candle_core::Var]) {
+    let grads = terms.total.backward().unwrap();
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let s = scalar(&g.abs().unwrap().sum_all().unwrap());
+            assert!(s.is_finite(), "non-finite gradient");
+        }
+    }
+}
+
+#[test]
+fn empty_mask_gives_zero() {
+    let x = rand_f64(&[2, 3, 2, 2, 2], 1.0, 1).unwrap();
+    let y = rand_labels(&[2, 2, 2, 2], 3, 2).unwrap();
+    let empty = Tensor::zeros((2, 2, 2, 2), DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(
+        finite("ce", &cross_entropy(&x, &y, Some(&empty)).unwrap()),
+        0.0
+    );
+    let p = candle_nn::ops::softmax(&x, 1).unwrap();
+    assert_eq!(
+        finite("dice", &dice_loss(&p, &y, Some(&empty)).unwrap()),
+        0.0
+    );
+    let m = Tensor::zeros((2, 1, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(finite("reg", &consistency_l1(&p, &p, &m).unwrap()), 0.0);
+}
+
+#[test]
+fn labels_out_of_range_is_an_error() {
+    let x = rand_f64(&[1, 2, 2, 2, 2], 1.0, 1).unwrap();
+    let y = Tensor::from_vec(vec![0u32, 1, 2, 0, 0, 0, 0, 0], (1, 2, 2, 2), &Device::Cpu).unwrap();
+    let err = cross_entropy(&x, &y, None).unwrap_err().to_string();
+    assert!(err.contains("label value 2 out of range"), "{err}");
+    let bad = Tensor::zeros((1, 2, 2, 3), DType::U32, &Device::Cpu).unwrap();
+    assert!(dice_loss(&x, &bad, None).is_err());
+}
+
+/// Logits `[N, 2, ...]` of +-1e4 with opposite signs in the two channels: an exactly one-hot softmax.
+fn saturate(x: &Tensor) -> Tensor {
+    let s = x
+        .narrow(1, 0, 1)
+        .unwrap()
+        .ge(0.0)
+        .unwrap()
+        .to_dtype(x.dtype())
+        .unwrap();
+    let s = ((s * 2.0).unwrap() - 1.0).unwrap();
+    Tensor::cat(&[(&s * 1e4).unwrap(), (&s * -1e4).unwrap()], 1).unwrap()
+}
+
+#[test]
+fn saturated_softmax_keeps_every_voxel() {
+    // logits +-1e4: softmax is exactly one-hot, so the entropy is the same (-log(1 + 1e-10)) everywhere
+    let x = saturate(&rand_f64(&[2, 2, 4, 4, 4], 1.0, 3).unwrap());
+    let p = candle_nn::ops::softmax(&x, 1).unwrap();
+    let h = entropy(&p).unwrap();
+    let (lo, hi) = (scalar(&h.min_all().unwrap()), scalar(&h.max_all().unwrap()));
+    assert!(lo == hi && hi.abs() < 1e-9, "entropy in [{lo}, {hi}]");
+    let rel = select_reliable(&h, 0.2).unwrap();
+    assert_eq!(
+        scalar(&rel.sum_all().unwrap()),
+        128.0,
+        "a tie must not drop voxels"
+    );
+}
+
+#[test]
+fn reliable_selection_counts_and_ties() {
+    let h = Tensor::new(
+        &[0.5f32, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let rel = select_reliable(&h, 0.2).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(rel, vec![1., 1., 0., 1., 1., 1., 1., 1., 1., 0.]);
+    assert_eq!(
+        select_reliable(&h, 0.0)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        10.0
+    );
+    assert_eq!(
+        select_reliable(&h, 0.05)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        10.0
+    );
+    assert_eq!(
+        select_reliable(&h, 1.0)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+    // ties at the boundary stay reliable: 3 voxels share the largest value, alpha asks to drop 2
+    let t = Tensor::new(&[0.1f32, 0.2, 0.9, 0.9, 0.9], &Device::Cpu).unwrap();
+    assert_eq!(
+        select_reliable(&t, 0.4).unwrap().to_vec1::<f32>().unwrap(),
+        vec![1., 1., 1., 1., 1.]
+    );
+    let nan = Tensor::new(&[0.1f32, f32::NAN], &Device::Cpu).unwrap();
+    assert!(select_reliable(&nan, 0.5).is_err());
+}
+
+#[test]
+fn contrastive_with_absent_class_and_no_unreliable_voxel() {
+    let fu = rand_f64(&[1, 4, 2, 2, 2], 1.0, 4).unwrap();
+    let fl = rand_f64(&[1, 4, 2, 2, 2], 1.0, 5).unwrap();
+    let zeros = Tensor::zeros((1, 2, 2, 2), DType::U32, &Device::Cpu).unwrap();
+    let ones = Tensor::ones((1, 2, 2, 2), DType::F64, &Device::Cpu).unwrap();
+    let cfg = ContrastiveConfig::default();
+    // only class 0 anywhere: a single prototype, both terms 0
+    let t = prototype_contrastive(
+        &fu,
+        &ones.zeros_like().unwrap(),
+        &zeros,
+        &fl,
+        &zeros,
+        3,
+        &cfg,
+        0,
+    )
+    .unwrap();
+    assert_eq!((t.n_prototypes, t.n_sampled), (1, 0));
+    assert_eq!(finite("pull", &t.pull) + finite("push", &t.push), 0.0);
+    // every voxel reliable: no pull sample, push still defined
+    let y = rand_labels(&[1, 2, 2, 2], 2, 6).unwrap();
+    let t = prototype_contrastive(&fu, &ones, &y, &fl, &y, 3, &cfg, 0).unwrap();
+    assert_eq!((t.n_prototypes, t.n_sampled), (2, 0));
+    assert_eq!(finite("pull", &t.pull), 0.0);
+    finite("push", &t.push);
+    // identical prototypes (all-zero features): distance 0, push = m^2, gradient finite
+    let z = candle_core::Var::zeros((1, 4, 2, 2, 2), DType::F64, &Device::Cpu).unwrap();
+    let t = prototype_contrastive(z.as_tensor(), &ones, &y, z.as_tensor(), &y, 2, &cfg, 0).unwrap();
+    assert!((finite("push", &t.push) - 1.0).abs() < 1e-9);
+    let g = t.total().unwrap().backward().unwrap();
+    let g = g.get(z.as_tensor()).unwrap();
+    assert!(scalar(&g.abs().unwrap().sum_all().unwrap()).is_finite());
+}
+
+#[test]
+fn sampler_caps_and_is_seeded() {
+    let fu = rand_f64(&[1, 4, 8, 8, 8], 1.0, 7).unwrap();
+    let fl = rand_f64(&[1, 4, 8, 8, 8], 1.0, 8).unwrap();
+    let y = rand_labels(&[1, 8, 8, 8], 2, 9).unwrap();
+    let unreliable = Tensor::zeros((1, 8, 8, 8), DType::F64, &Device::Cpu).unwrap();
+    let cfg = ContrastiveConfig {
+        max_samples: 100,
+        ..Default::default()
+    };
+    let run = |seed| prototype_contrastive(&fu, &unreliable, &y, &fl, &y, 2, &cfg, seed).unwrap();
+    let (a, b, c) = (run(1), run(1), run(2));
+    assert_eq!(a.n_sampled, 100);
+    assert_eq!(scalar(&a.pull), scalar(&b.pull));
+    assert_ne!(scalar(&a.pull), scalar(&c.pull));
+}
+
+/// One iteration on 1 labeled + 1 unlabeled item of 4^3 with the given logits for both nets.
+fn assemble_with(cfg: LossConfig, logits_a: &Tensor, logits_b: &Tensor, y: &Tensor) -> LossTerms {
+    let fa = candle_core::Var::from_tensor(&rand_f64(&[2, 4, 4, 4, 4], 1.0, 30).unwrap()).unwrap();
+    let fb = candle_core::Var::from_tensor(&rand_f64(&[2, 4, 4, 4, 4], 1.0, 31).unwrap()).unwrap();
+    let la = candle_core::Var::from_tensor(logits_a).unwrap();
+    let lb = candle_core::Var::from_tensor(logits_b).unwrap();
+    let mut obj = Objective::new(cfg, 2).unwrap();
+    let input = IterationInput {
+        a: NetOutputs {
+            logits: la.as_tensor(),
+            features: fa.as_tensor(),
+        },
+        b: NetOutputs {
+            logits: lb.as_tensor(),
+            features: fb.as_tensor(),
+        },
+        labels: y,
+        iteration: 0,
+        total_iterations: 100,
+        seed: 0,
+    };
+    let terms = obj.assemble(&input).unwrap();
+    for (k, v) in terms.scalars().unwrap() {
+        assert!(v.is_finite() || k == "threshold", "{k} = {v}");
+    }
+    finite_grads(&terms, &[&la, &lb, &fa, &fb]);
+    terms
+}
+
+#[test]
+fn assemble_edge_cases_are_finite() {
+    let y = rand_labels(&[1, 4, 4, 4], 2, 40).unwrap();
+    let logits = rand_f64(&[2, 2, 4, 4, 4], 2.0, 41).unwrap();
+    let saturated = saturate(&logits);
+    // saturated, identical nets: entropy 0 everywhere (all reliable), empty M_diff
+    let t = assemble_with(LossConfig::default(), &saturated, &saturated, &y);
+    assert_eq!((t.n_reliable, t.n_unreliable, t.n_disagree), (64, 0, 0));
+    assert_eq!(scalar(&t.reg), 0.0);
+    // no reliable voxel at all (alpha = 1)
+    let t = assemble_with(
+        LossConfig {
+            alpha0: 1.0,
+            ..LossConfig::default()
+        },
+        &logits,
+        &logits,
+        &y,
+    );
+    assert_eq!(t.n_reliable, 0);
+    assert_eq!(scalar(&t.unsup), 0.0);
+    // no unreliable voxel (alpha = 0)
+    let t = assemble_with(
+        LossConfig {
+            alpha0: 0.0,
+            ..LossConfig::default()
+        },
+        &logits,
+        &logits,
+        &y,
+    );
+    assert_eq!(t.n_unreliable, 0);
+    // foreground absent from labels and predictions
+    let bg = Tensor::zeros((1, 4, 4, 4), DType::U32, &Device::Cpu).unwrap();
+    let all_bg = Tensor::cat(
+        &[
+            Tensor::full(5f64, (2, 1, 4, 4, 4), &Device::Cpu).unwrap(),
+            Tensor::full(-5f64, (2, 1, 4, 4, 4), &Device::Cpu).unwrap(),
+        ],
+        1,
+    )
+    .unwrap();
+    let t = assemble_with(LossConfig::default(), &all_bg, &all_bg, &bg);
+    assert_eq!(t.contrast_a.n_prototypes, 1);
+    // reference preset on the same edge cases
+    assemble_with(LossConfig::reference_code(), &saturated, &saturated, &y);
+    assemble_with(LossConfig::reference_code(), &all_bg, &all_bg, &bg);
+    // supervised only: unlabeled terms are zero
+    let t = assemble_with(LossConfig::supervised_only(), &logits, &logits, &y);
+    let s = scalar(&t.sup_a.total().unwrap()) + scalar(&t.sup_b.total().unwrap());
+    assert!((scalar(&t.total) - s).abs() < 1e-12);
+}
+
+#[test]
+fn assemble_rejects_bad_shapes() {
+    let la = rand_f64(&[2, 2, 4, 4, 4], 1.0, 1).unwrap();
+    let f = rand_f64(&[2, 4, 4, 4, 4], 1.0, 2).unwrap();
+    let mut obj = Objective::new(LossConfig::default(), 2).unwrap();
+    let bad_labels = rand_labels(&[2, 4, 4, 4], 2, 3).unwrap(); // no unlabeled item left
+    let input = IterationInput {
+        a: NetOutputs {
+            logits: &la,
+            features: &f,
+        },
+        b: NetOutputs {
+            logits: &la,
+            features: &f,
+        },
+        labels: &bad_labels,
+        iteration: 0,
+        total_iterations: 10,
+        seed: 0,
+    };
+    assert!(obj
+        .assemble(&input)
+        .unwrap_err()
+        .to_string()
+        .contains("labels"));
+    assert!(Objective::new(LossConfig::default(), 1).is_err());
+    assert!(Objective::new(LossConfig::reference_code(), 3).is_err());
+}
