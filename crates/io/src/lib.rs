@@ -14,6 +14,7 @@ pub mod augment;
 pub mod dataset;
 mod error;
 mod h5;
+pub mod loader;
 pub mod nifti;
 pub mod preprocess;
 mod volume;
@@ -22,6 +23,7 @@ pub use augment::{Patch, RandCrop, RandRot90Flip, Rng};
 pub use dataset::{Case, Dataset, LabeledSplit, Layout, Sample, Split};
 pub use error::{Error, Result};
 pub use h5::{decode_h5, h5_dataset_names, read_h5_dataset, read_h5_pair};
+pub use loader::{load_cases, Batch, Loader, LoaderConfig};
 pub use nifti::NiftiHeader;
 pub use volume::{read_volume, write_labels, write_probabilities, DataType, Volume};
 

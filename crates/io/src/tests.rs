@@ -990,3 +990,99 @@ mod preprocess_tests {
         assert_eq!(rng.random::<u64>(), restored.random::<u64>());
     }
 }
+
+mod loader_tests {
+    use std::sync::Arc;
+
+    use crate::loader::*;
+    use crate::{Sample, Volume};
+
+    fn samples(n: usize, labeled: bool) -> Vec<Sample> {
+        (0..n)
+            .map(|c| {
+                let shape = [10 + c, 9, 6];
+                let len = shape.iter().product::<usize>();
+                Sample {
+                    id: format!("case{c}"),
+                    image: Volume::from_data(
+                        shape,
+                        [1.0; 3],
+                        (0..len).map(|v| (v + 1000 * c) as f32).collect(),
+                    )
+                    .unwrap(),
+                    label: labeled.then(|| (0..len).map(|v| (v % 2) as u8).collect()),
+                }
+            })
+            .collect()
+    }
+
+    fn cfg(workers: usize) -> LoaderConfig {
+        LoaderConfig {
+            patch: [8, 8, 8],
+            labeled_per_batch: 2,
+            unlabeled_per_batch: 2,
+            rot_flip: true,
+            seed: 5,
+            workers,
+            prefetch: 3,
+        }
+    }
+
+    #[test]
+    fn batches_are_deterministic_whatever_the_thread_count_and_resume_point() {
+        let (lab, unl) = (Arc::new(samples(3, true)), Arc::new(samples(4, false)));
+        let one: Vec<Batch> = Loader::new(lab.clone(), unl.clone(), cfg(1), 0)
+            .unwrap()
+            .take(8)
+            .map(|b| b.unwrap())
+            .collect();
+        let three: Vec<Batch> = Loader::new(lab.clone(), unl.clone(), cfg(3), 0)
+            .unwrap()
+            .take(8)
+            .map(|b| b.unwrap())
+            .collect();
+        assert!(one == three, "thread count changed the batches");
+        let resumed: Vec<Batch> = Loader::new(lab.clone(), unl.clone(), cfg(2), 5)
+            .unwrap()
+            .take(3)
+            .map(|b| b.unwrap())
+            .collect();
+        assert!(one[5..] == resumed[..], "resuming at 5 changed the batches");
+        let b = &one[0];
+        assert_eq!((b.image.len(), b.label.len()), (4 * 512, 2 * 512));
+        assert_eq!(b.iteration, 0);
+        assert_eq!(
+            one.iter().map(|b| b.iteration).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
+        // Labeled cases come first and each labeled case appears once per epoch (3 cases, 2 per batch).
+        let epoch: Vec<&String> = one[..3].iter().flat_map(|b| &b.ids[..2]).collect();
+        let mut first = epoch[..3].to_vec();
+        first.sort();
+        assert_eq!(first, vec!["case0", "case1", "case2"]);
+        assert!(one
+            .iter()
+            .all(|b| b.ids[2..].iter().all(|id| id.starts_with("case"))));
+        // Another seed gives other batches.
+        let mut c = cfg(1);
+        c.seed = 6;
+        let other = Loader::new(lab, unl, c, 0)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(other != one[0]);
+    }
+
+    #[test]
+    fn loader_errors_are_typed() {
+        let (lab, unl) = (Arc::new(samples(2, true)), Arc::new(samples(2, false)));
+        assert!(Loader::new(Arc::new(vec![]), unl.clone(), cfg(1), 0).is_err());
+        let mut c = cfg(1);
+        c.workers = 0;
+        assert!(Loader::new(lab.clone(), unl.clone(), c, 0).is_err());
+        // A "labeled" pool without labels fails when a batch is made, as an Err item.
+        let mut l = Loader::new(unl.clone(), unl, cfg(2), 0).unwrap();
+        assert!(l.next().unwrap().is_err());
+    }
+}
