@@ -9,7 +9,10 @@ const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
   ci                 run the checks CI runs (fmt, clippy, tests)
-  bench <name>       run a benchmark, write bench/<name>.json";
+  bench <name>       run a benchmark, write bench/<name>.json
+  gpu-build          build the `cuda` feature here (CUDA wheels, stub libcuda) into gpu/bin
+  gpu-run -- <bin>   print the device call that runs gpu/bin/<bin> on the GPU machine
+  gpu-check          print (or --exec) the CUDA-vs-CPU op check for the GPU machine";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -18,6 +21,9 @@ fn main() -> Result<()> {
     match task.as_str() {
         "ci" => ci::run(&rest),
         "bench" => bench::run(&rest),
+        "gpu-build" => gpu::build(&rest),
+        "gpu-run" => gpu::run(&rest),
+        "gpu-check" => gpu::check(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
@@ -28,4 +34,5 @@ fn main() -> Result<()> {
 
 mod bench;
 mod ci;
+mod gpu;
 mod util;

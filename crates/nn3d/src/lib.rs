@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: depends only on candle; layout is always `[N, C, D, H, W]`, f32.
 
+pub mod cuda;
 pub mod ops;
 
 mod conv;

@@ -1,0 +1,432 @@
+//! `cargo xtask gpu-build | gpu-run | gpu-check`: build the `cuda` feature on this CPU-only machine
+//! and run the result on the GPU machine (recipe and facts: `../shared/GPU.md`).
+//!
+//! # The two machines
+//! The development machine has no GPU and no CUDA; the GPU machine (one H100, driver 580 = CUDA 13.0,
+//! PyTorch cu130 in `/opt/torch/.venv`) has no Rust toolchain and no network. So:
+//!
+//! 1. `cargo xtask gpu-build` (here) installs NVIDIA's CUDA 13.0 toolkit wheels from PyPI into
+//!    `.cuda/wheels` (one `pip install --no-deps --target`, skipped when already complete), makes
+//!    `.cuda/lib` (unversioned `lib*.so` links for the linker and a stub `libcuda.so` generated from
+//!    `cuda.h`, since `libcuda` ships with the driver), builds the CUDA binaries into `gpu/target`
+//!    (a target folder of its own, so it never fights the shared CPU build), and copies them,
+//!    stripped, into `gpu/bin/`. Both `.cuda/` and `gpu/` are ignored by git.
+//! 2. On the GPU machine, `bash xtask/gpu-run.sh <binary> [args]` runs `gpu/bin/<binary>` with
+//!    `LD_LIBRARY_PATH` set to the driver (`/usr/local/nvidia/lib64`) and the CUDA 13 / cuDNN 9
+//!    libraries of the PyTorch venv (`site-packages/nvidia/{cu13,cudnn}/lib`).
+//!    `cargo xtask gpu-run -- <binary> [args]` prints that invocation (or runs it with `--exec`
+//!    where this machine has a GPU).
+//! 3. `cargo xtask gpu-check` prints the device call that runs `gpu_check` (the CUDA-vs-CPU op
+//!    comparisons of `crates/nn3d/examples/gpu_check.rs`); with `--exec` it runs it here.
+//!
+//! With the project's device tool the call is: carry `["gpu/bin/gpu_check"]` (the carried paths
+//! may hold 64 MiB in all, so carry only the binary you run), command
+//! `bash xtask/gpu-run.sh gpu_check`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::util;
+
+/// The CUDA 13.0 toolkit wheels (nvcc kept at 13.0.x: driver 580 loads PTX ISA <= 9.0 only).
+/// Installed in ONE pip call: separate calls into the same target clobber the shared `nvidia/` tree.
+pub const WHEELS: &[&str] = &[
+    "nvidia-cuda-nvcc==13.0.88",
+    "nvidia-nvvm==13.0.88",
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cccl==13.0.85",
+    "nvidia-cuda-nvrtc==13.0.88",
+    "nvidia-curand==10.4.0.35",
+    "nvidia-cublas==13.1.0.3",
+    "nvidia-cudnn-cu13==9.15.1.9",
+];
+
+/// Versioned sonames shipped by the wheels that the linker needs as unversioned `lib*.so` links.
+const LINK_LIBS: &[&str] = &[
+    "libcublas.so.13",
+    "libcublasLt.so.13",
+    "libcurand.so.10",
+    "libnvrtc.so.13",
+    "libcudart.so.13",
+    "libcudnn.so.9",
+];
+
+/// The binaries `gpu-build` makes by default: (cargo package, example name or `None` for the
+/// package's binary, file name in `gpu/bin`).
+const BINARIES: &[(&str, Option<&str>, &str)] = &[
+    ("duoseg-nn3d", Some("gpu_check"), "gpu_check"),
+    ("cli", None, "duoseg"),
+];
+
+/// Compute capability the kernels are built for (becomes sm_90a: H100/H200 only).
+const COMPUTE_CAP: &str = "90";
+
+const BUILD_USAGE: &str = "usage: cargo xtask gpu-build [--only <name>]...
+
+Installs the CUDA toolkit wheels into .cuda/wheels (once), makes .cuda/lib, builds the CUDA
+binaries into gpu/target and copies them stripped into gpu/bin. Names: gpu_check, duoseg.";
+
+fn wheels_dir() -> PathBuf {
+    util::root().join(".cuda/wheels")
+}
+
+fn toolkit_root() -> PathBuf {
+    wheels_dir().join("nvidia/cu13")
+}
+
+fn link_dir() -> PathBuf {
+    util::root().join(".cuda/lib")
+}
+
+/// `cargo xtask gpu-build`.
+pub fn build(args: &[String]) -> Result<()> {
+    let mut only = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--only" => only.push(it.next().context("--only needs a binary name")?.clone()),
+            "-h" | "--help" => {
+                println!("{BUILD_USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{BUILD_USAGE}"),
+        }
+    }
+    let selected: Vec<_> = BINARIES
+        .iter()
+        .filter(|(_, _, name)| only.is_empty() || only.iter().any(|o| o == name))
+        .collect();
+    if selected.is_empty() {
+        bail!("no binary named {only:?}; known: gpu_check, duoseg");
+    }
+
+    install_wheels()?;
+    make_link_dir()?;
+    let bin_dir = util::root().join("gpu/bin");
+    fs::create_dir_all(&bin_dir).with_context(|| format!("cannot create {}", bin_dir.display()))?;
+    fs::create_dir_all(util::root().join("gpu/target"))?;
+    for (package, example, name) in selected {
+        let start = Instant::now();
+        let mut cmd = cuda_cargo();
+        cmd.args(["build", "--release", "--features", "cuda", "-p", package]);
+        if let Some(example) = example {
+            cmd.args(["--example", example]);
+        }
+        util::run(&mut cmd)?;
+        let built = match example {
+            Some(example) => util::root()
+                .join("gpu/target/release/examples")
+                .join(example),
+            None => util::root().join("gpu/target/release").join(name),
+        };
+        let dest = bin_dir.join(name);
+        copy_stripped(&built, &dest)?;
+        let size = fs::metadata(&dest)?.len();
+        eprintln!(
+            "gpu-build: {} ({:.1} MB stripped, cargo {:.0} s)",
+            dest.display(),
+            size as f64 / 1e6,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// A `cargo` command with the environment of GPU.md: toolkit root, nvcc on PATH, compute
+/// capability, the link folder, and the separate `gpu/target` target folder.
+fn cuda_cargo() -> Command {
+    let root = toolkit_root();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![root.join("bin")];
+    paths.extend(std::env::split_paths(&path));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.env("CUDA_ROOT", &root)
+        .env("CUDA_HOME", &root)
+        .env("CUDA_PATH", &root)
+        .env("NVCC", root.join("bin/nvcc"))
+        .env("PATH", std::env::join_paths(paths).unwrap_or(path))
+        .env("CUDA_COMPUTE_CAP", COMPUTE_CAP)
+        .env("CUDAFORGE_THREADS", threads.to_string())
+        .env(
+            "RUSTFLAGS",
+            format!("-L native={}", link_dir().to_string_lossy()),
+        )
+        .env("CARGO_TARGET_DIR", util::root().join("gpu/target"));
+    cmd
+}
+
+/// Installs the wheels in one pip call unless every one of [`WHEELS`] already has its
+/// `<name>-<version>.dist-info` folder in `.cuda/wheels`.
+fn install_wheels() -> Result<()> {
+    let dir = wheels_dir();
+    let missing: Vec<&str> = WHEELS
+        .iter()
+        .copied()
+        .filter(|w| !dir.join(dist_info_name(w)).is_dir())
+        .collect();
+    if missing.is_empty() {
+        eprintln!("gpu-build: toolkit wheels present in {}", dir.display());
+        return Ok(());
+    }
+    eprintln!("gpu-build: missing wheels {missing:?}, installing all (about 1 GB)");
+    // A partial or different install: start over (pip --target does not merge the shared
+    // `nvidia/` tree of several wheels installed in separate calls).
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "pip", "install", "--no-deps", "--target"])
+        .arg(&dir)
+        .args(WHEELS);
+    util::run(&mut cmd)
+}
+
+/// `nvidia-cuda-nvcc==13.0.88` -> `nvidia_cuda_nvcc-13.0.88.dist-info` (pip's folder name).
+fn dist_info_name(wheel: &str) -> String {
+    let (name, version) = wheel.split_once("==").unwrap_or((wheel, ""));
+    format!("{}-{version}.dist-info", name.replace('-', "_"))
+}
+
+/// Makes `.cuda/lib`: `lib*.so` links to the versioned libraries and the stub `libcuda.so`.
+fn make_link_dir() -> Result<()> {
+    let dir = link_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let search = [
+        toolkit_root().join("lib"),
+        wheels_dir().join("nvidia/cudnn/lib"),
+    ];
+    for soname in LINK_LIBS {
+        let target = search
+            .iter()
+            .map(|d| d.join(soname))
+            .find(|p| p.exists())
+            .with_context(|| format!("{soname} not found in {search:?}"))?;
+        let stem = soname.split(".so").next().unwrap_or(soname);
+        let link = dir.join(format!("{stem}.so"));
+        if fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link).with_context(|| format!("cannot remove {}", link.display()))?;
+        }
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))?;
+    }
+    make_libcuda_stub(&dir)
+}
+
+/// Compiles a stub `libcuda.so` (soname `libcuda.so.1`) that defines every `cu*` function named
+/// in the toolkit's `cuda.h`, both as written and after the header's versioning macros
+/// (`cuDeviceTotalMem` -> `cuDeviceTotalMem_v2`, per-thread-stream `_ptds`/`_ptsz` variants).
+/// It only satisfies the linker: at run time the driver's real `libcuda.so.1` is loaded. Every stub
+/// returns CUDA_ERROR_UNKNOWN (999), so a binary that picks it up by mistake fails loudly.
+fn make_libcuda_stub(dir: &Path) -> Result<()> {
+    let header = toolkit_root().join("include/cuda.h");
+    let text =
+        fs::read_to_string(&header).with_context(|| format!("cannot read {}", header.display()))?;
+    let mut names = cu_function_names(&text);
+    for defines in [&[][..], &["-DCUDA_API_PER_THREAD_DEFAULT_STREAM"][..]] {
+        let out = Command::new("gcc")
+            .args(["-E", "-P", "-x", "c"])
+            .args(defines)
+            .arg("-I")
+            .arg(toolkit_root().join("include"))
+            .arg(&header)
+            .output()
+            .context("cannot run gcc -E on cuda.h")?;
+        if !out.status.success() {
+            bail!(
+                "gcc -E {} failed: {}",
+                header.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        names.extend(cu_function_names(&String::from_utf8_lossy(&out.stdout)));
+    }
+    if names.len() < 100 {
+        bail!(
+            "found only {} cu* functions in {}: header format changed?",
+            names.len(),
+            header.display()
+        );
+    }
+    let mut c =
+        String::from("/* Generated by `cargo xtask gpu-build` from cuda.h: link-time stub. */\n");
+    for name in &names {
+        c.push_str(&format!("int {name}(void) {{ return 999; }}\n"));
+    }
+    let src = dir.join("libcuda_stub.c");
+    fs::write(&src, c).with_context(|| format!("cannot write {}", src.display()))?;
+    util::run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O0", "-Wl,-soname,libcuda.so.1", "-o"])
+            .arg(dir.join("libcuda.so"))
+            .arg(&src),
+    )?;
+    eprintln!("gpu-build: stub libcuda.so with {} symbols", names.len());
+    Ok(())
+}
+
+/// Identifiers `cu[A-Z]\w*` directly followed (after blanks) by `(`: the driver API's functions.
+fn cu_function_names(text: &str) -> BTreeSet<String> {
+    let bytes = text.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_ident(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_ident(bytes[i]) {
+            i += 1;
+        }
+        let word = &text[start..i];
+        let mut j = i;
+        while j < bytes.len() && (bytes[j] == b' ' || bytes[j] == b'\t') {
+            j += 1;
+        }
+        let is_cu_fn = word.len() > 2
+            && word.starts_with("cu")
+            && word.as_bytes()[2].is_ascii_uppercase()
+            && j < bytes.len()
+            && bytes[j] == b'(';
+        if is_cu_fn {
+            names.insert(word.to_string());
+        }
+    }
+    names
+}
+
+/// Copies `src` to `dest` and strips it (atomically: temp file + rename).
+fn copy_stripped(src: &Path, dest: &Path) -> Result<()> {
+    let tmp = dest.with_extension("tmp");
+    fs::copy(src, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
+    util::run(Command::new("strip").arg(&tmp))?;
+    fs::rename(&tmp, dest).with_context(|| format!("cannot rename to {}", dest.display()))?;
+    Ok(())
+}
+
+const RUN_USAGE: &str = "usage: cargo xtask gpu-run [--exec] -- <binary in gpu/bin> [args]
+
+Prints the device-tool call that runs gpu/bin/<binary> on the GPU machine through
+xtask/gpu-run.sh (which sets LD_LIBRARY_PATH to the driver and the PyTorch venv's CUDA 13 and
+cuDNN 9 libraries). With --exec, runs it on this machine instead (needs a GPU and that venv).";
+
+/// `cargo xtask gpu-run`.
+pub fn run(args: &[String]) -> Result<()> {
+    let (exec, rest) = parse_exec(args);
+    let rest: Vec<&String> = rest.iter().skip_while(|a| a.as_str() == "--").collect();
+    let Some((binary, bin_args)) = rest.split_first() else {
+        bail!("missing binary name\n{RUN_USAGE}");
+    };
+    if binary.as_str() == "-h" || binary.as_str() == "--help" {
+        println!("{RUN_USAGE}");
+        return Ok(());
+    }
+    let bin_args: Vec<String> = bin_args.iter().map(|a| a.to_string()).collect();
+    launch(binary, &bin_args, exec)
+}
+
+/// `cargo xtask gpu-check`.
+pub fn check(args: &[String]) -> Result<()> {
+    let (exec, rest) = parse_exec(args);
+    let rest: Vec<String> = rest.into_iter().filter(|a| a != "--").collect();
+    launch("gpu_check", &rest, exec)
+}
+
+fn parse_exec(args: &[String]) -> (bool, Vec<String>) {
+    let exec = args.iter().any(|a| a == "--exec");
+    (
+        exec,
+        args.iter().filter(|a| *a != "--exec").cloned().collect(),
+    )
+}
+
+/// Prints (or, with `exec`, runs) `bash xtask/gpu-run.sh <binary> [args]`.
+fn launch(binary: &str, args: &[String], exec: bool) -> Result<()> {
+    if binary.contains('/') || binary.is_empty() {
+        bail!("binary {binary:?} must be a file name in gpu/bin");
+    }
+    let bin = util::root().join("gpu/bin").join(binary);
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo xtask gpu-build` first",
+            bin.display()
+        );
+    }
+    let size = fs::metadata(&bin)?.len();
+    if exec {
+        return util::run(
+            Command::new("bash")
+                .arg("xtask/gpu-run.sh")
+                .arg(binary)
+                .args(args),
+        );
+    }
+    let mut command = format!("bash xtask/gpu-run.sh {binary}");
+    for a in args {
+        command.push(' ');
+        command.push_str(&shell_quote(a));
+    }
+    println!("On the GPU machine (device tool `run`):");
+    println!(
+        "  carry:   [\"gpu/bin/{binary}\"]   ({:.1} MB of the 64 MiB carry limit)",
+        size as f64 / 1e6
+    );
+    println!("  command: {command}");
+    println!(
+        "(or, on a GPU machine with this checkout: cargo xtask gpu-run --exec -- {binary} ...)"
+    );
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,".contains(&b));
+    if plain && !s.is_empty() {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cu_functions_and_skips_other_words() {
+        let text = "CUresult CUDAAPI cuInit(unsigned int Flags);\n\
+                    #define cuDeviceTotalMem cuDeviceTotalMem_v2\n\
+                    CUresult CUDAAPI cuDeviceTotalMem_v2 (size_t *bytes, CUdevice dev);\n\
+                    typedef struct CUctx_st *CUcontext; cudaMalloc(x); cuda(y); cu(z);";
+        let names: Vec<_> = cu_function_names(text).into_iter().collect();
+        assert_eq!(names, ["cuDeviceTotalMem_v2", "cuInit"]);
+    }
+
+    #[test]
+    fn dist_info_folder_names_follow_pip() {
+        assert_eq!(
+            dist_info_name("nvidia-cudnn-cu13==9.15.1.9"),
+            "nvidia_cudnn_cu13-9.15.1.9.dist-info"
+        );
+    }
+
+    #[test]
+    fn quotes_only_what_needs_it() {
+        assert_eq!(shell_quote("--shapes=3"), "--shapes=3");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}
