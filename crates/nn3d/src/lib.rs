@@ -11,3 +11,13 @@ pub use conv::{
     conv3d, conv3d_no_bias, conv_transpose3d, Conv3d, Conv3dConfig, ConvTranspose3d,
     ConvTranspose3dConfig,
 };
+
+mod batch_norm;
+mod dropout;
+mod memory;
+pub use batch_norm::{
+    batch_norm3d, is_batch_norm_buffer, trainable_vars, BatchNorm3d, BatchNorm3dConfig,
+    BATCH_NORM_BUFFERS,
+};
+pub use dropout::Dropout3d;
+pub use memory::retain_freed_memory;

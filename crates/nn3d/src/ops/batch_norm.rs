@@ -27,6 +27,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use crate::memory;
 
 /// Elements per rayon task in the CPU kernels (128 KiB of f32).
 const CHUNK: usize = 1 << 15;
@@ -258,10 +261,13 @@ impl CustomOp3 for BatchNormForward {
         let scale: Vec<f32> = (0..c)
             .map(|ci| (gamma[ci] as f64 / (var[ci] as f64 + self.eps).sqrt()) as f32)
             .collect();
-        let mut y = vec![0f32; x.len()];
-        channel_map(&mut y, x, None, plane, c, |ci, xv, _| {
-            (xv - mean[ci]) * scale[ci] + beta[ci]
-        });
+        let y = channel_map(
+            x,
+            None,
+            (plane, c),
+            |ci| [mean[ci], scale[ci], beta[ci], 0.0],
+            |[m, s, b, _], xv, _| (xv - m) * s + b,
+        );
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -398,10 +404,13 @@ impl CustomOp3 for BatchNormGradInput {
         let (a, rest) = k.split_at(c);
         let (b, rest) = rest.split_at(c);
         let (centre, cc) = rest.split_at(c);
-        let mut dx = vec![0f32; x.len()];
-        channel_map(&mut dx, x, Some(dy), plane, c, |ci, xv, gv| {
-            a[ci] * gv + b[ci] * (xv - centre[ci]) + cc[ci]
-        });
+        let dx = channel_map(
+            x,
+            Some(dy),
+            (plane, c),
+            |ci| [a[ci], b[ci], centre[ci], cc[ci]],
+            |[a, b, centre, c], xv, gv| a * gv + b * (xv - centre) + c,
+        );
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -470,37 +479,52 @@ fn chunks(planes: usize, plane: usize) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
-/// `out[i] = f(channel, x[i], g[i])` (with `g[i] = 0` when `g` is `None`), in parallel over plane chunks.
-fn channel_map<F>(out: &mut [f32], x: &[f32], g: Option<&[f32]>, plane: usize, c: usize, f: F)
+/// `out[i] = f(k, x[i], g[i])` for every `i`, with `k = coeffs(channel)` (and `g[i] = 0` when `g` is
+/// `None`), in parallel over plane chunks, into a new buffer. The per-channel constants are fetched
+/// once per chunk so the inner loop is a plain vectorisable map.
+fn channel_map<K, F>(
+    x: &[f32],
+    g: Option<&[f32]>,
+    (plane, c): (usize, usize),
+    coeffs: K,
+    f: F,
+) -> Vec<f32>
 where
-    F: Fn(usize, f32, f32) -> f32 + Sync,
+    K: Fn(usize) -> [f32; 4] + Sync,
+    F: Fn([f32; 4], f32, f32) -> f32 + Sync,
 {
-    out.par_chunks_mut(plane)
-        .zip(x.par_chunks(plane))
-        .enumerate()
-        .for_each(|(p, (op, xp))| {
-            let ci = p % c;
+    let mut out = memory::f32_buffer(x.len());
+    let items = chunks(x.len() / plane, plane);
+    let mut pieces: Vec<&mut [MaybeUninit<f32>]> = Vec::with_capacity(items.len());
+    let mut rest = out.as_mut_slice();
+    for &(_, lo, hi) in &items {
+        let (head, tail) = rest.split_at_mut(hi - lo);
+        pieces.push(head);
+        rest = tail;
+    }
+    pieces
+        .into_par_iter()
+        .zip(items.into_par_iter())
+        .for_each(|(o, (p, lo, hi))| {
+            let k = coeffs(p % c);
+            let xc = &x[p * plane + lo..p * plane + hi];
             match g {
                 Some(g) => {
-                    let gp = &g[p * plane..(p + 1) * plane];
-                    op.par_chunks_mut(CHUNK)
-                        .zip(xp.par_chunks(CHUNK).zip(gp.par_chunks(CHUNK)))
-                        .for_each(|(o, (xc, gc))| {
-                            for ((o, &xv), &gv) in o.iter_mut().zip(xc).zip(gc) {
-                                *o = f(ci, xv, gv);
-                            }
-                        })
+                    let gc = &g[p * plane + lo..p * plane + hi];
+                    for ((o, &xv), &gv) in o.iter_mut().zip(xc).zip(gc) {
+                        o.write(f(k, xv, gv));
+                    }
                 }
-                None => op
-                    .par_chunks_mut(CHUNK)
-                    .zip(xp.par_chunks(CHUNK))
-                    .for_each(|(o, xc)| {
-                        for (o, &xv) in o.iter_mut().zip(xc) {
-                            *o = f(ci, xv, 0.0);
-                        }
-                    }),
+                None => {
+                    for (o, &xv) in o.iter_mut().zip(xc) {
+                        o.write(f(k, xv, 0.0));
+                    }
+                }
             }
         });
+    // SAFETY: `chunks` covers every element of every plane exactly once (pieces are consecutive
+    // and their lengths add up to `x.len()`), and each piece was written in full above.
+    unsafe { memory::assume_init(out) }
 }
 
 /// `(Σ (x − origin), Σ (x − origin)²)` in f64.

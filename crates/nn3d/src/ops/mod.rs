@@ -10,10 +10,12 @@
 //! with rayon (no full-volume im2col). Kernels equal to the stride with no padding bypass them as
 //! reshape + permute + matmul in plain candle ops.
 
+pub(crate) mod batch_norm;
 pub(crate) mod conv3d;
 pub(crate) mod conv_transpose3d;
 pub(crate) mod cpu_gemm;
 
+pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStats};
 pub use conv3d::{conv3d, Conv3dParams};
 pub use conv_transpose3d::{conv_transpose3d, ConvTranspose3dParams};
 
