@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod inspect;
+
 #[derive(Debug, Parser)]
 #[command(name = "duoseg", version, about, long_about = None)]
 struct Cli {
@@ -15,7 +17,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Show a volume's shape, spacing, data type, intensity statistics and label counts.
+    Inspect(inspect::InspectArgs),
+}
 
 /// What a subcommand reports back to `main`: success, or a failed check (exit code 1).
 enum Outcome {
@@ -25,7 +30,9 @@ enum Outcome {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    match cli.command {}
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+    }
 }
 
 fn main() -> ExitCode {
