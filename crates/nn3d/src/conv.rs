@@ -192,3 +192,77 @@ pub fn conv_transpose3d(
         params,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Module, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+
+    fn std_of(t: &Tensor) -> f64 {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn constructors_use_pytorch_names_shapes_and_kaiming_init() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let cfg = Conv3dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = conv3d(16, 32, 3, cfg, vb.pp("block.conv.0")).unwrap();
+        let no_bias = conv3d_no_bias(8, 4, 1, Conv3dConfig::default(), vb.pp("proj")).unwrap();
+        let up_cfg = ConvTranspose3dConfig {
+            stride: 2,
+            ..Default::default()
+        };
+        let up = conv_transpose3d(32, 16, 2, up_cfg, vb.pp("up")).unwrap();
+        let mut names: Vec<String> = map.data().lock().unwrap().keys().cloned().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "block.conv.0.bias",
+                "block.conv.0.weight",
+                "proj.weight",
+                "up.bias",
+                "up.weight"
+            ]
+        );
+        assert_eq!(conv.weight().dims(), [32, 16, 3, 3, 3]);
+        assert_eq!(no_bias.weight().dims(), [4, 8, 1, 1, 1]);
+        assert!(no_bias.bias().is_none());
+        assert_eq!(up.weight().dims(), [32, 16, 2, 2, 2]);
+        // std = sqrt(2 / (weight.dim(1) * k^3)), as PyTorch's kaiming_normal_ (fan_in, gain sqrt 2)
+        let s = std_of(conv.weight());
+        let want = (2.0 / (16.0 * 27.0f64)).sqrt();
+        assert!((s / want - 1.0).abs() < 0.05, "conv std {s}, want {want}");
+        let s = std_of(up.weight());
+        let want = (2.0 / (16.0 * 8.0f64)).sqrt();
+        assert!(
+            (s / want - 1.0).abs() < 0.05,
+            "conv-transpose std {s}, want {want}"
+        );
+        let bias: Vec<f32> = conv.bias().unwrap().to_vec1().unwrap();
+        assert!(bias.iter().all(|&b| b == 0.0));
+        // the layers run the ops with their settings
+        let x = Tensor::randn(0f32, 1., (1, 16, 4, 6, 5), &Device::Cpu).unwrap();
+        let y = conv.forward(&x).unwrap();
+        assert_eq!(y.dims(), [1, 32, 4, 6, 5]);
+        assert_eq!(up.forward(&y).unwrap().dims(), [1, 16, 8, 12, 10]);
+        let direct = crate::ops::conv3d(&x, conv.weight(), conv.bias(), conv.params()).unwrap();
+        let diff = (y - direct)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+}

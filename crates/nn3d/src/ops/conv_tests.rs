@@ -586,3 +586,69 @@ fn bad_inputs_are_errors() {
         "padding eats the output"
     );
 }
+
+/// Every case of `tests/fixtures/nn3d/conv.safetensors`, written by
+/// `tests/reference/nn3d_conv.py` (seeded PyTorch `F.conv3d` / `F.conv_transpose3d` in f64, with
+/// bias; the outputs and the gradients of `sum(y * g)`).
+#[test]
+fn conv_ops_match_pytorch_fixtures() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/nn3d/conv.safetensors"
+    );
+    let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let mut names: Vec<&str> = t.keys().filter_map(|k| k.strip_suffix(".params")).collect();
+    names.sort();
+    assert_eq!(names.len(), 13);
+    for name in names {
+        let get = |key: &str| t[&format!("{name}.{key}")].clone();
+        let p: Vec<i64> = get("params").to_vec1().unwrap();
+        let u = |i: usize| [p[i] as usize, p[i + 1] as usize, p[i + 2] as usize];
+        let (stride, padding, dilation, output_padding) = (u(1), u(4), u(7), u(10));
+        let (x, w, b) = (
+            Var::from_tensor(&get("x")).unwrap(),
+            Var::from_tensor(&get("w")).unwrap(),
+            Var::from_tensor(&get("b")).unwrap(),
+        );
+        let y = if p[0] == 1 {
+            let params = ConvTranspose3dParams {
+                stride,
+                padding,
+                output_padding,
+                dilation,
+            };
+            conv_transpose3d(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), params).unwrap()
+        } else {
+            conv3d(
+                x.as_tensor(),
+                w.as_tensor(),
+                Some(b.as_tensor()),
+                Conv3dParams {
+                    stride,
+                    padding,
+                    dilation,
+                },
+            )
+            .unwrap()
+        };
+        let grads = (&y * get("g"))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let checks = [
+            ("y", y.clone()),
+            ("dx", grads.get(x.as_tensor()).unwrap().clone()),
+            ("dw", grads.get(w.as_tensor()).unwrap().clone()),
+            ("db", grads.get(b.as_tensor()).unwrap().clone()),
+        ];
+        for (key, got) in checks {
+            let want = get(key);
+            assert_eq!(got.dims(), want.dims(), "{name}.{key}");
+            let want: Vec<f64> = flat(&want).iter().map(|&v| v as f64).collect();
+            let e = rel_err(&flat(&got), &want);
+            assert!(e <= 1e-4, "{name}.{key}: rel err {e} against PyTorch");
+        }
+    }
+}
