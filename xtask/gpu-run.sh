@@ -40,7 +40,12 @@ for p in nvidia.__path__:
 EOF
 )"
 if [ -z "$nvidia_dir" ]; then
-  echo "gpu-run: no site-packages/nvidia/cu13/lib found with $py" >&2
+  for d in /opt/torch/.venv/lib/python3*/site-packages/nvidia; do
+    if [ -d "$d/cu13/lib" ]; then nvidia_dir="$d"; break; fi
+  done
+fi
+if [ -z "$nvidia_dir" ]; then
+  echo "gpu-run: no site-packages/nvidia/cu13/lib found with $py or under /opt/torch/.venv" >&2
   exit 2
 fi
 libs="$nvidia_dir/cu13/lib:$nvidia_dir/cudnn/lib:/usr/local/nvidia/lib64"
