@@ -20,8 +20,13 @@
 //!    comparisons of `crates/nn3d/examples/gpu_check.rs`); with `--exec` it runs it here.
 //!
 //! With the project's device tool the call is: carry `["gpu/bin/gpu_check"]` (the carried paths
-//! may hold 64 MiB in all, so carry only the binary you run), command
-//! `bash xtask/gpu-run.sh gpu_check`.
+//! may hold 64 MiB in all and each binary is about 50 MB, so carry only the one you run), command
+//! `bash xtask/gpu-run.sh gpu_check` (add `--bench` for full-size CUDA timings of conv3d and batch
+//! norm). For the op benchmark beside PyTorch in the same device call: carry
+//! `["gpu/bin/bench_nn3d"]`, command
+//! `bash xtask/gpu-run.sh bench_nn3d --device cuda --json > $OUT/rust.json &&
+//! /opt/torch/.venv/bin/python3 tests/reference/bench_nn3d_torch.py --device cuda > $OUT/torch.json`,
+//! then here `cargo xtask bench nn3d --device cuda --rust-json <rust.json> --torch-json <torch.json>`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -57,11 +62,35 @@ const LINK_LIBS: &[&str] = &[
     "libcudnn.so.9",
 ];
 
-/// The binaries `gpu-build` makes by default: (cargo package, example name or `None` for the
-/// package's binary, file name in `gpu/bin`).
-const BINARIES: &[(&str, Option<&str>, &str)] = &[
-    ("duoseg-nn3d", Some("gpu_check"), "gpu_check"),
-    ("cli", None, "duoseg"),
+/// A binary `gpu-build` makes: cargo package, the package's folder, example name (`None` for the
+/// package's own binary), and file name in `gpu/bin`.
+struct GpuBinary {
+    package: &'static str,
+    dir: &'static str,
+    example: Option<&'static str>,
+    name: &'static str,
+}
+
+/// The binaries `gpu-build` makes by default (each is about 50 MB stripped).
+const BINARIES: &[GpuBinary] = &[
+    GpuBinary {
+        package: "duoseg-nn3d",
+        dir: "crates/nn3d",
+        example: Some("gpu_check"),
+        name: "gpu_check",
+    },
+    GpuBinary {
+        package: "duoseg-nn3d",
+        dir: "crates/nn3d",
+        example: Some("bench_nn3d"),
+        name: "bench_nn3d",
+    },
+    GpuBinary {
+        package: "cli",
+        dir: "crates/cli",
+        example: None,
+        name: "duoseg",
+    },
 ];
 
 /// Compute capability the kernels are built for (becomes sm_90a: H100/H200 only).
@@ -70,7 +99,8 @@ const COMPUTE_CAP: &str = "90";
 const BUILD_USAGE: &str = "usage: cargo xtask gpu-build [--only <name>]...
 
 Installs the CUDA toolkit wheels into .cuda/wheels (once), makes .cuda/lib, builds the CUDA
-binaries into gpu/target and copies them stripped into gpu/bin. Names: gpu_check, duoseg.";
+binaries into gpu/target and copies them stripped into gpu/bin.
+Names: gpu_check (CUDA-vs-CPU op check), bench_nn3d (op benchmark), duoseg (the CLI).";
 
 fn wheels_dir() -> PathBuf {
     util::root().join(".cuda/wheels")
@@ -98,12 +128,12 @@ pub fn build(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other:?}\n{BUILD_USAGE}"),
         }
     }
-    let selected: Vec<_> = BINARIES
+    let selected: Vec<&GpuBinary> = BINARIES
         .iter()
-        .filter(|(_, _, name)| only.is_empty() || only.iter().any(|o| o == name))
+        .filter(|b| only.is_empty() || only.iter().any(|o| o == b.name))
         .collect();
     if selected.is_empty() {
-        bail!("no binary named {only:?}; known: gpu_check, duoseg");
+        bail!("no binary named {only:?}; known: gpu_check, bench_nn3d, duoseg");
     }
 
     install_wheels()?;
@@ -111,30 +141,58 @@ pub fn build(args: &[String]) -> Result<()> {
     let bin_dir = util::root().join("gpu/bin");
     fs::create_dir_all(&bin_dir).with_context(|| format!("cannot create {}", bin_dir.display()))?;
     fs::create_dir_all(util::root().join("gpu/target"))?;
-    for (package, example, name) in selected {
-        let start = Instant::now();
-        let mut cmd = cuda_cargo();
-        cmd.args(["build", "--release", "--features", "cuda", "-p", package]);
-        if let Some(example) = example {
-            cmd.args(["--example", example]);
+    // Build every binary even when one fails (another crate may be mid-change), then report.
+    let mut failed = Vec::new();
+    for b in selected {
+        if let Some(example) = b.example {
+            let src = util::root()
+                .join(b.dir)
+                .join("examples")
+                .join(format!("{example}.rs"));
+            if !src.exists() {
+                eprintln!(
+                    "gpu-build: skipping {}: {} does not exist",
+                    b.name,
+                    src.display()
+                );
+                continue;
+            }
         }
-        util::run(&mut cmd)?;
-        let built = match example {
-            Some(example) => util::root()
-                .join("gpu/target/release/examples")
-                .join(example),
-            None => util::root().join("gpu/target/release").join(name),
-        };
-        let dest = bin_dir.join(name);
-        copy_stripped(&built, &dest)?;
-        let size = fs::metadata(&dest)?.len();
-        eprintln!(
-            "gpu-build: {} ({:.1} MB stripped, cargo {:.0} s)",
-            dest.display(),
-            size as f64 / 1e6,
-            start.elapsed().as_secs_f64()
-        );
+        if let Err(e) = build_one(b, &bin_dir) {
+            eprintln!("gpu-build: {} failed: {e:#}", b.name);
+            failed.push(b.name);
+        }
     }
+    if !failed.is_empty() {
+        bail!("gpu-build failed for {failed:?}");
+    }
+    Ok(())
+}
+
+/// Builds one binary with [`cuda_cargo`] and copies it, stripped, into `bin_dir`.
+fn build_one(b: &GpuBinary, bin_dir: &Path) -> Result<()> {
+    let start = Instant::now();
+    let mut cmd = cuda_cargo();
+    cmd.args(["build", "--release", "--features", "cuda", "-p", b.package]);
+    if let Some(example) = b.example {
+        cmd.args(["--example", example]);
+    }
+    util::run(&mut cmd)?;
+    let built = match b.example {
+        Some(example) => util::root()
+            .join("gpu/target/release/examples")
+            .join(example),
+        None => util::root().join("gpu/target/release").join(b.name),
+    };
+    let dest = bin_dir.join(b.name);
+    copy_stripped(&built, &dest)?;
+    let size = fs::metadata(&dest)?.len();
+    eprintln!(
+        "gpu-build: {} ({:.1} MB stripped, cargo {:.0} s)",
+        dest.display(),
+        size as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
