@@ -85,9 +85,27 @@ struct Case {
     forward: Box<dyn Fn() -> Result<Tensor>>,
 }
 
+/// Wall-clock seconds per run, and the process's CPU seconds (user + system, all threads) per run:
+/// the CPU figure stays fair when other jobs share the cores.
 struct Timing {
     forward: Vec<f64>,
     forward_backward: Vec<f64>,
+    forward_cpu: Vec<f64>,
+    forward_backward_cpu: Vec<f64>,
+}
+
+/// CPU time of this process so far, in seconds (0 where `getrusage` is unavailable).
+fn cpu_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrusage writes into the zeroed struct we own.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return tv(u.ru_utime) + tv(u.ru_stime);
+        }
+    }
+    0.0
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -105,28 +123,32 @@ fn time(dev: &Device, case: &Case, runs: usize, warmup: usize) -> Result<Timing>
     let mut t = Timing {
         forward: Vec::new(),
         forward_backward: Vec::new(),
+        forward_cpu: Vec::new(),
+        forward_backward_cpu: Vec::new(),
     };
     for i in 0..warmup + runs {
         dev.synchronize()?;
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), cpu_seconds());
         let y = (case.forward)()?;
         dev.synchronize()?;
-        let elapsed = start.elapsed().as_secs_f64();
+        let (elapsed, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu);
         drop(y);
         if i >= warmup {
             t.forward.push(elapsed);
+            t.forward_cpu.push(cpu);
         }
     }
     for i in 0..warmup + runs {
         dev.synchronize()?;
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), cpu_seconds());
         let y = (case.forward)()?;
         let grads = y.backward()?;
         dev.synchronize()?;
-        let elapsed = start.elapsed().as_secs_f64();
+        let (elapsed, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu);
         drop((y, grads));
         if i >= warmup {
             t.forward_backward.push(elapsed);
+            t.forward_backward_cpu.push(cpu);
         }
     }
     Ok(t)
@@ -274,12 +296,16 @@ fn run(args: &Args) -> Result<()> {
                 let (f, fb) = (median(&t.forward), median(&t.forward_backward));
                 if !args.json {
                     println!(
-                        "{:<55} forward {f:>8.4} s   forward+backward {fb:>8.4} s",
-                        case.name
+                        "{:<55} forward {f:>8.4} s   forward+backward {fb:>8.4} s   (cpu {:.4} s / {:.4} s)",
+                        case.name,
+                        median(&t.forward_cpu),
+                        median(&t.forward_backward_cpu)
                     );
                 }
                 entries.push(format!(
-                    "{{{common}, \"forward_s\": {f:.6}, \"forward_backward_s\": {fb:.6}, \"forward_runs_s\": {}, \"forward_backward_runs_s\": {}}}",
+                    "{{{common}, \"forward_s\": {f:.6}, \"forward_backward_s\": {fb:.6}, \"forward_cpu_s\": {:.6}, \"forward_backward_cpu_s\": {:.6}, \"forward_runs_s\": {}, \"forward_backward_runs_s\": {}}}",
+                    median(&t.forward_cpu),
+                    median(&t.forward_backward_cpu),
                     json_list(&t.forward),
                     json_list(&t.forward_backward)
                 ));
