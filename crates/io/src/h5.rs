@@ -30,6 +30,10 @@ fn decode_file(bytes: Vec<u8>, path: &Path) -> Result<Hdf5File> {
     Hdf5File::from_vec(bytes).map_err(|e| h5_err(path, e))
 }
 
+/// Upper bound on decoded elements per stored byte: deflate cannot expand more than ~1032:1, so a
+/// dataset claiming more is corrupt (and must not make us allocate gigabytes up front).
+const MAX_EXPANSION: usize = 1032;
+
 /// Names of the datasets in the file's root group, sorted.
 pub fn h5_dataset_names(path: impl AsRef<Path>) -> Result<Vec<String>> {
     let path = path.as_ref();
@@ -70,6 +74,7 @@ pub fn decode_h5(bytes: Vec<u8>, path: &Path, name: &str) -> Result<Volume> {
 }
 
 fn volume_from_file(file: &Hdf5File, path: &Path, name: &str) -> Result<Volume> {
+    let file_len = usize::try_from(file.storage().len()).unwrap_or(usize::MAX);
     let ds = file
         .dataset(name)
         .map_err(|e| h5_err(path, format!("dataset {name:?}: {e}")))?;
@@ -94,8 +99,13 @@ fn volume_from_file(file: &Hdf5File, path: &Path, name: &str) -> Result<Volume> 
     let n = shape
         .iter()
         .try_fold(1usize, |acc, &s| acc.checked_mul(s))
-        .filter(|&n| n <= 1 << 31)
-        .ok_or_else(|| h5_err(path, format!("dataset {name:?} shape {dims:?} too large")))?;
+        .filter(|&n| n <= (1 << 31) && n <= file_len.saturating_mul(MAX_EXPANSION))
+        .ok_or_else(|| {
+            h5_err(
+                path,
+                format!("dataset {name:?} shape {dims:?} too large for a {file_len}-byte file"),
+            )
+        })?;
     let dtype = match ds.dtype() {
         Datatype::FixedPoint { size, signed, .. } => match (size, signed) {
             (1, false) => DataType::U8,

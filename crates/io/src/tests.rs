@@ -1086,3 +1086,153 @@ mod loader_tests {
         assert!(l.next().unwrap().is_err());
     }
 }
+
+/// Seeded fuzzing of the NIfTI and HDF5 entry points with mutated and arbitrary bytes: every input
+/// must give `Ok` or a typed error, never a panic. (Fast enough for every `cargo test`.)
+mod fuzz_tests {
+    use std::io::Write;
+    use std::path::Path;
+
+    use rand::{Rng as _, SeedableRng};
+
+    use super::{small_nii, synthetic_h5};
+    use crate::nifti::{decode_nifti, gunzip};
+    use crate::{decode_h5, DataType, Rng};
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// One random mutation: flip bytes, overwrite a header field with an extreme value, truncate,
+    /// or extend.
+    fn mutate(rng: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {
+        for _ in 0..rng.random_range(1..4) {
+            if b.is_empty() {
+                break;
+            }
+            match rng.random_range(0..5) {
+                0 => {
+                    let i = rng.random_range(0..b.len());
+                    b[i] = rng.random();
+                }
+                1 => {
+                    // An extreme value into a 2- or 4-byte field of the header.
+                    let i = rng.random_range(0..b.len().min(348).saturating_sub(4).max(1));
+                    let extreme: [u8; 4] = match rng.random_range(0..6) {
+                        0 => [0xff; 4],
+                        1 => [0; 4],
+                        2 => f32::NAN.to_le_bytes(),
+                        3 => f32::INFINITY.to_le_bytes(),
+                        4 => i32::MIN.to_le_bytes(),
+                        _ => (-1i32).to_le_bytes(),
+                    };
+                    let n = if rng.random() { 2 } else { 4 };
+                    let end = (i + n).min(b.len());
+                    b[i..end].copy_from_slice(&extreme[..end - i]);
+                }
+                2 => {
+                    let n = rng.random_range(0..b.len());
+                    b.truncate(n);
+                }
+                3 => {
+                    let n = rng.random_range(0..64);
+                    b.extend((0..n).map(|_| rng.random::<u8>()));
+                }
+                _ => {
+                    let i = rng.random_range(0..b.len());
+                    b[i] ^= 1 << rng.random_range(0..8);
+                }
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn nifti_never_panics_on_mutated_or_random_bytes() {
+        let p = Path::new("fuzz.nii");
+        let seeds: Vec<Vec<u8>> = [
+            DataType::U8,
+            DataType::I16,
+            DataType::F32,
+            DataType::F64,
+            DataType::U64,
+        ]
+        .into_iter()
+        .map(small_nii)
+        .collect();
+        let mut rng = Rng::seed_from_u64(0xF022);
+        let (mut ok, mut err) = (0, 0);
+        for case in 0..50_000 {
+            let seed = &seeds[case % seeds.len()];
+            let bytes = match case % 10 {
+                0 => (0..rng.random_range(0..800))
+                    .map(|_| rng.random())
+                    .collect(),
+                _ => mutate(&mut rng, seed.clone()),
+            };
+            match decode_nifti(&bytes, p) {
+                Ok(v) => {
+                    assert_eq!(v.data.len(), v.shape.iter().product::<usize>());
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert!(
+                        e.to_string().contains("fuzz.nii") || e.to_string().contains("<memory>"),
+                        "{e}"
+                    );
+                    err += 1;
+                }
+            }
+        }
+        assert!(ok > 1000 && err > 1000, "ok {ok} err {err}");
+        // Corrupted gzip streams: decompression errors are typed too.
+        for case in 0..3000 {
+            let gz = gzip(&seeds[case % seeds.len()]);
+            let bytes = mutate(&mut rng, gz);
+            if let Ok(raw) = gunzip(&bytes, p) {
+                let _ = decode_nifti(&raw, p);
+            }
+        }
+    }
+
+    #[test]
+    fn hdf5_never_panics_on_mutated_or_random_bytes() {
+        let p = Path::new("fuzz.h5");
+        let (seed, _, _) = synthetic_h5([4, 3, 2]);
+        let mut rng = Rng::seed_from_u64(0xF025);
+        let (mut ok, mut err) = (0, 0);
+        for case in 0..20_000 {
+            let bytes = match case % 10 {
+                0 => {
+                    // Arbitrary bytes behind a valid signature.
+                    let mut b = seed[..8].to_vec();
+                    b.extend((0..rng.random_range(0..600)).map(|_| rng.random::<u8>()));
+                    b
+                }
+                _ => {
+                    // Mutations anywhere in the file: superblock, object headers, B-tree, chunks.
+                    let mut b = seed.clone();
+                    for _ in 0..rng.random_range(1..4) {
+                        let i = rng.random_range(0..b.len());
+                        b[i] = rng.random();
+                    }
+                    if case % 7 == 0 {
+                        b.truncate(rng.random_range(0..b.len()));
+                    }
+                    b
+                }
+            };
+            let name = if case % 2 == 0 { "image" } else { "label" };
+            match decode_h5(bytes, p, name) {
+                Ok(v) => {
+                    assert_eq!(v.data.len(), v.shape.iter().product::<usize>());
+                    ok += 1;
+                }
+                Err(_) => err += 1,
+            }
+        }
+        assert!(ok > 100 && err > 100, "ok {ok} err {err}");
+    }
+}
