@@ -12,7 +12,11 @@ tasks:
   bench <name>       run a benchmark, write bench/<name>.json
   gpu-build          build the `cuda` feature here (CUDA wheels, stub libcuda) into gpu/bin
   gpu-run -- <bin>   print the device call that runs gpu/bin/<bin> on the GPU machine
-  gpu-check          print (or --exec) the CUDA-vs-CPU op check for the GPU machine";
+  gpu-check          print (or --exec) the CUDA-vs-CPU op check for the GPU machine
+  sweep --config FILE --seeds 1,2,3 [--variant LABEL:k=v,...]... [--set k=v]...
+                     train variants x seeds (supervised included), write bench/sweep-<name>.json
+  reproduce-la --data DIR [--folds 0,1,2,3,4] [--labeled 16|8] [--devices cuda:0,..] [--iters N] [--slurm]
+  reproduce-pancreas --data DIR [...]   the K-fold protocol, mean +- std across folds";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -24,6 +28,9 @@ fn main() -> Result<()> {
         "gpu-build" => gpu::build(&rest),
         "gpu-run" => gpu::run(&rest),
         "gpu-check" => gpu::check(&rest),
+        "sweep" => sweep::run(&rest),
+        "reproduce-la" => reproduce::la(&rest),
+        "reproduce-pancreas" => reproduce::pancreas(&rest),
         "" | "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
@@ -35,4 +42,6 @@ fn main() -> Result<()> {
 mod bench;
 mod ci;
 mod gpu;
+mod reproduce;
+mod sweep;
 mod util;

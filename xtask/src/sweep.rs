@@ -1,0 +1,229 @@
+//! `cargo xtask sweep`: train variants of a config on several seeds (the supervised baseline
+//! included) and tabulate per-seed results with mean +- std. Writes `bench/sweep-<name>.json` and
+//! `bench/sweep-<name>.md`.
+//!
+//! Usage: `cargo xtask sweep --config FILE --seeds 1,2,3 [--name NAME] [--iters N] [--data DIR]
+//! [--set key=value]... [--variant LABEL:key=value,key=value]...`
+//! `--set` applies to every run; each `--variant` adds one row (besides `supervised` and `duoseg`,
+//! which always run). Runs go to `runs/sweep-<name>/<variant>-s<seed>`; a run whose `summary.json`
+//! exists is reused, so an interrupted sweep continues where it stopped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::util;
+
+struct Variant {
+    label: String,
+    sets: Vec<String>,
+}
+
+/// Mean and population std.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    (
+        m,
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt(),
+    )
+}
+
+/// The headline numbers of a `summary.json`: the "mean" class when present, else class "1".
+fn headline(summary: &Value) -> Option<(f64, f64, Option<f64>, Option<f64>)> {
+    let s = &summary["summary"];
+    let c = if s.get("mean").is_some() {
+        &s["mean"]
+    } else {
+        &s["1"]
+    };
+    Some((
+        c["dice"]["mean"].as_f64()?,
+        c["jaccard"]["mean"].as_f64()?,
+        c["hd95_vox"]["mean"].as_f64(),
+        c["asd_vox"]["mean"].as_f64(),
+    ))
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut config = None;
+    let mut seeds: Vec<u64> = vec![1, 2, 3];
+    let mut name = None;
+    let mut common: Vec<String> = Vec::new();
+    let mut extra: Vec<String> = Vec::new();
+    let mut variants = vec![
+        Variant {
+            label: "supervised".into(),
+            sets: vec!["method=supervised".into()],
+        },
+        Variant {
+            label: "duoseg".into(),
+            sets: vec![],
+        },
+    ];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--config" => config = Some(PathBuf::from(val()?)),
+            "--seeds" => {
+                seeds = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--seeds")?
+            }
+            "--name" => name = Some(val()?),
+            "--set" => common.push(val()?),
+            "--iters" => extra.extend(["--iters".to_string(), val()?]),
+            "--data" => extra.extend(["--data".to_string(), val()?]),
+            "--variant" => {
+                let v = val()?;
+                let Some((label, sets)) = v.split_once(':') else {
+                    bail!("--variant {v:?}: expected LABEL:key=value,key=value")
+                };
+                variants.push(Variant {
+                    label: label.into(),
+                    sets: sets.split(',').map(str::to_string).collect(),
+                });
+            }
+            other => bail!("unknown sweep argument {other:?}"),
+        }
+    }
+    let Some(config) = config else {
+        bail!("usage: cargo xtask sweep --config FILE --seeds 1,2,3 [--variant LABEL:k=v,...]...")
+    };
+    let name = name.unwrap_or_else(|| {
+        config
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("sweep")
+            .to_string()
+    });
+    let root = util::root();
+    util::run(Command::new("cargo").args(["build", "--release", "-p", "cli"]))?;
+    let bin = root.join("target/release/duoseg");
+
+    let mut rows = Vec::new();
+    for v in &variants {
+        let mut per_seed = Vec::new();
+        for &seed in &seeds {
+            let out = root
+                .join("runs")
+                .join(format!("sweep-{name}"))
+                .join(format!("{}-s{seed}", v.label));
+            let summary = out.join("summary.json");
+            if !summary.exists() {
+                let mut cmd = Command::new(&bin);
+                cmd.arg("train")
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("--out")
+                    .arg(&out);
+                cmd.args(["--seed", &seed.to_string(), "--no-progress"])
+                    .args(&extra);
+                for s in common.iter().chain(&v.sets) {
+                    cmd.args(["--set", s]);
+                }
+                util::run(&mut cmd)?;
+            }
+            let s: Value = serde_json::from_str(
+                &std::fs::read_to_string(&summary)
+                    .with_context(|| format!("{}", summary.display()))?,
+            )?;
+            let Some((dice, jac, hd, asd)) = headline(&s) else {
+                bail!("{}: no summary numbers", summary.display())
+            };
+            per_seed.push(json!({ "seed": seed, "dice": dice, "jaccard": jac, "hd95_vox": hd, "asd_vox": asd, "run": out }));
+        }
+        let col = |k: &str| -> Vec<f64> { per_seed.iter().filter_map(|r| r[k].as_f64()).collect() };
+        let stats: Value = ["dice", "jaccard", "hd95_vox", "asd_vox"]
+            .iter()
+            .map(|k| {
+                let (m, sd) = mean_std(&col(k));
+                (k.to_string(), json!({ "mean": m, "std": sd }))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        rows.push(json!({ "variant": v.label, "sets": common.iter().chain(&v.sets).collect::<Vec<_>>(), "seeds": per_seed, "summary": stats }));
+    }
+    let md = table(&rows, &seeds);
+    println!("{md}");
+    let out = json!({ "config": config, "seeds": seeds, "extra_args": extra, "variants": rows });
+    util::write_json(&root.join("bench").join(format!("sweep-{name}.json")), &out)?;
+    write_md(&root.join("bench").join(format!("sweep-{name}.md")), &md)?;
+    Ok(())
+}
+
+fn table(rows: &[Value], seeds: &[u64]) -> String {
+    let mut s = String::from("| variant |");
+    for seed in seeds {
+        s.push_str(&format!(" Dice s{seed} |"));
+    }
+    s.push_str(" Dice mean ± std | Jaccard | 95HD (vox) | ASD (vox) | beats supervised on every seed |\n|---|");
+    for _ in seeds {
+        s.push_str("---|");
+    }
+    s.push_str("---|---|---|---|---|\n");
+    let sup: Vec<f64> = rows
+        .first()
+        .map(|r| {
+            r["seeds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["dice"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default();
+    for r in rows {
+        s.push_str(&format!("| {} |", r["variant"].as_str().unwrap_or("?")));
+        let dice: Vec<f64> = r["seeds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["dice"].as_f64())
+            .collect();
+        for d in &dice {
+            s.push_str(&format!(" {:.2} |", d * 100.0));
+        }
+        let f = |k: &str, scale: f64| {
+            format!(
+                "{:.2} ± {:.2}",
+                r["summary"][k]["mean"].as_f64().unwrap_or(f64::NAN) * scale,
+                r["summary"][k]["std"].as_f64().unwrap_or(f64::NAN) * scale
+            )
+        };
+        let beats = r["variant"] != "supervised"
+            && dice.len() == sup.len()
+            && dice.iter().zip(&sup).all(|(a, b)| a > b);
+        s.push_str(&format!(
+            " {} | {} | {} | {} | {} |\n",
+            f("dice", 100.0),
+            f("jaccard", 100.0),
+            f("hd95_vox", 1.0),
+            f("asd_vox", 1.0),
+            if r["variant"] == "supervised" {
+                "-"
+            } else if beats {
+                "yes"
+            } else {
+                "no"
+            }
+        ));
+    }
+    s
+}
+
+fn write_md(path: &Path, md: &str) -> Result<()> {
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, md).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    Ok(())
+}
