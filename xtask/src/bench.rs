@@ -7,7 +7,9 @@
 
 use anyhow::{bail, Result};
 
-const BENCHES: &str = "";
+mod nn3d;
+
+const BENCHES: &str = "nn3d";
 
 pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
@@ -15,6 +17,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     #[allow(clippy::match_single_binding)]
     match name.as_str() {
+        "nn3d" => nn3d::run(&args[1..]),
         other => bail!("unknown benchmark {other:?}; benchmarks: {BENCHES}"),
     }
 }
