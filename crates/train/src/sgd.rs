@@ -41,11 +41,7 @@ impl Default for OptimConfig {
 impl OptimConfig {
     /// The learning rate used at (0-based) iteration `t`: `lr * lr_decay ^ (t / lr_step)`.
     pub fn lr_at(&self, t: usize) -> f64 {
-        let steps = if self.lr_step == 0 {
-            0
-        } else {
-            t / self.lr_step
-        };
+        let steps = t.checked_div(self.lr_step).unwrap_or(0);
         self.lr * self.lr_decay.powi(steps as i32)
     }
 }

@@ -1,0 +1,493 @@
+//! The run configuration (`configs/*.json`): every option of SPEC sections 2-4, serde with
+//! `deny_unknown_fields` so that a typo is an error, and defaults equal to the paper's LA setting.
+
+use std::path::{Path, PathBuf};
+
+use duoseg_losses::LossConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::phantom::PhantomConfig;
+use crate::sgd::OptimConfig;
+use crate::sliding::{Blend, SlidingWindow};
+
+/// Which objective is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The paper's method (SPEC section 2) with `loss` as configured. Default.
+    #[default]
+    Duoseg,
+    /// Both nets trained on the labeled crops only (the lower bound every table needs).
+    Supervised,
+    /// Ablation: `loss` without the consistency term `L_reg`.
+    NoReg,
+    /// Ablation: `loss` without the contrastive term `L_c`.
+    NoContrastive,
+    /// The published reference code's effective objective (`LossConfig::reference_code`).
+    ReferenceCode,
+}
+
+impl Method {
+    /// All methods, for `--help` and sweeps.
+    pub const ALL: [Method; 5] = [
+        Method::Duoseg,
+        Method::Supervised,
+        Method::NoReg,
+        Method::NoContrastive,
+        Method::ReferenceCode,
+    ];
+
+    /// The snake_case name used in configs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Duoseg => "duoseg",
+            Method::Supervised => "supervised",
+            Method::NoReg => "no_reg",
+            Method::NoContrastive => "no_contrastive",
+            Method::ReferenceCode => "reference_code",
+        }
+    }
+
+    /// The loss actually assembled for this method from the configured one; `None` for supervised-only,
+    /// which never forwards unlabeled crops.
+    pub fn effective_loss(self, loss: &LossConfig) -> Option<LossConfig> {
+        match self {
+            Method::Duoseg => Some(loss.clone()),
+            Method::Supervised => None,
+            Method::NoReg => Some(LossConfig {
+                use_reg: false,
+                ..loss.clone()
+            }),
+            Method::NoContrastive => Some(LossConfig {
+                use_contrastive: false,
+                ..loss.clone()
+            }),
+            Method::ReferenceCode => Some(LossConfig::reference_code()),
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown method {s:?} (one of duoseg, supervised, no_reg, no_contrastive, reference_code)"))
+    }
+}
+
+/// How cases are split into labeled, unlabeled and test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Split {
+    /// `dataset.json` has `train` and `test` lists of case ids (LA): labeled = the first `labeled`
+    /// train cases, unlabeled = the rest, test = the test list.
+    Lists,
+    /// Fold `fold` of `folds.json` (`folds[i].train` / `.test`), labeled = first `labeled` of train.
+    Fold {
+        /// Fold index.
+        fold: usize,
+    },
+    /// MSD `training` entries in file order; the last `test` are held out, the first `labeled` of the
+    /// rest are labeled, the others unlabeled (for datasets without an official split, e.g. hippocampus).
+    Holdout {
+        /// Number of held-out test cases.
+        test: usize,
+    },
+}
+
+/// Per-volume intensity normalisation applied on loading.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Normalize {
+    /// Use the stored intensities (LA is stored z-scored).
+    #[default]
+    None,
+    /// Subtract the volume's mean, divide by its standard deviation.
+    ZScore,
+    /// CT: clip to `[lo, hi]` (HU), rescale to [0, 1], then z-score.
+    Window {
+        /// Lower bound (HU).
+        lo: f32,
+        /// Upper bound (HU).
+        hi: f32,
+    },
+}
+
+/// Where the data comes from and how it is prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Dataset folder (MSD layout: `dataset.json`, `imagesTr/`, `labelsTr/`); `--data` overrides it.
+    /// Relative paths are taken from the current directory.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Generate procedural phantoms instead of reading files (the demo).
+    #[serde(default)]
+    pub synthetic: Option<PhantomConfig>,
+    /// Labeled / unlabeled / test split.
+    pub split: Split,
+    /// Number of labeled training cases (`--labeled` overrides it).
+    pub labeled: usize,
+    /// Intensity normalisation.
+    #[serde(default)]
+    pub normalize: Normalize,
+    /// Pad every volume (zeros, centred) so each side is a multiple of this (1 = no padding).
+    #[serde(default = "one")]
+    pub pad_to_multiple: usize,
+    /// Random rot90 in the axial plane + random flip of training crops (UA-MT / MC-Net; MCF: off).
+    #[serde(default)]
+    pub augment: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The two subnetworks (their architecture is fixed by SPEC section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Number of classes including background.
+    pub n_classes: usize,
+    /// Channels of the first stage (the paper: 16); every stage scales with it.
+    #[serde(default = "sixteen")]
+    pub base_width: usize,
+    /// Dropout3d(0.5) after block five and block nine (V-Net / MCF: on).
+    #[serde(default = "yes")]
+    pub dropout: bool,
+}
+
+fn sixteen() -> usize {
+    16
+}
+fn yes() -> bool {
+    true
+}
+
+/// Batch composition per iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Labeled crops per iteration.
+    pub labeled: usize,
+    /// Unlabeled crops per iteration (ignored by the supervised method).
+    pub unlabeled: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            labeled: 2,
+            unlabeled: 2,
+        }
+    }
+}
+
+/// Which net(s) predict at evaluation and inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalNets {
+    /// Average both nets' softmax (reference code). Default.
+    #[default]
+    Both,
+    /// Subnet A (V-Net) only.
+    A,
+    /// Subnet B (ResNet-34 V-Net) only.
+    B,
+}
+
+/// End-of-training evaluation and inference settings (SPEC section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Sliding-window stride (LA 18x18x4, Pancreas 16^3); the window is the training patch.
+    pub stride: [usize; 3],
+    /// Windows per forward pass.
+    #[serde(default = "four")]
+    pub sw_batch: usize,
+    /// Blending of overlapping windows.
+    #[serde(default)]
+    pub blend: Blend,
+    /// Which net(s) predict.
+    #[serde(default)]
+    pub nets: EvalNets,
+    /// Keep only the largest connected foreground component (per class).
+    #[serde(default)]
+    pub largest_component: bool,
+    /// Number of test cases shown in `figures/` (image, ground truth, prediction slices).
+    #[serde(default = "three")]
+    pub figure_cases: usize,
+}
+
+fn four() -> usize {
+    4
+}
+fn three() -> usize {
+    3
+}
+
+/// Checkpointing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Write `checkpoints/iter-<n>.safetensors` every this many iterations (0 = only at the end).
+    pub every: usize,
+    /// Keep the newest this many (0 = all).
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            every: 500,
+            keep_last: 3,
+        }
+    }
+}
+
+/// A whole training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Short name of the setting, used in reports.
+    pub name: String,
+    /// Data source, split and preparation.
+    pub data: DataConfig,
+    /// The two nets.
+    pub model: ModelConfig,
+    /// Training crop and sliding-window size (x, y, z).
+    pub patch: [usize; 3],
+    /// Crops per iteration.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Total iterations t_max.
+    pub iterations: usize,
+    /// SGD and the learning-rate schedule.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Seed of every random stream (crops, augmentation, voxel sampling, initialisation).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Objective.
+    #[serde(default)]
+    pub method: Method,
+    /// Loss terms and schedules (SPEC section 2).
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// Evaluation and inference.
+    pub eval: EvalConfig,
+    /// Checkpoints.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Write a plain progress line every this many iterations when stderr is not a terminal.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+}
+
+fn default_seed() -> u64 {
+    1337
+}
+fn default_log_every() -> usize {
+    50
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The JSON does not describe a config.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl TrainConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: TrainConfig =
+            serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.into(),
+                source,
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.patch.iter().any(|&p| p == 0 || p % 16 != 0) {
+            return bad(format!(
+                "patch {:?}: every side must be a positive multiple of 16 (four 2x downsamplings)",
+                self.patch
+            ));
+        }
+        if self.eval.stride.contains(&0) {
+            return bad(format!(
+                "eval.stride {:?} must be positive",
+                self.eval.stride
+            ));
+        }
+        if self.model.n_classes < 2 || self.model.n_classes > 255 {
+            return bad(format!(
+                "model.n_classes {} must be in 2..=255",
+                self.model.n_classes
+            ));
+        }
+        if self.model.base_width == 0 {
+            return bad("model.base_width must be positive".into());
+        }
+        if self.iterations == 0 {
+            return bad("iterations must be positive".into());
+        }
+        if self.batch.labeled == 0
+            || (self.method != Method::Supervised && self.batch.unlabeled == 0)
+        {
+            return bad(format!(
+                "batch {:?}: the method needs labeled and unlabeled crops",
+                self.batch
+            ));
+        }
+        if self.data.labeled == 0 {
+            return bad("data.labeled must be positive".into());
+        }
+        if self.data.root.is_none() && self.data.synthetic.is_none() {
+            return bad("data needs a root folder (or --data) or a synthetic generator".into());
+        }
+        if self.data.pad_to_multiple == 0 {
+            return bad("data.pad_to_multiple must be at least 1".into());
+        }
+        if let Some(s) = &self.data.synthetic {
+            if s.labeled != self.data.labeled {
+                return bad(format!(
+                    "data.labeled {} differs from data.synthetic.labeled {}",
+                    self.data.labeled, s.labeled
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sliding window of evaluation and inference (window = training patch).
+    pub fn sliding_window(&self) -> SlidingWindow {
+        SlidingWindow {
+            roi: self.patch,
+            stride: self.eval.stride,
+            sw_batch: self.eval.sw_batch,
+            blend: self.eval.blend,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+    }
+
+    #[test]
+    fn every_shipped_config_loads() {
+        let mut n = 0;
+        for e in std::fs::read_dir(configs_dir()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let cfg = TrainConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                // round trip through JSON is lossless
+                let back: TrainConfig =
+                    serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+                assert_eq!(back, cfg);
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 4,
+            "expected la, pancreas, hippocampus, demo configs, found {n}"
+        );
+    }
+
+    #[test]
+    fn la_config_is_the_papers_setting() {
+        let cfg = TrainConfig::load(&configs_dir().join("la.json")).unwrap();
+        assert_eq!(cfg.patch, [112, 112, 80]);
+        assert_eq!(cfg.eval.stride, [18, 18, 4]);
+        assert_eq!((cfg.iterations, cfg.data.labeled), (6000, 16));
+        assert_eq!(cfg.optim, OptimConfig::default());
+        assert_eq!((cfg.batch.labeled, cfg.batch.unlabeled), (2, 2));
+        assert_eq!(cfg.method, Method::Duoseg);
+        assert_eq!(cfg.loss, LossConfig::default());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        let dir = std::env::temp_dir().join(format!("duoseg-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(configs_dir().join("la.json")).unwrap())
+                .unwrap();
+        let mut typo = base.clone();
+        typo["iteratons"] = 5.into();
+        let p = dir.join("typo.json");
+        std::fs::write(&p, typo.to_string()).unwrap();
+        assert!(matches!(
+            TrainConfig::load(&p),
+            Err(ConfigError::Parse { .. })
+        ));
+        let mut bad = base.clone();
+        bad["patch"] = serde_json::json!([112, 112, 81]);
+        std::fs::write(&p, bad.to_string()).unwrap();
+        assert!(matches!(
+            TrainConfig::load(&p),
+            Err(ConfigError::Invalid(_))
+        ));
+        let mut nested = base;
+        nested["loss"] = serde_json::json!({"alpha_zero": 0.2});
+        std::fs::write(&p, nested.to_string()).unwrap();
+        assert!(TrainConfig::load(&p).is_err());
+        assert!(matches!(
+            TrainConfig::load(&dir.join("none.json")),
+            Err(ConfigError::Read { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn methods_resolve_their_loss() {
+        let l = LossConfig::default();
+        assert!(Method::Supervised.effective_loss(&l).is_none());
+        assert!(!Method::NoReg.effective_loss(&l).unwrap().use_reg);
+        assert!(
+            !Method::NoContrastive
+                .effective_loss(&l)
+                .unwrap()
+                .use_contrastive
+        );
+        assert_eq!(
+            Method::ReferenceCode.effective_loss(&l).unwrap(),
+            LossConfig::reference_code()
+        );
+        assert_eq!("no_reg".parse::<Method>().unwrap(), Method::NoReg);
+        assert!("nope".parse::<Method>().is_err());
+    }
+}
