@@ -1,2 +1,3 @@
 
+mod evaluate;
 mod inspect;

@@ -7,9 +7,10 @@
 
 use anyhow::{bail, Result};
 
+mod metrics;
 mod nn3d;
 
-const BENCHES: &str = "nn3d";
+const BENCHES: &str = "metrics, nn3d";
 
 pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
@@ -17,6 +18,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     #[allow(clippy::match_single_binding)]
     match name.as_str() {
+        "metrics" => metrics::run(&args[1..]),
         "nn3d" => nn3d::run(&args[1..]),
         other => bail!("unknown benchmark {other:?}; benchmarks: {BENCHES}"),
     }

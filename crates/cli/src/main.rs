@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod evaluate;
 mod inspect;
 
 #[derive(Debug, Parser)]
@@ -20,6 +21,7 @@ struct Cli {
 enum Command {
     /// Show a volume's shape, spacing, data type, intensity statistics and label counts.
     Inspect(inspect::InspectArgs),
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// What a subcommand reports back to `main`: success, or a failed check (exit code 1).
@@ -32,6 +34,7 @@ enum Outcome {
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
     }
 }
 

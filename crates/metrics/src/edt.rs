@@ -1,10 +1,16 @@
 //! Exact Euclidean distance transform with anisotropic spacing.
 //!
-//! Separable: a 1D distance along axis 0 (two sweeps), then the lower envelope of parabolas
-//! (Felzenszwalb & Huttenlocher, "Distance transforms of sampled functions", 2012) along axis 1 and
-//! finally along axis 2. Every pass is parallel over lines with rayon. Squared distances are summed
-//! in the order scipy's `distance_transform_edt` uses, `((d0 s0)^2 + (d1 s1)^2) + (d2 s2)^2`, so the
-//! values agree with scipy's to the last bit whenever the nearest site is unique.
+//! Separable, three passes, each parallel over lines with rayon:
+//! 1. along axis 1: the 1D distance to the nearest site, two sweeps over the rows of each
+//!    axis-0 slab (vectorised over the contiguous axis 2);
+//! 2. along axis 2 (contiguous rows): the lower envelope of parabolas (Felzenszwalb &
+//!    Huttenlocher, "Distance transforms of sampled functions", 2012);
+//! 3. along axis 0: the lower envelope again, evaluated only where it is asked for (every voxel for
+//!    [`edt`], the query voxels for the surface distances).
+//!
+//! The envelope compares parabola intersections as cross-multiplied fractions instead of dividing,
+//! so in voxel units (integer squared distances) every comparison is exact, and the distances are
+//! exactly scipy's. With other spacings they agree with scipy's to rounding (~1e-16 relative).
 
 use rayon::prelude::*;
 
@@ -17,19 +23,8 @@ pub fn edt(mask: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Result<Vec<f6
     check_len(mask.len(), shape)?;
     check_spacing(spacing)?;
     let sites: Vec<bool> = mask.iter().map(|m| !m).collect();
-    let mut dist = squared_edt_two_passes(&sites, shape, spacing);
-    let [_, _, n2] = shape;
-    if n2 > 0 {
-        dist.par_chunks_mut(n2).for_each_init(
-            || Envelope::with_capacity(n2),
-            |env, line| {
-                env.build(line, spacing[2]);
-                env.evaluate_all(line, spacing[2]);
-                line.iter_mut().for_each(|d| *d = d.sqrt());
-            },
-        );
-    }
-    Ok(dist)
+    let everywhere = vec![true; mask.len()];
+    Ok(distances_at(&sites, &everywhere, shape, spacing))
 }
 
 /// Distances from the `query` voxels (in C order) to the nearest `site` voxel, both masks of
@@ -40,182 +35,228 @@ pub(crate) fn distances_at(
     shape: [usize; 3],
     spacing: [f64; 3],
 ) -> Vec<f64> {
-    let [_, n1, n2] = shape;
-    if n1 == 0 || n2 == 0 {
-        return Vec::new();
-    }
-    let partial = squared_edt_two_passes(sites, shape, spacing);
-    let per_slab: Vec<Vec<f64>> = partial
-        .par_chunks(n1 * n2)
-        .zip(query.par_chunks(n1 * n2))
-        .map_init(
-            || (Envelope::with_capacity(n2), Vec::with_capacity(n2)),
-            |(env, line), (slab, query_slab)| {
-                let mut out = Vec::new();
-                for (row, query_row) in slab.chunks_exact(n2).zip(query_slab.chunks_exact(n2)) {
-                    if !query_row.iter().any(|&q| q) {
-                        continue;
-                    }
-                    line.clear();
-                    line.extend_from_slice(row);
-                    env.build(line, spacing[2]);
-                    env.evaluate_where(query_row, spacing[2], &mut out);
-                }
-                out
-            },
-        )
-        .collect();
-    per_slab.concat()
-}
-
-/// Squared distances after the passes along axes 0 and 1 (C order, `shape`): for each voxel, the
-/// smallest `(d0 s0)^2 + (d1 s1)^2` over the sites in its own axis-2 plane (infinite if none).
-fn squared_edt_two_passes(sites: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Vec<f64> {
     let [n0, n1, n2] = shape;
     let n = n0 * n1 * n2;
     if n == 0 {
         return Vec::new();
     }
-    // Pass along axis 0, stored transposed as [j][i][k] so that each task (one j) owns a
-    // contiguous block; both sweeps run over whole rows of k, which vectorises.
-    let mut axis0 = vec![0.0f64; n];
+    let partial = squared_edt_axes_1_2(sites, shape, spacing);
+    // The C-order rank of the first query voxel of each row (i, j), to put results in C order.
+    let mut row_start: Vec<usize> = query
+        .par_chunks(n2)
+        .map(|row| row.iter().filter(|&&q| q).count())
+        .collect();
+    let mut total = 0;
+    for r in row_start.iter_mut() {
+        let count = *r;
+        *r = total;
+        total += count;
+    }
+    // Pass 3 along axis 0, one task per j: gather the [i][k] block, then one envelope per column k
+    // that holds a query voxel.
     let s0 = spacing[0];
-    axis0
-        .par_chunks_mut(n0 * n2)
-        .enumerate()
-        .for_each(|(j, block)| {
-            let row = |i: usize| &sites[(i * n1 + j) * n2..(i * n1 + j + 1) * n2];
-            let mut last = vec![f64::NEG_INFINITY; n2];
-            for i in 0..n0 {
-                let out = &mut block[i * n2..(i + 1) * n2];
-                let pos = i as f64;
-                for ((l, &s), o) in last.iter_mut().zip(row(i)).zip(out.iter_mut()) {
-                    if s {
-                        *l = pos;
+    let per_j: Vec<Vec<(usize, f64)>> = (0..n1)
+        .into_par_iter()
+        .map_init(
+            || {
+                let block = (vec![0.0f64; n0 * n2], vec![false; n0 * n2]);
+                let column = (vec![0.0f64; n0], vec![false; n0]);
+                (Envelope::with_capacity(n0), block, column)
+            },
+            |(env, (block, block_query), (line, column_query)), j| {
+                let mut out = Vec::new();
+                // Copy the [i][k] planes of this j (contiguous rows), then walk their columns.
+                for i in 0..n0 {
+                    let row = (i * n1 + j) * n2;
+                    block[i * n2..(i + 1) * n2].copy_from_slice(&partial[row..row + n2]);
+                    block_query[i * n2..(i + 1) * n2].copy_from_slice(&query[row..row + n2]);
+                }
+                // Rank of the next query voxel of each row (i, j), advanced as k grows.
+                let mut next_rank: Vec<usize> = (0..n0).map(|i| row_start[i * n1 + j]).collect();
+                for k in 0..n2 {
+                    let mut any = false;
+                    for (i, q) in column_query.iter_mut().enumerate() {
+                        *q = block_query[i * n2 + k];
+                        any |= *q;
                     }
-                    *o = pos - *l;
-                }
-            }
-            let mut next = last;
-            next.fill(f64::INFINITY);
-            for i in (0..n0).rev() {
-                let out = &mut block[i * n2..(i + 1) * n2];
-                let pos = i as f64;
-                for ((nx, &s), o) in next.iter_mut().zip(row(i)).zip(out.iter_mut()) {
-                    if s {
-                        *nx = pos;
+                    if !any {
+                        continue;
                     }
-                    let d = (*nx - pos).min(*o) * s0;
-                    *o = d * d;
+                    for (i, f) in line.iter_mut().enumerate() {
+                        *f = block[i * n2 + k];
+                    }
+                    env.build(line, s0);
+                    env.evaluate_where(column_query, s0, |i, d2| {
+                        out.push((next_rank[i], d2.sqrt()));
+                        next_rank[i] += 1;
+                    });
                 }
-            }
-        });
-    // Pass along axis 1: each task (one i) reads its [j][k] plane from the transposed buffer and
-    // writes its own contiguous [j][k] block of the result in C order.
-    let mut out = vec![0.0f64; n];
-    let s1 = spacing[1];
-    out.par_chunks_mut(n1 * n2).enumerate().for_each_init(
-        || (Envelope::with_capacity(n1), vec![0.0f64; n1]),
-        |(env, line), (i, block)| {
-            for k in 0..n2 {
-                for (j, f) in line.iter_mut().enumerate() {
-                    *f = axis0[(j * n0 + i) * n2 + k];
+                out
+            },
+        )
+        .collect();
+    let mut result = vec![0.0f64; total];
+    for (rank, d) in per_j.into_iter().flatten() {
+        result[rank] = d;
+    }
+    result
+}
+
+/// Squared distances after the passes along axes 1 and 2 (C order, `shape`): for each voxel, the
+/// smallest `(d1 s1)^2 + (d2 s2)^2` over the sites of its own axis-0 slab (infinite if none).
+fn squared_edt_axes_1_2(sites: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Vec<f64> {
+    let [_, n1, n2] = shape;
+    let mut out = vec![0.0f64; sites.len()];
+    let (s1, s2) = (spacing[1], spacing[2]);
+    out.par_chunks_mut(n1 * n2)
+        .zip(sites.par_chunks(n1 * n2))
+        .for_each_init(
+            || (Envelope::with_capacity(n2), vec![0.0f64; n2]),
+            |(env, scratch), (slab, slab_sites)| {
+                // Pass 1 along axis 1: sweep the rows of the slab forward, then backward.
+                let mut last = vec![f64::NEG_INFINITY; n2];
+                for (j, (row, row_sites)) in slab
+                    .chunks_exact_mut(n2)
+                    .zip(slab_sites.chunks_exact(n2))
+                    .enumerate()
+                {
+                    let pos = j as f64;
+                    for ((l, &s), o) in last.iter_mut().zip(row_sites).zip(row.iter_mut()) {
+                        if s {
+                            *l = pos;
+                        }
+                        *o = pos - *l;
+                    }
                 }
-                env.build(line, s1);
-                env.evaluate_all(line, s1);
-                for (j, f) in line.iter().enumerate() {
-                    block[j * n2 + k] = *f;
+                let mut next = last;
+                next.fill(f64::INFINITY);
+                for (j, (row, row_sites)) in slab
+                    .chunks_exact_mut(n2)
+                    .zip(slab_sites.chunks_exact(n2))
+                    .enumerate()
+                    .rev()
+                {
+                    let pos = j as f64;
+                    for ((nx, &s), o) in next.iter_mut().zip(row_sites).zip(row.iter_mut()) {
+                        if s {
+                            *nx = pos;
+                        }
+                        let d = (*nx - pos).min(*o) * s1;
+                        *o = d * d;
+                    }
                 }
-            }
-        },
-    );
+                // Pass 2 along axis 2: the rows are contiguous.
+                for row in slab.chunks_exact_mut(n2) {
+                    if row.iter().all(|f| f.is_infinite()) {
+                        continue;
+                    }
+                    scratch.copy_from_slice(row);
+                    env.build(scratch, s2);
+                    env.evaluate_all(row, s2);
+                }
+            },
+        );
     out
 }
 
-/// The lower envelope of the parabolas `((q - v) s)^2 + f(v)` of one line (Felzenszwalb &
-/// Huttenlocher), with scratch buffers reused across lines.
+/// One parabola `((x - pos) s)^2 + value` of a lower envelope, with the start of the range where
+/// it is lowest as the fraction `num / den` (`den > 0`; `-inf / 1` for the first one).
+#[derive(Debug, Clone, Copy)]
+struct Parabola {
+    pos: f64,
+    value: f64,
+    /// `value + s^2 pos^2`, the part of the intersection numerator that belongs to this parabola.
+    h: f64,
+    num: f64,
+    den: f64,
+}
+
+/// The lower envelope of the parabolas of one line (Felzenszwalb & Huttenlocher), its buffer
+/// reused across lines.
 struct Envelope {
-    /// Positions of the parabolas in the envelope.
-    sites: Vec<usize>,
-    /// `bounds[m]`: where parabola `m` starts to be the lowest (`bounds[0]` = -inf).
-    bounds: Vec<f64>,
-    /// The sampled function values at `sites` (copied so evaluation may overwrite the line).
-    values: Vec<f64>,
+    parabolas: Vec<Parabola>,
 }
 
 impl Envelope {
     fn with_capacity(n: usize) -> Self {
         Self {
-            sites: Vec::with_capacity(n),
-            bounds: Vec::with_capacity(n),
-            values: Vec::with_capacity(n),
+            parabolas: Vec::with_capacity(n),
         }
     }
 
     /// Builds the envelope of the finite values of `f` with grid spacing `s`.
     fn build(&mut self, f: &[f64], s: f64) {
-        self.sites.clear();
-        self.bounds.clear();
-        self.values.clear();
+        self.parabolas.clear();
         let w2 = s * s;
-        for (q, &fq) in f.iter().enumerate() {
-            if !fq.is_finite() {
+        for (q, &value) in f.iter().enumerate() {
+            if !value.is_finite() {
                 continue;
             }
-            let qf = q as f64;
-            let mut start = f64::NEG_INFINITY;
-            while let (Some(&v), Some(&fv), Some(&zv)) =
-                (self.sites.last(), self.values.last(), self.bounds.last())
-            {
-                let vf = v as f64;
-                let x = ((fq + w2 * qf * qf) - (fv + w2 * vf * vf)) / (2.0 * w2 * (qf - vf));
-                if x <= zv {
-                    self.sites.pop();
-                    self.values.pop();
-                    self.bounds.pop();
+            let pos = q as f64;
+            let h = value + w2 * pos * pos;
+            let mut start = (f64::NEG_INFINITY, 1.0);
+            while let Some(top) = self.parabolas.last() {
+                // The parabolas at `top.pos` and `pos` cross at num / den.
+                let num = h - top.h;
+                let den = 2.0 * w2 * (pos - top.pos);
+                if num * top.den <= top.num * den {
+                    self.parabolas.pop();
                 } else {
-                    start = x;
+                    start = (num, den);
                     break;
                 }
             }
-            self.sites.push(q);
-            self.values.push(fq);
-            self.bounds.push(start);
+            self.parabolas.push(Parabola {
+                pos,
+                value,
+                h,
+                num: start.0,
+                den: start.1,
+            });
         }
     }
 
-    /// Overwrites `f` with the envelope evaluated at every position (all infinite when empty).
+    /// Overwrites `f` with the envelope's squared distances at every position (all infinite when
+    /// the envelope is empty).
     fn evaluate_all(&self, f: &mut [f64], s: f64) {
-        if self.sites.is_empty() {
+        if self.parabolas.is_empty() {
             f.fill(f64::INFINITY);
             return;
         }
         let mut m = 0;
         for (q, out) in f.iter_mut().enumerate() {
-            let qf = q as f64;
-            while m + 1 < self.sites.len() && self.bounds[m + 1] < qf {
-                m += 1;
-            }
-            let t = (qf - self.sites[m] as f64) * s;
-            *out = self.values[m] + t * t;
+            *out = self.squared_at(q, &mut m, s);
         }
     }
 
-    /// Pushes the (not squared) distance at each position where `query` is set.
-    fn evaluate_where(&self, query: &[bool], s: f64, out: &mut Vec<f64>) {
-        if self.sites.is_empty() {
-            out.extend(query.iter().filter(|&&q| q).map(|_| f64::INFINITY));
+    /// Calls `emit(q, squared distance)` at each position `q` where `query` is set, in order.
+    fn evaluate_where(&self, query: &[bool], s: f64, mut emit: impl FnMut(usize, f64)) {
+        if self.parabolas.is_empty() {
+            for (q, _) in query.iter().enumerate().filter(|(_, &q)| q) {
+                emit(q, f64::INFINITY);
+            }
             return;
         }
         let mut m = 0;
         for (q, _) in query.iter().enumerate().filter(|(_, &q)| q) {
-            let qf = q as f64;
-            while m + 1 < self.sites.len() && self.bounds[m + 1] < qf {
-                m += 1;
-            }
-            let t = (qf - self.sites[m] as f64) * s;
-            out.push((self.values[m] + t * t).sqrt());
+            emit(q, self.squared_at(q, &mut m, s));
         }
+    }
+
+    /// The envelope at `q`, advancing the parabola index `m` (positions must be visited in order).
+    #[inline]
+    fn squared_at(&self, q: usize, m: &mut usize, s: f64) -> f64 {
+        let x = q as f64;
+        while let Some(next) = self.parabolas.get(*m + 1) {
+            if next.num < x * next.den {
+                *m += 1;
+            } else {
+                break;
+            }
+        }
+        let p = self.parabolas[*m];
+        let t = (x - p.pos) * s;
+        p.value + t * t
     }
 }
 

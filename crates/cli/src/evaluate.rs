@@ -1,0 +1,354 @@
+//! `duoseg evaluate`: medpy-exact metrics of predicted label maps against reference labels.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use duoseg_metrics::{
+    evaluate_labels, foreground_classes, summarize, EmptyRule, EvaluationReport,
+    HausdorffDefinition, MetricDefinition,
+};
+
+/// Score predicted label maps against reference labels (medpy-exact Dice, Jaccard, HD95, ASD).
+///
+/// Definitions of medpy 0.5 (the papers'): Dice, Jaccard, HD95 and ASD in voxels and mm, plus
+/// ASSD, HD and normalised surface Dice in mm.
+///
+/// Files are paired by case name: `case.nii.gz` with `case.nii.gz`, an nnU-Net `_0000` suffix
+/// accepted on either side. Every prediction needs a label; labels without a prediction are
+/// skipped (so `--label` can be a whole `labelsTr` folder). Prints one row per case and class, then
+/// mean +- std (population std, undefined values skipped) per class. An empty prediction or label
+/// leaves HD95/ASD undefined: counted, listed, written as null, never 0.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  duoseg evaluate --pred runs/la/pred --label ../shared/data/la2018/labelsTr
+  duoseg evaluate --pred runs/la/pred --label labelsTr --json runs/la/metrics.json --lcc
+  duoseg evaluate --pred case.nii.gz --label case_gt.nii.gz --spacing 1,1,2.5")]
+pub struct EvaluateArgs {
+    /// Predicted label map (.nii / .nii.gz) or a folder of them.
+    #[arg(long, value_name = "DIR_OR_FILE")]
+    pub pred: PathBuf,
+    /// Reference label map or a folder of them.
+    #[arg(long, value_name = "DIR_OR_FILE")]
+    pub label: PathBuf,
+    /// Also write every number, the summary and the definitions used as JSON (atomically).
+    #[arg(long, value_name = "OUT.json")]
+    pub json: Option<PathBuf>,
+    /// Keep only the largest 26-connected component of each predicted class before scoring.
+    #[arg(long)]
+    pub lcc: bool,
+    /// Voxel spacing in mm for the mm metrics, "X,Y,Z" or one value, instead of the label
+    /// header's.
+    #[arg(long, value_delimiter = ',', num_args = 1..=3, value_name = "MM")]
+    pub spacing: Option<Vec<f64>>,
+    /// Classes to score, e.g. "1,2" [default: every non-zero value in the labels or predictions].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub classes: Option<Vec<u8>>,
+    /// Tolerance of the normalised surface Dice, in mm.
+    #[arg(long, default_value_t = 1.0, value_name = "MM")]
+    pub nsd_tolerance: f64,
+    /// Percentile Hausdorff: `medpy` pools both directions (the papers'), `monai` takes the larger
+    /// of the two per-direction percentiles.
+    #[arg(long, value_enum, default_value_t = Hausdorff::Medpy)]
+    pub hausdorff: Hausdorff,
+    /// Score a case with an empty prediction or label as (0, 0, 0, 0), as the reference training
+    /// code does. This flatters HD95/ASD: for comparison with published numbers only.
+    #[arg(long)]
+    pub reference_zeros: bool,
+}
+
+/// The `--hausdorff` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hausdorff {
+    Medpy,
+    Monai,
+}
+
+/// One pair of files to compare.
+struct Pair {
+    case: String,
+    pred: PathBuf,
+    label: PathBuf,
+}
+
+pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
+    let definition = MetricDefinition {
+        hausdorff: match args.hausdorff {
+            Hausdorff::Medpy => HausdorffDefinition::MedpyPooled,
+            Hausdorff::Monai => HausdorffDefinition::MaxOfDirected,
+        },
+        empty: if args.reference_zeros {
+            EmptyRule::ReferenceZeros
+        } else {
+            EmptyRule::Medpy
+        },
+        nsd_tolerance_mm: args.nsd_tolerance,
+        keep_largest_component: args.lcc,
+        ..MetricDefinition::default()
+    };
+    definition.validate()?;
+    let spacing = match args.spacing.as_deref() {
+        None => None,
+        Some(&[s]) => Some([s; 3]),
+        Some(&[x, y, z]) => Some([x, y, z]),
+        Some(other) => bail!("--spacing takes one or three values, got {}", other.len()),
+    };
+    let pairs = pair_files(&args.pred, &args.label)?;
+
+    // Load everything first: the default classes are those found in any file.
+    let mut loaded = Vec::with_capacity(pairs.len());
+    for pair in &pairs {
+        let pred = duoseg_io::read_volume(&pair.pred)?;
+        let label = duoseg_io::read_volume(&pair.label)?;
+        pred.check_same_geometry(&label)
+            .with_context(|| format!("case {}", pair.case))?;
+        let pred_labels = pred.to_labels()?;
+        let label_labels = label.to_labels()?;
+        loaded.push((label.shape, label.spacing, pred_labels, label_labels));
+    }
+    let classes: Vec<u8> = match &args.classes {
+        Some(c) => c
+            .iter()
+            .copied()
+            .collect::<BTreeSet<u8>>()
+            .into_iter()
+            .collect(),
+        None => loaded
+            .iter()
+            .flat_map(|(_, _, p, l)| {
+                foreground_classes(p)
+                    .into_iter()
+                    .chain(foreground_classes(l))
+            })
+            .collect::<BTreeSet<u8>>()
+            .into_iter()
+            .collect(),
+    };
+    if classes.is_empty() {
+        bail!("no foreground class in any label or prediction; pass --classes");
+    }
+
+    let mut cases = BTreeMap::new();
+    for (pair, (shape, header_spacing, pred, label)) in pairs.iter().zip(&loaded) {
+        let spacing = spacing.unwrap_or(*header_spacing);
+        let metrics = evaluate_labels(pred, label, *shape, spacing, &classes, &definition)
+            .with_context(|| format!("case {}", pair.case))?;
+        cases.insert(pair.case.clone(), metrics);
+    }
+    let report = summarize(definition, cases);
+    print!("{}", table(&report));
+    if let Some(path) = &args.json {
+        write_json_atomic(path, &report)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(crate::Outcome::Ok)
+}
+
+/// The case name of a label file: the file name without `.nii.gz` / `.nii` and without an
+/// nnU-Net `_0000` channel suffix; `None` for other files.
+fn case_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name
+        .strip_suffix(".nii.gz")
+        .or_else(|| name.strip_suffix(".nii"))?;
+    Some(stem.strip_suffix("_0000").unwrap_or(stem).to_string())
+}
+
+/// The label files of a folder by case name; two files of one case are an error.
+fn list_cases(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut cases = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .path();
+        if !path.is_file() {
+            continue;
+        }
+        let Some(case) = case_name(&path) else {
+            continue;
+        };
+        if let Some(previous) = cases.insert(case.clone(), path.clone()) {
+            bail!(
+                "{} and {} are both case {case}",
+                previous.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(cases)
+}
+
+/// Pairs predictions with labels by case name.
+fn pair_files(pred: &Path, label: &Path) -> Result<Vec<Pair>> {
+    let named = |path: &Path| {
+        case_name(path).with_context(|| {
+            format!(
+                "{}: not a NIfTI label file (.nii or .nii.gz)",
+                path.display()
+            )
+        })
+    };
+    match (pred.is_dir(), label.is_dir()) {
+        (false, false) => Ok(vec![Pair {
+            case: named(pred)?,
+            pred: pred.to_path_buf(),
+            label: label.to_path_buf(),
+        }]),
+        (true, false) => bail!(
+            "--pred {} is a folder but --label {} is not",
+            pred.display(),
+            label.display()
+        ),
+        (pred_is_dir, true) => {
+            let preds = if pred_is_dir {
+                list_cases(pred)?
+            } else {
+                BTreeMap::from([(named(pred)?, pred.to_path_buf())])
+            };
+            if preds.is_empty() {
+                bail!("{}: no .nii or .nii.gz files", pred.display());
+            }
+            let labels = list_cases(label)?;
+            let mut pairs = Vec::with_capacity(preds.len());
+            for (case, pred_path) in preds {
+                let Some(label_path) = labels.get(&case) else {
+                    bail!(
+                        "{}: no label for case {case} in {}",
+                        pred_path.display(),
+                        label.display()
+                    );
+                };
+                pairs.push(Pair {
+                    case,
+                    pred: pred_path,
+                    label: label_path.clone(),
+                });
+            }
+            if labels.len() > pairs.len() {
+                eprintln!(
+                    "note: {} of {} labels in {} have no prediction and are skipped",
+                    labels.len() - pairs.len(),
+                    labels.len(),
+                    label.display()
+                );
+            }
+            Ok(pairs)
+        }
+    }
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+}
+
+/// The per-case table, then mean +- std (n) per class, then the undefined cases.
+fn table(report: &EvaluationReport) -> String {
+    const COLUMNS: [&str; 9] = [
+        "dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm", "assd_mm", "hd_mm", "nsd",
+    ];
+    let width = report
+        .cases
+        .keys()
+        .map(String::len)
+        .chain([12])
+        .max()
+        .unwrap_or(12);
+    let mut out = format!("{:<width$}  {:>5}", "case", "class");
+    for c in COLUMNS {
+        out += &format!("  {c:>9}");
+    }
+    out.push('\n');
+    for (case, classes) in &report.cases {
+        for (class, metrics) in classes {
+            out += &format!("{case:<width$}  {class:>5}");
+            for (_, v) in metrics.values() {
+                out += &format!("  {:>9}", fmt(v));
+            }
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    for (class, stats) in &report.summary {
+        for (label, pick) in [("mean", 0), ("std", 1), ("n", 2)] {
+            out += &format!("{label:<width$}  {class:>5}");
+            for c in COLUMNS {
+                let cell = stats.get(c).map_or("-".to_string(), |s| match pick {
+                    0 => fmt(s.mean),
+                    1 => fmt(s.std),
+                    _ => s.n.to_string(),
+                });
+                out += &format!("  {cell:>9}");
+            }
+            out.push('\n');
+        }
+    }
+    for (class, stats) in &report.summary {
+        let mean_std = |m: &str| {
+            stats.get(m).map_or("-".to_string(), |s| {
+                format!("{} +- {}", fmt(s.mean), fmt(s.std))
+            })
+        };
+        out += &format!(
+            "class {class}: dice {}, jaccard {}, hd95 {} vox, asd {} vox\n",
+            mean_std("dice"),
+            mean_std("jaccard"),
+            mean_std("hd95_vox"),
+            mean_std("asd_vox")
+        );
+    }
+    if report.undefined.is_empty() {
+        out += "undefined: none\n";
+    } else {
+        out += &format!(
+            "undefined ({}, HD95/ASD {}):\n",
+            report.undefined.len(),
+            match report.definition.empty {
+                EmptyRule::Medpy => "left out of the means",
+                EmptyRule::ReferenceZeros => "scored 0 by --reference-zeros",
+            }
+        );
+        for u in &report.undefined {
+            out += &format!("  {} class {}: {}\n", u.case, u.class, u.empty.reason());
+        }
+    }
+    out
+}
+
+fn write_json_atomic(path: &Path, report: &EvaluationReport) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(report)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_names_drop_extension_and_channel_suffix() {
+        assert_eq!(
+            case_name(Path::new("a/LA_01.nii.gz")).as_deref(),
+            Some("LA_01")
+        );
+        assert_eq!(
+            case_name(Path::new("LA_01_0000.nii")).as_deref(),
+            Some("LA_01")
+        );
+        assert_eq!(
+            case_name(Path::new("x_0001.nii.gz")).as_deref(),
+            Some("x_0001")
+        );
+        assert_eq!(case_name(Path::new("notes.txt")), None);
+        assert_eq!(case_name(Path::new("img.h5")), None);
+    }
+}
