@@ -70,10 +70,13 @@ fn device(name: &str) -> Result<Device> {
         #[cfg(feature = "cuda")]
         "cuda" | "cuda:0" => Device::new_cuda(0),
         #[cfg(not(feature = "cuda"))]
-        "cuda" | "cuda:0" => {
-            candle_core::bail!("built without the cuda feature: add --features cuda")
-        }
-        other => candle_core::bail!("unknown device {other:?} (cpu or cuda)"),
+        "cuda" | "cuda:0" => Err(candle_core::Error::Msg(
+            "built without the cuda feature: add --features cuda".into(),
+        )),
+        // plain messages: `bail!` would print a backtrace when RUST_BACKTRACE is set
+        other => Err(candle_core::Error::Msg(format!(
+            "unknown device {other:?} (cpu or cuda)"
+        ))),
     }
 }
 
