@@ -76,3 +76,32 @@ pub(crate) unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
     // length and capacity come from a live Vec that is not dropped.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_round_trip_at_every_size() {
+        // the last one is above the huge-page threshold and not a multiple of the page size
+        for len in [0usize, 1, 1000, (9 << 20) / 4 + 3] {
+            let mut v = f32_buffer(len);
+            assert_eq!(v.len(), len);
+            for (i, o) in v.iter_mut().enumerate() {
+                o.write(i as f32);
+            }
+            // SAFETY: every element was written just above
+            let v = unsafe { assume_init(v) };
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32));
+        }
+    }
+
+    #[test]
+    fn retaining_freed_memory_works_on_glibc() {
+        let took = retain_freed_memory();
+        assert_eq!(took, cfg!(all(target_os = "linux", target_env = "gnu")));
+        // allocation still works afterwards
+        let v = vec![1u8; 64 << 20];
+        assert_eq!(v.iter().map(|&b| b as usize).sum::<usize>(), 64 << 20);
+    }
+}
