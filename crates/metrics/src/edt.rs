@@ -24,12 +24,128 @@ pub fn edt(mask: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Result<Vec<f6
     check_spacing(spacing)?;
     let sites: Vec<bool> = mask.iter().map(|m| !m).collect();
     let everywhere = vec![true; mask.len()];
-    Ok(distances_at(&sites, &everywhere, shape, spacing))
+    Ok(distances_at_envelope(&sites, &everywhere, shape, spacing))
 }
+
+/// Most candidates a pruned search may evaluate for one query voxel before the query is left to
+/// the full transform (a query about 25 voxels from the nearest site).
+const SEARCH_BUDGET: usize = 2048;
 
 /// Distances from the `query` voxels (in C order) to the nearest `site` voxel, both masks of
 /// `shape`; infinite where there is no site. Caller checks lengths and spacing.
+///
+/// Surfaces are sparse and usually close, so after the cheap pass 1 along axis 1 each query runs a
+/// pruned search over the (axis 0, axis 2) plane: rows `i'` by increasing `|i - i'|`, positions
+/// `k'` by increasing `|k - k'|`, each stopping once `((k - k') s2)^2 + ((i - i') s0)^2` reaches
+/// the best squared distance so far. It evaluates exactly the sums the separable transform would
+/// (`((d1 s1)^2 + t2^2) + t0^2`), so the minimum is the same number. A query whose search exceeds
+/// [`SEARCH_BUDGET`] candidates is answered by the full transform instead.
 pub(crate) fn distances_at(
+    sites: &[bool],
+    query: &[bool],
+    shape: [usize; 3],
+    spacing: [f64; 3],
+) -> Vec<f64> {
+    let [n0, n1, n2] = shape;
+    let n = n0 * n1 * n2;
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut d1 = vec![0i32; n];
+    d1.par_chunks_mut(n1 * n2)
+        .zip(sites.par_chunks(n1 * n2))
+        .for_each(|(slab, slab_sites)| sweep_axis_1_index(slab, slab_sites, n2));
+    let per_slab: Vec<(Vec<f64>, Vec<(usize, usize)>)> = query
+        .par_chunks(n1 * n2)
+        .enumerate()
+        .map(|(i, slab_query)| {
+            let mut out = Vec::new();
+            let mut hard = Vec::new();
+            for (jk, _) in slab_query.iter().enumerate().filter(|(_, &q)| q) {
+                let (j, k) = (jk / n2, jk % n2);
+                match pruned_search(&d1, shape, spacing, [i, j, k]) {
+                    Some(d2) => out.push(d2.sqrt()),
+                    None => {
+                        hard.push((out.len(), (i * n1 + j) * n2 + k));
+                        out.push(f64::NAN);
+                    }
+                }
+            }
+            (out, hard)
+        })
+        .collect();
+    let mut result = Vec::new();
+    let mut hard = Vec::new();
+    for (out, slab_hard) in per_slab {
+        let offset = result.len();
+        hard.extend(slab_hard.into_iter().map(|(r, v)| (offset + r, v)));
+        result.extend(out);
+    }
+    if !hard.is_empty() {
+        let mut hard_query = vec![false; n];
+        for &(_, v) in &hard {
+            hard_query[v] = true;
+        }
+        let exact = distances_at_envelope(sites, &hard_query, shape, spacing);
+        for ((rank, _), d) in hard.into_iter().zip(exact) {
+            result[rank] = d;
+        }
+    }
+    result
+}
+
+/// The squared distance from voxel `at` to the nearest site given the axis-1 pass `d1` (index
+/// units), or `None` when the search would take more than [`SEARCH_BUDGET`] candidates.
+fn pruned_search(d1: &[i32], shape: [usize; 3], spacing: [f64; 3], at: [usize; 3]) -> Option<f64> {
+    let [n0, n1, n2] = shape;
+    let [i, j, k] = at;
+    let (s0, s1, s2) = (spacing[0], spacing[1], spacing[2]);
+    // `(d1 s1)^2` exactly as the full transform's pass 1 computes it; infinite without a site.
+    let f1 = |d: i32| {
+        let t1 = d as f64 * s1;
+        if d >= NO_SITE {
+            f64::INFINITY
+        } else {
+            t1 * t1
+        }
+    };
+    let mut best = f64::INFINITY;
+    let mut work = 0usize;
+    for a in 0..n0.max(1) {
+        let t0 = a as f64 * s0;
+        let t0sq = t0 * t0;
+        if t0sq >= best || (a > i && i + a >= n0) {
+            break;
+        }
+        let below = (a <= i).then(|| i - a);
+        let above = (a > 0 && i + a < n0).then_some(i + a);
+        for row_i in [below, above].into_iter().flatten() {
+            let row = &d1[(row_i * n1 + j) * n2..(row_i * n1 + j + 1) * n2];
+            for b in 0..n2 {
+                let t2 = b as f64 * s2;
+                let t2sq = t2 * t2;
+                if t2sq + t0sq >= best || (b > k && k + b >= n2) {
+                    break;
+                }
+                if b <= k {
+                    best = best.min((f1(row[k - b]) + t2sq) + t0sq);
+                }
+                if b > 0 && k + b < n2 {
+                    best = best.min((f1(row[k + b]) + t2sq) + t0sq);
+                }
+                work += 1;
+            }
+            if work > SEARCH_BUDGET {
+                return None;
+            }
+        }
+    }
+    Some(best)
+}
+
+/// [`distances_at`] by the full separable transform: the passes along axes 1 and 2 over the whole
+/// array, then envelopes along axis 0 on the columns that hold a query voxel.
+fn distances_at_envelope(
     sites: &[bool],
     query: &[bool],
     shape: [usize; 3],
@@ -113,38 +229,7 @@ fn squared_edt_axes_1_2(sites: &[bool], shape: [usize; 3], spacing: [f64; 3]) ->
         .for_each_init(
             || (Envelope::with_capacity(n2), vec![0.0f64; n2]),
             |(env, scratch), (slab, slab_sites)| {
-                // Pass 1 along axis 1: sweep the rows of the slab forward, then backward.
-                let mut last = vec![f64::NEG_INFINITY; n2];
-                for (j, (row, row_sites)) in slab
-                    .chunks_exact_mut(n2)
-                    .zip(slab_sites.chunks_exact(n2))
-                    .enumerate()
-                {
-                    let pos = j as f64;
-                    for ((l, &s), o) in last.iter_mut().zip(row_sites).zip(row.iter_mut()) {
-                        if s {
-                            *l = pos;
-                        }
-                        *o = pos - *l;
-                    }
-                }
-                let mut next = last;
-                next.fill(f64::INFINITY);
-                for (j, (row, row_sites)) in slab
-                    .chunks_exact_mut(n2)
-                    .zip(slab_sites.chunks_exact(n2))
-                    .enumerate()
-                    .rev()
-                {
-                    let pos = j as f64;
-                    for ((nx, &s), o) in next.iter_mut().zip(row_sites).zip(row.iter_mut()) {
-                        if s {
-                            *nx = pos;
-                        }
-                        let d = (*nx - pos).min(*o) * s1;
-                        *o = d * d;
-                    }
-                }
+                sweep_axis_1(slab, slab_sites, n2, s1);
                 // Pass 2 along axis 2: the rows are contiguous.
                 for row in slab.chunks_exact_mut(n2) {
                     if row.iter().all(|f| f.is_infinite()) {
@@ -157,6 +242,77 @@ fn squared_edt_axes_1_2(sites: &[bool], shape: [usize; 3], spacing: [f64; 3]) ->
             },
         );
     out
+}
+
+/// Pass 1 on one axis-0 slab (`[j][k]`, rows of `n2`): the squared distance `(d1 s1)^2` along
+/// axis 1 to the nearest site of the same column, infinite if the column has none. Two sweeps over
+/// whole rows, which vectorise over the contiguous axis 2.
+fn sweep_axis_1(slab: &mut [f64], slab_sites: &[bool], n2: usize, s1: f64) {
+    let mut last = vec![f64::NEG_INFINITY; n2];
+    for (j, (row, row_sites)) in slab
+        .chunks_exact_mut(n2)
+        .zip(slab_sites.chunks_exact(n2))
+        .enumerate()
+    {
+        let pos = j as f64;
+        for ((l, &s), o) in last.iter_mut().zip(row_sites).zip(row.iter_mut()) {
+            if s {
+                *l = pos;
+            }
+            *o = pos - *l;
+        }
+    }
+    let mut next = last;
+    next.fill(f64::INFINITY);
+    for (j, (row, row_sites)) in slab
+        .chunks_exact_mut(n2)
+        .zip(slab_sites.chunks_exact(n2))
+        .enumerate()
+        .rev()
+    {
+        let pos = j as f64;
+        for ((nx, &s), o) in next.iter_mut().zip(row_sites).zip(row.iter_mut()) {
+            if s {
+                *nx = pos;
+            }
+            let d = (*nx - pos).min(*o) * s1;
+            *o = d * d;
+        }
+    }
+}
+
+/// "No site in this column" in [`sweep_axis_1_index`] (far beyond any array extent).
+const NO_SITE: i32 = 1 << 28;
+
+/// Pass 1 on one axis-0 slab (`[j][k]`, rows of `n2`) in index units: the distance along axis 1
+/// to the nearest site of the same column, at least [`NO_SITE`] if the column has none.
+fn sweep_axis_1_index(slab: &mut [i32], slab_sites: &[bool], n2: usize) {
+    let mut last = vec![-NO_SITE; n2];
+    for (j, (row, row_sites)) in slab
+        .chunks_exact_mut(n2)
+        .zip(slab_sites.chunks_exact(n2))
+        .enumerate()
+    {
+        let pos = j as i32;
+        for ((l, &s), o) in last.iter_mut().zip(row_sites).zip(row.iter_mut()) {
+            *l = if s { pos } else { *l };
+            *o = pos - *l;
+        }
+    }
+    let mut next = last;
+    next.fill(2 * NO_SITE);
+    for (j, (row, row_sites)) in slab
+        .chunks_exact_mut(n2)
+        .zip(slab_sites.chunks_exact(n2))
+        .enumerate()
+        .rev()
+    {
+        let pos = j as i32;
+        for ((nx, &s), o) in next.iter_mut().zip(row_sites).zip(row.iter_mut()) {
+            *nx = if s { pos } else { *nx };
+            *o = (*nx - pos).min(*o);
+        }
+    }
 }
 
 /// One parabola `((x - pos) s)^2 + value` of a lower envelope, with the start of the range where
@@ -340,6 +496,39 @@ mod tests {
         .unwrap();
         let want: Vec<f64> = (0..315).filter(|&i| query[i]).map(|i| full[i]).collect();
         assert_eq!(distances_at(&sites, &query, shape, spacing), want);
+    }
+
+    #[test]
+    fn pruned_search_and_its_fallback_match_brute_force() {
+        let mut rng = SplitMix(5);
+        // Random sparse sites (near queries: the pruned search), then one site far from every
+        // query (more than SEARCH_BUDGET candidates: the envelope fallback), then no site at all.
+        let shape = [9, 6, 11];
+        let spacing = [0.9, 1.7, 0.6];
+        for _ in 0..10 {
+            let sites: Vec<bool> = (0..594).map(|_| rng.uniform() < 0.03).collect();
+            let query: Vec<bool> = (0..594).map(|_| rng.uniform() < 0.4).collect();
+            let want = brute_force(
+                &sites.iter().map(|s| !s).collect::<Vec<_>>(),
+                shape,
+                spacing,
+            );
+            let want: Vec<f64> = (0..594).filter(|&v| query[v]).map(|v| want[v]).collect();
+            let got = distances_at(&sites, &query, shape, spacing);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g == w || (g - w).abs() <= 1e-12 * w, "{g} vs {w}");
+            }
+        }
+        let shape = [90, 1, 90];
+        let mut sites = vec![false; 8100];
+        sites[0] = true;
+        let mut query = vec![false; 8100];
+        query[8099] = true; // (89, 0, 89): about 126 voxels away
+        query[91] = true; // (1, 0, 1)
+        let got = distances_at(&sites, &query, shape, [1.0; 3]);
+        assert_eq!(got, vec![2f64.sqrt(), (2.0f64 * 89.0 * 89.0).sqrt()]);
+        let got = distances_at(&[false; 8100], &query, shape, [1.0; 3]);
+        assert!(got.iter().all(|d| d.is_infinite()));
     }
 
     #[test]

@@ -27,18 +27,26 @@ pub(crate) fn surface_unchecked(mask: &[bool], shape: [usize; 3]) -> Vec<bool> {
         .for_each(|(i, slab)| {
             for (j, out_row) in slab.chunks_exact_mut(n2).enumerate() {
                 let centre = row(i, j);
-                if !centre.iter().any(|&m| m) {
+                // A fold without early exit vectorises; most rows are empty.
+                if !centre.iter().fold(false, |a, &m| a | m) {
                     continue;
                 }
                 let up = if i > 0 { row(i - 1, j) } else { &empty };
                 let down = if i + 1 < n0 { row(i + 1, j) } else { &empty };
                 let left = if j > 0 { row(i, j - 1) } else { &empty };
                 let right = if j + 1 < n1 { row(i, j + 1) } else { &empty };
-                for k in 0..n2 {
-                    let prev = k > 0 && centre[k - 1];
-                    let next = k + 1 < n2 && centre[k + 1];
-                    let interior = up[k] && down[k] && left[k] && right[k] && prev && next;
-                    out_row[k] = centre[k] && !interior;
+                // The ends of the row lack a neighbour along axis 2: surface wherever set.
+                out_row[0] = centre[0];
+                out_row[n2 - 1] = centre[n2 - 1];
+                if n2 > 2 {
+                    let m = n2 - 2;
+                    let (prev, mid, next) = (&centre[..m], &centre[1..m + 1], &centre[2..]);
+                    let (up, down) = (&up[1..m + 1], &down[1..m + 1]);
+                    let (left, right) = (&left[1..m + 1], &right[1..m + 1]);
+                    for (k, o) in out_row[1..m + 1].iter_mut().enumerate() {
+                        let interior = prev[k] & next[k] & up[k] & down[k] & left[k] & right[k];
+                        *o = mid[k] & !interior;
+                    }
                 }
             }
         });
@@ -64,6 +72,10 @@ impl Bounds {
             .filter_map(|(i, slab)| {
                 let mut found: Option<Bounds> = None;
                 for (j, row) in slab.chunks_exact(n2).enumerate() {
+                    // A fold without early exit vectorises; most rows are empty.
+                    if !row.iter().fold(false, |a, &m| a | m) {
+                        continue;
+                    }
                     let Some(first) = row.iter().position(|&m| m) else {
                         continue;
                     };
