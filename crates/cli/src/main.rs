@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod evaluate;
 mod inspect;
+mod model;
 
 #[derive(Debug, Parser)]
 #[command(name = "duoseg", version, about, long_about = None)]
@@ -22,6 +23,8 @@ enum Command {
     /// Show a volume's shape, spacing, data type, intensity statistics and label counts.
     Inspect(inspect::InspectArgs),
     Evaluate(evaluate::EvaluateArgs),
+    /// Inspect the networks: `duoseg model summary --arch vnet|resnet34`.
+    Model(model::ModelArgs),
 }
 
 /// What a subcommand reports back to `main`: success, or a failed check (exit code 1).
@@ -35,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Model(args) => model::run(args),
     }
 }
 
