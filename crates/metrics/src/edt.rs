@@ -27,6 +27,10 @@ pub fn edt(mask: &[bool], shape: [usize; 3], spacing: [f64; 3]) -> Result<Vec<f6
     Ok(distances_at_envelope(&sites, &everywhere, shape, spacing))
 }
 
+/// The distances of one axis-0 slab's query voxels (C order; NaN for a query left to the full
+/// transform), and those queries as (position in the slab's list, voxel index).
+type SlabDistances = (Vec<f64>, Vec<(usize, usize)>);
+
 /// Most candidates a pruned search may evaluate for one query voxel before the query is left to
 /// the full transform (a query about 25 voxels from the nearest site).
 const SEARCH_BUDGET: usize = 2048;
@@ -55,7 +59,7 @@ pub(crate) fn distances_at(
     d1.par_chunks_mut(n1 * n2)
         .zip(sites.par_chunks(n1 * n2))
         .for_each(|(slab, slab_sites)| sweep_axis_1_index(slab, slab_sites, n2));
-    let per_slab: Vec<(Vec<f64>, Vec<(usize, usize)>)> = query
+    let per_slab: Vec<SlabDistances> = query
         .par_chunks(n1 * n2)
         .enumerate()
         .map(|(i, slab_query)| {
