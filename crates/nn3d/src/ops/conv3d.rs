@@ -90,8 +90,10 @@ impl Conv3dParams {
 ///
 /// `x [N, C_in, D, H, W]`, `w [C_out, C_in, kd, kh, kw]`, `bias [C_out]` → `[N, C_out, OD, OH, OW]`
 /// with `OD = (D + 2 * padding - dilation * (kd - 1) - 1) / stride + 1` (likewise H, W).
-/// Differentiable in `x`, `w` and `bias`. Kernels equal to the stride with no padding (the V-Net
-/// down convolutions, and 1x1x1 kernels) run as reshape + permute + matmul.
+/// Differentiable in `x`, `w` and `bias`. On GPUs, kernels equal to the stride with no padding (the
+/// V-Net down convolutions, and 1x1x1 kernels) run as reshape + permute + matmul; on the CPU the
+/// custom-op kernels are faster (measured 0.32 s against 1.25 s CPU time for forward + backward of
+/// 16 -> 32, 2^3 stride 2 on (2, 16, 112, 112, 80)).
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) -> Result<Tensor> {
     let (_, c_in, dims) = dims5("conv3d input", x)?;
     let (c_out, wc, kernel) = dims5("conv3d weight", w)?;
@@ -104,7 +106,7 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) ->
     }
     check_bias("conv3d", bias, c_out)?;
     p.output_dims(dims, kernel)?;
-    if is_patch_conv(kernel, p.stride, p.padding, p.dilation) {
+    if !x.device().is_cpu() && is_patch_conv(kernel, p.stride, p.padding, p.dilation) {
         return patch_conv3d(x, w, bias);
     }
     let x = x.contiguous()?;
@@ -129,7 +131,7 @@ pub(crate) fn is_patch_conv(
 
 /// Convolution with kernel == stride and no padding as reshape + permute + matmul (candle ops, so
 /// autograd and every device come for free). Trailing input voxels that fit no patch are dropped.
-fn patch_conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn patch_conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, c_in, [d, h, wd]) = dims5("conv3d input", x)?;
     let (c_out, _, [kd, kh, kw]) = dims5("conv3d weight", w)?;
     let (od, oh, ow) = (d / kd, h / kh, wd / kw);
@@ -248,24 +250,26 @@ impl Conv3dFwd {
         ))
     }
 
-    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// `(dx, dw)`, each only when its argument takes part in autograd (an input image needs no
+    /// gradient, which saves the first layer's backward-data).
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, input_dims) = dims5("conv3d input", x)?;
         let (_, _, kernel) = dims5("conv3d weight", w)?;
-        let dx = grad.apply_op2(
-            w,
-            Conv3dBwdData {
-                params: self.params,
-                input_dims,
-            },
-        )?;
-        let dw = x.apply_op2(
-            &grad,
-            Conv3dBwdFilter {
-                params: self.params,
-                kernel,
-            },
-        )?;
+        let params = self.params;
+        let dx = match x.track_op() {
+            true => Some(grad.apply_op2(w, Conv3dBwdData { params, input_dims })?),
+            false => None,
+        };
+        let dw = match w.track_op() {
+            true => Some(x.apply_op2(&grad, Conv3dBwdFilter { params, kernel })?),
+            false => None,
+        };
         Ok((dx, dw))
     }
 }
@@ -307,8 +311,7 @@ impl CustomOp2 for Conv3dFwd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, w, grad)?;
-        Ok((Some(dx), Some(dw)))
+        self.grads(x, w, grad)
     }
 }
 
@@ -372,7 +375,7 @@ impl CustomOp3 for Conv3dFwd {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.grads(x, w, grad)?;
         let db = bias_grad(grad)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, dw, Some(db)))
     }
 }
 

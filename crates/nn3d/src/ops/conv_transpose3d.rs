@@ -84,8 +84,9 @@ impl ConvTranspose3dParams {
 ///
 /// `x [N, C_in, D, H, W]`, `w [C_in, C_out, kd, kh, kw]` (PyTorch layout), `bias [C_out]` →
 /// `[N, C_out, OD, OH, OW]`, see [`ConvTranspose3dParams::output_dims`]. Differentiable in `x`, `w`
-/// and `bias`. Kernels equal to the stride with no padding (the V-Net up convolutions) run as
-/// matmul + permute + reshape.
+/// and `bias`. On GPUs, kernels equal to the stride with no padding (the V-Net up convolutions)
+/// run as matmul + permute + reshape (on the CPU the custom-op kernels are faster: measured 0.8 s
+/// against 1.2 s CPU time for forward + backward of 32 -> 16, 2^3 stride 2 on (2, 32, 56, 56, 40)).
 pub fn conv_transpose3d(
     x: &Tensor,
     w: &Tensor,
@@ -103,7 +104,7 @@ pub fn conv_transpose3d(
     }
     check_bias("conv_transpose3d", bias, c_out)?;
     let out_dims = p.output_dims(dims, kernel)?;
-    let y = if is_patch_conv(kernel, p.stride, p.padding, p.dilation) {
+    let y = if !x.device().is_cpu() && is_patch_conv(kernel, p.stride, p.padding, p.dilation) {
         patch_conv_transpose3d(x, w, p.output_padding)?
     } else {
         let op = Conv3dBwdData {
@@ -119,7 +120,11 @@ pub fn conv_transpose3d(
 }
 
 /// Kernel == stride, no padding: every input voxel writes its own output patch, a matmul.
-fn patch_conv_transpose3d(x: &Tensor, w: &Tensor, output_padding: [usize; 3]) -> Result<Tensor> {
+pub(crate) fn patch_conv_transpose3d(
+    x: &Tensor,
+    w: &Tensor,
+    output_padding: [usize; 3],
+) -> Result<Tensor> {
     let (n, c_in, [d, h, wd]) = dims5("conv_transpose3d input", x)?;
     let (_, c_out, [kd, kh, kw]) = dims5("conv_transpose3d weight", w)?;
     let taps = kd * kh * kw;
