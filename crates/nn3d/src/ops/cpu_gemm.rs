@@ -194,41 +194,145 @@ pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f3
     }
     let mut out = crate::memory::f32_buffer(len);
     let out_ptr = SharedMut(out.as_mut_ptr().cast::<f32>());
-    for_each_chunked(&g.tiles(), Vec::new, |col: &mut Vec<f32>, &(n, r0, r1)| {
-        let p = (r1 - r0) * ow;
-        col.resize(k * p, 0.0);
-        unfold(
-            g,
-            &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in],
-            r0,
-            r1,
-            col,
-        );
-        let base = n * g.c_out * s_out + r0 * ow;
-        let dst = out_ptr.get();
-        if let Some(b) = bias {
-            for (o, &bo) in b.iter().enumerate() {
-                // SAFETY: the tile `base + o * s_out .. + p` belongs to this task only.
-                unsafe { std::slice::from_raw_parts_mut(dst.add(base + o * s_out), p) }.fill(bo);
+    let folded = g.stride[2] == 1 && g.kernel[2] > 1;
+    let bufs = || (Vec::new(), Vec::new());
+    for_each_chunked(
+        &g.tiles(),
+        bufs,
+        |(col, tmp): &mut (Vec<f32>, Vec<f32>), &(n, r0, r1)| {
+            let x_n = &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in];
+            let base = n * g.c_out * s_out + r0 * ow;
+            if folded {
+                // SAFETY: as below; forward_tile_folded writes rows `base + o * s_out .. + p` only.
+                unsafe {
+                    forward_tile_folded(g, x_n, r0, r1, w, bias, out_ptr.get().add(base), col, tmp)
+                };
+                return;
+            }
+            let p = (r1 - r0) * ow;
+            col.resize(k * p, 0.0);
+            unfold(g, x_n, r0, r1, col);
+            let dst = out_ptr.get();
+            if let Some(b) = bias {
+                for (o, &bo) in b.iter().enumerate() {
+                    // SAFETY: the tile `base + o * s_out .. + p` belongs to this task only.
+                    unsafe { std::slice::from_raw_parts_mut(dst.add(base + o * s_out), p) }
+                        .fill(bo);
+                }
+            }
+            // SAFETY: dst rows `base + o * s_out .. + p` (o < c_out) lie inside `out` and belong to
+            // this task; lhs is `w` [c_out, k] row-major, rhs is `col` [k, p] row-major.
+            unsafe {
+                gemm(
+                    g.c_out,
+                    p,
+                    k,
+                    dst.add(base),
+                    1,
+                    s_out as isize,
+                    bias.is_some(),
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    col.as_ptr(),
+                    1,
+                    p as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            }
+        },
+    );
+    // SAFETY: the tiles cover every output row of every sample, and the GEMM (k > 0) wrote every
+    // element of each tile for all c_out channels.
+    unsafe { crate::memory::assume_init(out) }
+}
+
+/// One forward tile for unit W stride, with the `kw` taps along W folded out of the unfolding.
+///
+/// The column buffer holds, for each `(c, a, b)`, the tile's input rows padded to
+/// `Wp = OW + dw * (kw - 1)` (`col [C_in * kd * kh, T * Wp]`); the tap `e` is the same buffer shifted
+/// by `e * dw`, so `kw` GEMMs with `K = C_in * kd * kh` (weight columns `(c, a, b, e)`, stride `kw`)
+/// accumulate the tile on a padded grid `tmp [C_out, T * Wp]`, whose first `OW` columns of each row
+/// are then copied out. This writes `kw` times fewer column values than [`unfold`].
+///
+/// # Safety
+/// `dst` must point at the tile's first output element (`out[n, 0, r0 * OW]`) with rows
+/// `dst + o * OD * OH * OW .. + (r1 - r0) * OW` valid for writes and owned by the caller.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_tile_folded(
+    g: &Geometry,
+    x_n: &[f32],
+    r0: usize,
+    r1: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    dst: *mut f32,
+    col: &mut Vec<f32>,
+    tmp: &mut Vec<f32>,
+) {
+    let [d, h, wd] = g.in_dims;
+    let [_, oh_n, ow_n] = g.out_dims;
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, _] = g.stride;
+    let [dd, dh, dw] = g.dilation;
+    let [pd, ph, pw] = g.pad;
+    let (t_n, plane) = (r1 - r0, h * wd);
+    let wp = ow_n + dw * (kw - 1);
+    let row_len = t_n * wp;
+    let k_fold = g.c_in * kd * kh;
+    col.resize(k_fold * row_len, 0.0);
+    tmp.resize(g.c_out * row_len, 0.0);
+    // padded row j holds x[.., j - pw] (zero outside 0..W)
+    let (lo, hi) = valid_range(-pw, 1, wd, wp);
+    let mut rows = col.chunks_exact_mut(row_len);
+    for c in 0..g.c_in {
+        let x_c = &x_n[c * d * plane..(c + 1) * d * plane];
+        for a in 0..kd {
+            for b in 0..kh {
+                let Some(dst_row) = rows.next() else { return };
+                for (t, r) in (r0..r1).enumerate() {
+                    let seg = &mut dst_row[t * wp..(t + 1) * wp];
+                    let id = ((r / oh_n) * sd + a * dd) as isize - pd;
+                    let ih = ((r % oh_n) * sh + b * dh) as isize - ph;
+                    if id < 0 || id >= d as isize || ih < 0 || ih >= h as isize || lo >= hi {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let src = &x_c[id as usize * plane + ih as usize * wd..][..wd];
+                    seg[..lo].fill(0.0);
+                    seg[hi..].fill(0.0);
+                    let s0 = (lo as isize - pw) as usize;
+                    seg[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                }
             }
         }
-        // SAFETY: dst rows `base + o * s_out .. + p` (o < c_out) lie inside `out` and belong to
-        // this task; lhs is `w` [c_out, k] row-major, rhs is `col` [k, p] row-major.
+    }
+    // the last row's valid outputs end at (t_n - 1) * wp + ow_n <= row_len - dw * (kw - 1)
+    let n_cols = row_len - dw * (kw - 1);
+    for e in 0..kw {
+        // SAFETY: lhs = w[:, :, :, :, e] as [c_out, k_fold] (row stride K, column stride kw),
+        // rhs = col shifted by e * dw as [k_fold, n_cols] (row stride row_len; the last column
+        // read is row_len - 1), dst = tmp [c_out, n_cols] with row stride row_len.
         unsafe {
             gemm(
                 g.c_out,
-                p,
-                k,
-                dst.add(base),
+                n_cols,
+                k_fold,
+                tmp.as_mut_ptr(),
                 1,
-                s_out as isize,
-                bias.is_some(),
-                w.as_ptr(),
+                row_len as isize,
+                e > 0,
+                w.as_ptr().add(e),
+                kw as isize,
+                (k_fold * kw) as isize,
+                col.as_ptr().add(e * dw),
                 1,
-                k as isize,
-                col.as_ptr(),
-                1,
-                p as isize,
+                row_len as isize,
                 1.0,
                 1.0,
                 false,
@@ -237,10 +341,19 @@ pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f3
                 Parallelism::None,
             )
         }
-    });
-    // SAFETY: the tiles cover every output row of every sample, and the GEMM (k > 0) wrote every
-    // element of each tile for all c_out channels.
-    unsafe { crate::memory::assume_init(out) }
+    }
+    let s_out = g.out_volume();
+    for o in 0..g.c_out {
+        let b = bias.map_or(0.0, |b| b[o]);
+        let src = &tmp[o * row_len..(o + 1) * row_len];
+        // SAFETY: the caller owns rows `dst + o * s_out .. + t_n * ow_n`.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.add(o * s_out), t_n * ow_n) };
+        for (t, out_row) in out.chunks_exact_mut(ow_n).enumerate() {
+            for (v, &s) in out_row.iter_mut().zip(&src[t * wp..t * wp + ow_n]) {
+                *v = s + b;
+            }
+        }
+    }
 }
 
 /// `dW [C_out, K]` of `conv(x, w)` given `dy [N, C_out, OD, OH, OW]`.
