@@ -1,3 +1,3 @@
-
 mod evaluate;
 mod inspect;
+mod train;

@@ -7,9 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod evaluate;
+mod infer;
 mod inspect;
 mod model;
+mod train;
 
 #[derive(Debug, Parser)]
 #[command(name = "duoseg", version, about, long_about = None)]
@@ -23,6 +26,12 @@ enum Command {
     /// Show a volume's shape, spacing, data type, intensity statistics and label counts.
     Inspect(inspect::InspectArgs),
     Evaluate(evaluate::EvaluateArgs),
+    /// Train both nets (V-Net + ResNet-34 V-Net) with the dual-stream method, then evaluate.
+    Train(train::TrainArgs),
+    /// Predict label maps for new volumes with a trained run (sliding window).
+    Infer(infer::InferArgs),
+    /// The built-in first run: synthetic phantoms, the method vs the supervised baseline, on the CPU.
+    Demo(demo::DemoArgs),
     /// Inspect the networks: `duoseg model summary --arch vnet|resnet34`.
     Model(model::ModelArgs),
 }
@@ -38,6 +47,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Infer(args) => infer::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Model(args) => model::run(args),
     }
 }

@@ -21,3 +21,4 @@ pub mod data;
 pub mod duoseg_models;
 pub mod figures;
 pub mod run;
+pub mod trainer;

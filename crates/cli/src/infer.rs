@@ -1,0 +1,121 @@
+//! `duoseg infer`: sliding-window prediction of new volumes with a trained run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use duoseg_train::config::EvalNets;
+use duoseg_train::data::Case;
+use duoseg_train::trainer;
+
+/// Predict label maps for new volumes with the two trained nets (sliding window as in SPEC section 4:
+/// patch, stride and classes come from the checkpoint's config; both nets' softmax averaged by default).
+///
+/// Writes one uint8 label NIfTI per input into OUT, with the input's file name and geometry, and with
+/// `--probs` one float32 probability map per foreground class (`<name>_prob<k>.nii.gz`).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  duoseg infer --checkpoint runs/la/final.safetensors --input ../shared/data/la2018/imagesTr --out runs/la/pred
+  duoseg infer --checkpoint runs/demo/duoseg/final.safetensors --input scan.nii.gz --out pred --probs --lcc")]
+pub struct InferArgs {
+    /// A run's final.safetensors (or any checkpoint of it).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// A volume (.nii / .nii.gz) or a folder of them.
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    pub input: PathBuf,
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+    /// Also write per-class probability maps.
+    #[arg(long)]
+    pub probs: bool,
+    /// Keep only the largest connected component of each class.
+    #[arg(long)]
+    pub lcc: bool,
+    /// Which net(s) predict: both (average), a (V-Net) or b (ResNet-34 V-Net) [default: the config's].
+    #[arg(long, value_parser = ["both", "a", "b"])]
+    pub nets: Option<String>,
+}
+
+fn is_nifti(p: &Path) -> bool {
+    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    n.ends_with(".nii") || n.ends_with(".nii.gz")
+}
+
+fn stem(p: &Path) -> String {
+    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("case");
+    n.trim_end_matches(".gz")
+        .trim_end_matches(".nii")
+        .to_string()
+}
+
+/// Runs `duoseg infer`.
+pub fn run(args: InferArgs) -> Result<crate::Outcome> {
+    let device = trainer::parse_device(&args.device)?;
+    let (mut cfg, nets) = trainer::load_nets(&args.checkpoint, &device)
+        .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
+    cfg.eval.largest_component |= args.lcc;
+    if let Some(n) = &args.nets {
+        cfg.eval.nets = match n.as_str() {
+            "a" => EvalNets::A,
+            "b" => EvalNets::B,
+            _ => EvalNets::Both,
+        };
+    }
+    let inputs: Vec<PathBuf> = if args.input.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&args.input)
+            .with_context(|| format!("cannot list {}", args.input.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_nifti(p))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![args.input.clone()]
+    };
+    if inputs.is_empty() {
+        bail!("{}: no .nii / .nii.gz volumes", args.input.display());
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    for path in &inputs {
+        let vol = duoseg_io::read_volume(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let like = duoseg_io::Volume {
+            data: Vec::new(),
+            ..vol.clone()
+        };
+        let case = Case::prepare(stem(path), vol, None, &cfg.data)?;
+        let t0 = std::time::Instant::now();
+        let pred = trainer::predict_case(&cfg, &nets, &case, &device, args.probs)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let out = args.out.join(&name);
+        duoseg_io::write_labels(&out, case.original_shape, &pred.labels, &like)?;
+        if let Some(p) = &pred.probs {
+            let n: usize = case.original_shape.iter().product();
+            for k in 1..cfg.model.n_classes {
+                let q = args.out.join(format!("{}_prob{k}.nii.gz", stem(path)));
+                duoseg_io::write_probabilities(
+                    &q,
+                    case.original_shape,
+                    &p[k * n..(k + 1) * n],
+                    &like,
+                )?;
+            }
+        }
+        let fg = pred.labels.iter().filter(|&&l| l > 0).count();
+        println!(
+            "{}\t{} foreground voxels\t{:.1}s",
+            out.display(),
+            fg,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(crate::Outcome::Ok)
+}

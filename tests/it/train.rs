@@ -1,0 +1,251 @@
+//! The training loop end to end on tiny synthetic data (CPU): a few iterations with every output of the
+//! run folder, exact resume, the NaN stop, checkpoint reload, and the CLI's error handling.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use duoseg_train::checkpoint;
+use duoseg_train::config::TrainConfig;
+use duoseg_train::data::{self, TrainData};
+use duoseg_train::run::{read_log, RunDir};
+use duoseg_train::trainer::{self, Finish, Silent, TrainOptions};
+
+fn tiny_config(iterations: usize, dropout: bool) -> TrainConfig {
+    let json = serde_json::json!({
+        "name": "tiny",
+        "data": {
+            "synthetic": { "shape": [20, 18, 16], "labeled": 2, "unlabeled": 2, "test": 1, "seed": 5, "noise": 0.2 },
+            "split": "lists",
+            "labeled": 2
+        },
+        "model": { "n_classes": 2, "base_width": 2, "dropout": dropout },
+        "patch": [16, 16, 16],
+        "iterations": iterations,
+        "optim": { "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0001, "lr_step": 2, "lr_decay": 0.1 },
+        "seed": 11,
+        "eval": { "stride": [8, 8, 8], "sw_batch": 2, "figure_cases": 1 },
+        "checkpoint": { "every": 2, "keep_last": 1 }
+    });
+    let cfg: TrainConfig = serde_json::from_value(json).unwrap();
+    cfg.validate().unwrap();
+    cfg
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("duoseg-it-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn opts<'a>(dir: &Path, resume: bool, stop: bool, observer: &'a mut Silent) -> TrainOptions<'a> {
+    TrainOptions {
+        run: RunDir::create(dir).unwrap(),
+        device: candle_core::Device::Cpu,
+        resume,
+        stop: Arc::new(AtomicBool::new(stop)),
+        observer,
+    }
+}
+
+#[test]
+fn train_writes_the_whole_run_folder() {
+    let cfg = tiny_config(3, true);
+    let dir = tmp("full");
+    let (finish, report) =
+        trainer::run_training(&cfg, None, opts(&dir, false, false, &mut Silent)).unwrap();
+    assert_eq!(finish, Finish::Completed);
+    let report = report.unwrap();
+    assert_eq!(report.cases.len(), 1);
+    for f in [
+        "config.json",
+        "log.jsonl",
+        "final.safetensors",
+        "summary.json",
+        "summary.md",
+        "figures/losses.png",
+        "figures/phantom_004.png",
+        "predictions/phantom_004.nii.gz",
+    ] {
+        assert!(dir.join(f).is_file(), "missing {f}");
+    }
+    let log = read_log(&dir.join("log.jsonl")).unwrap();
+    assert_eq!(
+        log.iter().map(|r| r.iter).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for key in [
+        "total",
+        "ce_a",
+        "dice_b",
+        "unsup",
+        "reg",
+        "pull_a",
+        "push_b",
+        "alpha",
+        "threshold",
+        "lambda_u",
+        "lambda_c",
+        "teacher_is_a",
+        "reliable_fraction",
+        "n_disagree",
+    ] {
+        assert!(
+            log[0].terms.contains_key(key),
+            "log lacks {key}: {:?}",
+            log[0].terms.keys()
+        );
+    }
+    assert!(
+        (log[2].lr - 0.001).abs() < 1e-12,
+        "step decay at iteration 3"
+    );
+    // keep_last = 1: only the newest iteration checkpoint remains
+    let left: Vec<usize> = checkpoint::list(&dir.join("checkpoints"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(left, vec![3]);
+    // the final weights reload with their config
+    let (back, _nets) =
+        trainer::load_nets(&dir.join("final.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(back, cfg);
+    let saved: TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved, cfg);
+    // `duoseg infer` on the test image reproduces the evaluation's prediction file
+    let test = data::load(&cfg.data, None).unwrap().test.remove(0);
+    let img = duoseg_io::Volume::from_data(test.shape, test.spacing, test.image.clone()).unwrap();
+    let input = dir.join("input").join("phantom_004.nii.gz");
+    std::fs::create_dir_all(input.parent().unwrap()).unwrap();
+    duoseg_io::write_probabilities(&input, test.shape, &test.image, &img).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .arg("infer")
+        .arg("--checkpoint")
+        .arg(dir.join("final.safetensors"))
+        .arg("--input")
+        .arg(input.parent().unwrap())
+        .arg("--out")
+        .arg(dir.join("infer"))
+        .arg("--probs")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = duoseg_io::read_volume(dir.join("infer/phantom_004.nii.gz")).unwrap();
+    let b = duoseg_io::read_volume(dir.join("predictions/phantom_004.nii.gz")).unwrap();
+    assert_eq!(a.shape, test.shape);
+    assert_eq!(a.data, b.data);
+    assert!(dir.join("infer/phantom_004_prob1.nii.gz").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    // dropout off: candle's CPU RNG (dropout masks) cannot be seeded
+    let cfg = tiny_config(4, false);
+    let data: TrainData = data::load(&cfg.data, None).unwrap();
+    let a = tmp("resume-a");
+    assert_eq!(
+        trainer::train(&cfg, &data, opts(&a, false, false, &mut Silent)).unwrap(),
+        Finish::Completed
+    );
+    let b = tmp("resume-b");
+    // a stop request is honoured after the first iteration, with a checkpoint
+    assert_eq!(
+        trainer::train(&cfg, &data, opts(&b, false, true, &mut Silent)).unwrap(),
+        Finish::Interrupted(1)
+    );
+    assert!(!b.join("final.safetensors").exists());
+    assert_eq!(
+        trainer::train(&cfg, &data, opts(&b, true, false, &mut Silent)).unwrap(),
+        Finish::Completed
+    );
+    let dev = candle_core::Device::Cpu;
+    let (ta, ma) = checkpoint::load(&a.join("final.safetensors"), &dev).unwrap();
+    let (tb, mb) = checkpoint::load(&b.join("final.safetensors"), &dev).unwrap();
+    assert_eq!(ma, mb);
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    for (k, t) in &ta {
+        let x: Vec<f32> = t
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let y: Vec<f32> = tb[k]
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(x, y, "{k} differs after resume");
+    }
+    let la: Vec<_> = read_log(&a.join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.iter, r.terms))
+        .collect();
+    let lb: Vec<_> = read_log(&b.join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.iter, r.terms))
+        .collect();
+    assert_eq!(la, lb);
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}
+
+#[test]
+fn non_finite_loss_stops_naming_iteration_and_term() {
+    // a diverging learning rate makes the loss overflow after the first update
+    let mut cfg = tiny_config(6, false);
+    cfg.optim.lr = 1e30;
+    cfg.checkpoint.every = 1;
+    cfg.checkpoint.keep_last = 0;
+    let data = data::load(&cfg.data, None).unwrap();
+    let dir = tmp("nan");
+    let err = trainer::train(&cfg, &data, opts(&dir, false, false, &mut Silent))
+        .unwrap_err()
+        .to_string();
+    let it: usize = err
+        .strip_prefix("non-finite loss at iteration ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(it >= 2, "{err}");
+    assert!(
+        err.contains(&format!("the last good checkpoint is iteration {}", it - 1)),
+        "{err}"
+    );
+    let term = err
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(" = ").next())
+        .unwrap();
+    assert!(!term.is_empty() && !term.contains(' '), "{err}");
+    assert!(!dir.join("final.safetensors").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cli_train_reports_errors_in_one_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .args(["train", "--config", "/nonexistent/config.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/config.json"), "{err}");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .args(["train", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Examples:"));
+}
