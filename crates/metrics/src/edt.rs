@@ -8,6 +8,10 @@
 //! 3. along axis 0: the lower envelope again, evaluated only where it is asked for (every voxel for
 //!    [`edt`], the query voxels for the surface distances).
 //!
+//! Surface distances ([`distances_at`]) mostly skip passes 2 and 3: after pass 1 each query voxel
+//! searches outward over the (axis 0, axis 2) plane with an exact stopping bound, and only queries
+//! far from every site use the envelopes.
+//!
 //! The envelope compares parabola intersections as cross-multiplied fractions instead of dividing,
 //! so in voxel units (integer squared distances) every comparison is exact, and the distances are
 //! exactly scipy's. With other spacings they agree with scipy's to rounding (~1e-16 relative).
