@@ -8,10 +8,11 @@
 use anyhow::{bail, Result};
 
 mod hippocampus;
+mod io;
 mod metrics;
 mod nn3d;
 
-const BENCHES: &str = "hippocampus, metrics, nn3d";
+const BENCHES: &str = "hippocampus, io, metrics, nn3d";
 
 pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
@@ -20,6 +21,7 @@ pub fn run(args: &[String]) -> Result<()> {
     #[allow(clippy::match_single_binding)]
     match name.as_str() {
         "hippocampus" => hippocampus::run(&args[1..]),
+        "io" => io::run(&args[1..]),
         "metrics" => metrics::run(&args[1..]),
         "nn3d" => nn3d::run(&args[1..]),
         other => bail!("unknown benchmark {other:?}; benchmarks: {BENCHES}"),

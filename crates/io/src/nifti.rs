@@ -555,7 +555,7 @@ pub fn read_nifti(path: &Path) -> Result<Volume> {
     decode_nifti(&bytes, path)
 }
 
-/// Decodes Fortran-order raw voxels of `dtype` into C-order scaled `f32`.
+/// Decodes Fortran-order raw voxels of `dtype` into C-order scaled `f32` in one pass.
 fn convert_transpose(
     raw: &[u8],
     dtype: DataType,
@@ -564,10 +564,6 @@ fn convert_transpose(
     slope: f64,
     inter: f64,
 ) -> Vec<f32> {
-    let n = shape[0] * shape[1] * shape[2];
-    // First decode into Fortran order (a contiguous pass), then transpose with tiles.
-    let mut fortran = vec![0f32; n];
-    let size = dtype.size();
     let scale = |v: f64| (v * slope + inter) as f32;
     match dtype {
         DataType::U8 | DataType::I8 => {
@@ -582,20 +578,51 @@ fn convert_transpose(
                     })
                 })
                 .collect();
-            for (o, &b) in fortran.iter_mut().zip(raw) {
-                *o = lut[b as usize];
-            }
+            decode_fortran_to_c(raw, 1, shape, |b| lut[b[0] as usize])
         }
         _ => {
             let read = sample_reader(dtype, big_endian);
-            let identity = slope == 1.0 && inter == 0.0;
-            for (o, chunk) in fortran.iter_mut().zip(raw.chunks_exact(size)) {
-                let v = read(chunk);
-                *o = if identity { v as f32 } else { scale(v) };
+            if slope == 1.0 && inter == 0.0 {
+                decode_fortran_to_c(raw, dtype.size(), shape, |b| read(b) as f32)
+            } else {
+                decode_fortran_to_c(raw, dtype.size(), shape, |b| scale(read(b)))
             }
         }
     }
-    fortran_to_c(&fortran, shape)
+}
+
+/// Voxels along the last axis gathered per block by [`decode_fortran_to_c`].
+const K_BLOCK: usize = 16;
+
+/// Decodes Fortran-order samples of `size` bytes into a C-order `f32` buffer: for each (j, block of
+/// `K_BLOCK` k) the source rows are read contiguously into a small buffer, which is then written out
+/// as contiguous runs of the destination rows (both sides sequential, no strided scatter).
+fn decode_fortran_to_c(
+    raw: &[u8],
+    size: usize,
+    shape: [usize; 3],
+    decode: impl Fn(&[u8]) -> f32,
+) -> Vec<f32> {
+    let [nx, ny, nz] = shape;
+    let mut dst = vec![0f32; nx * ny * nz];
+    let mut buf = vec![0f32; K_BLOCK * nx];
+    for j in 0..ny {
+        for k0 in (0..nz).step_by(K_BLOCK) {
+            let kt = K_BLOCK.min(nz - k0);
+            for dk in 0..kt {
+                let start = ((k0 + dk) * ny + j) * nx * size;
+                let row = &raw[start..start + nx * size];
+                for (i, sample) in row.chunks_exact(size).enumerate() {
+                    buf[i * K_BLOCK + dk] = decode(sample);
+                }
+            }
+            for i in 0..nx {
+                let o = (i * ny + j) * nz + k0;
+                dst[o..o + kt].copy_from_slice(&buf[i * K_BLOCK..i * K_BLOCK + kt]);
+            }
+        }
+    }
+    dst
 }
 
 /// One sample of `dtype` from its bytes, as f64.
@@ -631,27 +658,7 @@ fn sample_reader(dtype: DataType, big_endian: bool) -> fn(&[u8]) -> f64 {
     }
 }
 
-/// Fortran order (first axis fastest) to C order (last axis fastest), tiled for the cache.
-pub(crate) fn fortran_to_c<T: Copy + Default>(src: &[T], shape: [usize; 3]) -> Vec<T> {
-    let [nx, ny, nz] = shape;
-    let mut dst = vec![T::default(); src.len()];
-    const TILE: usize = 32;
-    for j in 0..ny {
-        for k0 in (0..nz).step_by(TILE) {
-            for i0 in (0..nx).step_by(TILE) {
-                for k in k0..(k0 + TILE).min(nz) {
-                    let src_row = (k * ny + j) * nx;
-                    for i in i0..(i0 + TILE).min(nx) {
-                        dst[(i * ny + j) * nz + k] = src[src_row + i];
-                    }
-                }
-            }
-        }
-    }
-    dst
-}
-
-/// C order to Fortran order (inverse of [`fortran_to_c`]).
+/// C order (last axis fastest) to Fortran order (first axis fastest), tiled for the cache.
 pub(crate) fn c_to_fortran<T: Copy + Default>(src: &[T], shape: [usize; 3]) -> Vec<T> {
     let [nx, ny, nz] = shape;
     let mut dst = vec![T::default(); src.len()];

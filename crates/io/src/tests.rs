@@ -103,25 +103,28 @@ fn header(shape: [usize; 3], dtype: DataType) -> NiftiHeader {
 #[test]
 fn every_dtype_round_trips_in_c_order_with_scaling() {
     let dir = scratch("dtypes");
-    let shape = [5, 4, 3];
-    for dtype in ALL_TYPES {
-        for gz in [false, true] {
-            let mut h = header(shape, dtype);
-            h.scl_slope = 0.5;
-            h.scl_inter = -3.0;
-            let path = dir.join(format!("v_{dtype}.nii{}", if gz { ".gz" } else { "" }));
-            write_raw_nifti(&path, &h, &fortran_bytes(shape, dtype, false, synth)).unwrap();
-            let v = read_volume(&path).unwrap();
-            assert_eq!(v.shape, shape);
-            assert_eq!(v.dtype, dtype);
-            assert_eq!(v.spacing, [0.5, 0.75, 2.0]);
-            assert_eq!(v.affine[0][3], -10.0);
-            for i in 0..5 {
-                for j in 0..4 {
-                    for k in 0..3 {
-                        let want = expected_value(dtype, synth(i, j, k)) * 0.5 - 3.0;
-                        let got = v.data[(i * 4 + j) * 3 + k];
-                        assert_eq!(got, want as f32, "{dtype} at ({i},{j},{k})");
+    // The second shape spans several blocks of the last axis in the transposing decoder.
+    for shape in [[5, 4, 3], [3, 2, 37]] {
+        for dtype in ALL_TYPES {
+            for gz in [false, true] {
+                let mut h = header(shape, dtype);
+                h.scl_slope = 0.5;
+                h.scl_inter = -3.0;
+                let path = dir.join(format!("v_{dtype}.nii{}", if gz { ".gz" } else { "" }));
+                write_raw_nifti(&path, &h, &fortran_bytes(shape, dtype, false, synth)).unwrap();
+                let v = read_volume(&path).unwrap();
+                assert_eq!(v.shape, shape);
+                assert_eq!(v.dtype, dtype);
+                assert_eq!(v.spacing, [0.5, 0.75, 2.0]);
+                assert_eq!(v.affine[0][3], -10.0);
+                let [_, ny, nz] = shape;
+                for i in 0..shape[0] {
+                    for j in 0..ny {
+                        for k in 0..nz {
+                            let want = expected_value(dtype, synth(i, j, k)) * 0.5 - 3.0;
+                            let got = v.data[(i * ny + j) * nz + k];
+                            assert_eq!(got, want as f32, "{dtype} at ({i},{j},{k})");
+                        }
                     }
                 }
             }

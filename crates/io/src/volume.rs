@@ -160,21 +160,24 @@ impl Volume {
 
     /// The intensities as label values; errors on a non-integer, negative or > 255 value.
     pub fn to_labels(&self) -> Result<Vec<u8>> {
-        self.data
-            .iter()
-            .enumerate()
-            .map(|(index, &v)| {
-                if v.fract() == 0.0 && (0.0..=255.0).contains(&v) {
-                    Ok(v as u8)
-                } else {
-                    Err(Error::BadLabel {
-                        path: self.display_path(),
-                        index,
-                        value: v,
-                    })
-                }
-            })
-            .collect()
+        // Saturating casts, then a check that each value survived the round trip (false for
+        // fractions, negatives, > 255 and NaN): two plain, vectorisable passes.
+        let labels: Vec<u8> = self.data.iter().map(|&v| v as u8).collect();
+        let exact = |(&v, &l): (&f32, &u8)| f32::from(l) == v;
+        if !self.data.iter().zip(&labels).all(exact) {
+            let index = self
+                .data
+                .iter()
+                .zip(&labels)
+                .position(|p| !exact(p))
+                .unwrap_or(0);
+            return Err(Error::BadLabel {
+                path: self.display_path(),
+                index,
+                value: self.data[index],
+            });
+        }
+        Ok(labels)
     }
 
     /// Checks that `label` has this image's shape, spacing (1e-3 mm) and affine (1e-3).

@@ -1,0 +1,90 @@
+//! `cargo xtask bench io`: decode all 100 LA cases (image + label, `.nii.gz`) with duoseg-io and
+//! with nibabel in the same run, sequentially and with all cores.
+//!
+//! The Rust side is the example `bench_io` of duoseg-io (release; rayon over cases for the parallel
+//! figure, `RAYON_NUM_THREADS=1` is not needed: its sequential loop is a plain loop). The Python side
+//! is `tests/reference/io_bench.py` (needs `pip install nibabel numpy`; interpreter from
+//! `$DUOSEG_PYTHON`, else `python3`), with a process pool of all cores. Both report the sum of all
+//! image intensities and the foreground voxel count, which must agree. Best of `--repeats N`
+//! (default 3). Writes `bench/io.json`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::util;
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut repeats = 3usize;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--repeats" => repeats = value.parse().context("--repeats")?,
+            other => bail!("unknown option {other:?}; options: --repeats N"),
+        }
+    }
+    let data = std::env::var_os("DUOSEG_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| util::root().join("../shared/data"))
+        .join("la2018");
+    if !data.join("dataset.json").is_file() {
+        bail!(
+            "{}: the LA data is needed for this benchmark",
+            data.display()
+        );
+    }
+    let common = [data.display().to_string(), repeats.to_string()];
+    util::run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "duoseg-io",
+        "--example",
+        "bench_io",
+    ]))?;
+    let example = util::root().join("target/release/examples/bench_io");
+    let rust = capture(Command::new(&example).args(&common))?;
+    let python = std::env::var("DUOSEG_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let script = util::root().join("tests/reference/io_bench.py");
+    let nibabel = capture(Command::new(&python).arg(&script).args(&common))?;
+
+    let num = |v: &Value, k: &str| v[k].as_f64().with_context(|| format!("missing {k} in {v}"));
+    let (rs, ns) = (num(&rust, "image_sum")?, num(&nibabel, "image_sum")?);
+    if (rs - ns).abs() > 1e-6 * ns.abs().max(1.0)
+        || rust["label_foreground"] != nibabel["label_foreground"]
+    {
+        bail!("duoseg and nibabel decoded different data: {rust} vs {nibabel}");
+    }
+    let speedup = |k: &str| -> Result<f64> { Ok(num(&nibabel, k)? / num(&rust, k)?) };
+    let result = json!({
+        "benchmark": "decode LA image + label (.nii.gz, uint8 + scl_slope -> f32; label -> u8), 100 cases",
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "duoseg": rust,
+        "nibabel": nibabel,
+        "speedup_sequential": speedup("sequential_s")?,
+        "speedup_parallel": speedup("parallel_s")?,
+        "duoseg_parallel_scaling": num(&rust, "sequential_s")? / num(&rust, "parallel_s")?,
+        "nibabel_parallel_scaling": num(&nibabel, "sequential_s")? / num(&nibabel, "parallel_s")?,
+    });
+    let out = util::root().join("bench/io.json");
+    util::write_json(&out, &result)?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Runs a command and parses its stdout as one JSON object.
+fn capture(cmd: &mut Command) -> Result<Value> {
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .current_dir(util::root())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{cmd:?} printed no JSON object"))
+}
