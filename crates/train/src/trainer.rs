@@ -665,3 +665,62 @@ pub fn run_training(
         Finish::Interrupted(_) => Ok((finish, None)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> TrainConfig {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo.json");
+        TrainConfig::load(&p).unwrap()
+    }
+
+    #[test]
+    fn overrides_set_nested_fields_and_are_validated() {
+        let c = apply_override(&cfg(), "loss.alpha0=0.1").unwrap();
+        assert_eq!(c.loss.alpha0, 0.1);
+        let c = apply_override(&c, "method=no_reg").unwrap();
+        assert_eq!(c.method, Method::NoReg);
+        let c = apply_override(&c, r#"data.split={"fold":{"fold":2}}"#).unwrap();
+        assert_eq!(c.data.split, crate::config::Split::Fold { fold: 2 });
+        assert!(apply_override(&c, "loss.alpha_zero=0.1").is_err());
+        assert!(apply_override(&c, "patch=[30,32,32]").is_err());
+        assert!(apply_override(&c, "iterations").is_err());
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        assert!(parse_device("gpu").is_err());
+    }
+
+    #[test]
+    fn seeded_initialisation_is_reproducible() -> Result<()> {
+        let m = ModelConfig {
+            n_classes: 2,
+            base_width: 2,
+            dropout: false,
+        };
+        let a = build_nets(&m, &Device::Cpu, 3)?;
+        let b = build_nets(&m, &Device::Cpu, 3)?;
+        let c = build_nets(&m, &Device::Cpu, 4)?;
+        let ta = checkpoint::varmap_tensors(NET_B, &a.vars_b)?;
+        let tb = checkpoint::varmap_tensors(NET_B, &b.vars_b)?;
+        let tc = checkpoint::varmap_tensors(NET_B, &c.vars_b)?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let mut differs = false;
+        for (k, t) in &ta {
+            assert_eq!(flat(t)?, flat(&tb[k])?, "{k}");
+            differs |= flat(t)? != flat(&tc[k])?;
+        }
+        assert!(differs);
+        // kaiming-normal std sqrt(2 / fan_in) (the 7^3 stem conv, one input channel)
+        let w = flat(&ta["net_b.stem.0.weight"])?;
+        let sd = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
+        let fan_in = ta["net_b.stem.0.weight"].dims()[1..]
+            .iter()
+            .product::<usize>() as f32;
+        assert!((sd / (2.0 / fan_in).sqrt() - 1.0).abs() < 0.2, "std {sd}");
+        Ok(())
+    }
+}
