@@ -11,8 +11,9 @@ mod hippocampus;
 mod io;
 mod metrics;
 mod nn3d;
+mod step;
 
-const BENCHES: &str = "hippocampus, io, metrics, nn3d";
+const BENCHES: &str = "hippocampus, io, metrics, nn3d, step";
 
 pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
@@ -24,6 +25,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "io" => io::run(&args[1..]),
         "metrics" => metrics::run(&args[1..]),
         "nn3d" => nn3d::run(&args[1..]),
+        "step" => step::run(&args[1..]),
         other => bail!("unknown benchmark {other:?}; benchmarks: {BENCHES}"),
     }
 }

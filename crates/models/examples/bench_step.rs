@@ -1,0 +1,153 @@
+//! One full training step of both nets on the CPU: forward of 2 labeled + 2 unlabeled crops through
+//! V-Net and ResNet-34 V-Net (train mode, dropout on), every loss of SPEC section 2 (`Objective`, paper
+//! preset), backward, and an SGD update (lr 0.01, momentum 0.9, weight decay 1e-4, PyTorch semantics).
+//! The same workload as `../shared/reference/bench_torch.py --device cpu`; run by `cargo xtask bench step`.
+//!
+//! Usage: bench_step [--crop D H W] [--iters N] [--warmup N]. Prints one JSON object: median / min step
+//! seconds and the process's peak resident memory.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use duoseg_losses::{IterationInput, LossConfig, NetOutputs, Objective};
+use duoseg_models::{build, Arch, NetConfig};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// PyTorch SGD: `d = g + wd p; buf = mu buf + d; p -= lr buf`.
+struct Sgd {
+    params: Vec<Var>,
+    buffers: Vec<Option<Tensor>>,
+}
+
+impl Sgd {
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
+        let (lr, mu, wd) = (0.01, 0.9, 1e-4);
+        for (p, buf) in self.params.iter().zip(self.buffers.iter_mut()) {
+            let Some(g) = grads.get(p.as_tensor()) else {
+                continue;
+            };
+            let d = (g + (p.as_tensor() * wd)?)?;
+            let b = match buf.take() {
+                Some(b) => ((b * mu)? + d)?,
+                None => d,
+            };
+            p.set(&(p.as_tensor() - (&b * lr)?)?)?;
+            *buf = Some(b);
+        }
+        Ok(())
+    }
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut crop = [64usize, 64, 48];
+    let (mut iters, mut warmup) = (5usize, 1usize);
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--crop" => {
+                for (k, c) in crop.iter_mut().enumerate() {
+                    *c = args
+                        .get(i + 1 + k)
+                        .ok_or("--crop needs 3 values")?
+                        .parse()?;
+                }
+                i += 4;
+            }
+            "--iters" => {
+                iters = args.get(i + 1).ok_or("--iters needs a value")?.parse()?;
+                i += 2;
+            }
+            "--warmup" => {
+                warmup = args.get(i + 1).ok_or("--warmup needs a value")?.parse()?;
+                i += 2;
+            }
+            other => return Err(format!("unknown option {other:?}").into()),
+        }
+    }
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let net_a = build(Arch::Vnet, NetConfig::default(), vb.pp("a"))?;
+    let net_b = build(Arch::Resnet34, NetConfig::default(), vb.pp("b"))?;
+    let params = duoseg_nn3d::trainable_vars(&varmap);
+    let mut sgd = Sgd {
+        buffers: vec![None; params.len()],
+        params,
+    };
+    let [d, h, w] = crop;
+    let x = Tensor::randn(0f32, 1.0, (4, 1, d, h, w), &dev)?;
+    let y = Tensor::rand(0f32, 1.0, (2, d, h, w), &dev)?
+        .gt(0.7)?
+        .to_dtype(DType::U32)?;
+    let mut objective = Objective::new(LossConfig::default(), 2)?;
+    let mut times = Vec::new();
+    let mut phases: Vec<[f64; 5]> = Vec::new();
+    for step in 0..warmup + iters {
+        let t0 = Instant::now();
+        let (la, fa) = net_a.forward_t(&x, true)?;
+        let t_a = t0.elapsed().as_secs_f64();
+        let (lb, fb) = net_b.forward_t(&x, true)?;
+        let t_b = t0.elapsed().as_secs_f64();
+        let input = IterationInput {
+            a: NetOutputs {
+                logits: &la,
+                features: &fa,
+            },
+            b: NetOutputs {
+                logits: &lb,
+                features: &fb,
+            },
+            labels: &y,
+            iteration: step,
+            total_iterations: 6000,
+            seed: step as u64,
+        };
+        let terms = objective.assemble(&input)?;
+        let t_loss = t0.elapsed().as_secs_f64();
+        let grads = terms.total.backward()?;
+        let t_back = t0.elapsed().as_secs_f64();
+        sgd.step(&grads)?;
+        phases.push([
+            t_a,
+            t_b - t_a,
+            t_loss - t_b,
+            t_back - t_loss,
+            t0.elapsed().as_secs_f64() - t_back,
+        ]);
+        if step >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let report = serde_json::json!({
+        "impl": "duoseg",
+        "device": "cpu",
+        "crop": crop,
+        "batch": "2+2",
+        "iters": iters,
+        "step_s_median": times.get(times.len() / 2),
+        "step_s_min": times.first(),
+        "peak_rss_gib": peak_rss_kib().map(|k| k as f64 / (1024.0 * 1024.0)),
+        "threads": rayon_threads(),
+        "phases_last_s": phases.last().map(|p| serde_json::json!({
+            "forward_vnet": p[0], "forward_resnet34": p[1], "losses": p[2], "backward": p[3], "sgd": p[4]
+        })),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,138 @@
+//! `cargo xtask bench step`: one full training step of both nets (forward, all losses, backward, SGD)
+//! at 2 labeled + 2 unlabeled crops on the CPU, beside PyTorch in the same invocation.
+//!
+//! Runs `crates/models/examples/bench_step.rs` (release) and
+//! `../shared/reference/bench_torch.py --device cpu --crop D H W --modes default` (its sliding-window
+//! part on a single crop-sized volume, so it costs one window) with the interpreter given by `--torch`
+//! (default `/work/venv/bin/python`; `--torch none` skips it), and writes `bench/step.json` with both
+//! results, the time ratio (duoseg / PyTorch) and both peak resident memories.
+//!
+//! Options: `--crop D H W` (default 64 64 48), `--iters N` (default 3), `--warmup N` (default 1),
+//! `--torch PYTHON`.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::util;
+
+/// Runs `cmd` and returns every JSON object it printed on stdout, one per line.
+fn capture(cmd: &mut Command) -> Result<Vec<Value>> {
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .current_dir(util::root())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let values: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if values.is_empty() {
+        bail!("no JSON line in the output of {cmd:?}");
+    }
+    Ok(values)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut crop = vec!["64".to_string(), "64".into(), "48".into()];
+    let (mut iters, mut warmup) = ("3".to_string(), "1".to_string());
+    let mut torch = Some("/work/venv/bin/python".to_string());
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--crop" if i + 3 < args.len() => {
+                crop = args[i + 1..i + 4].to_vec();
+                i += 4;
+            }
+            "--iters" if i + 1 < args.len() => {
+                iters = args[i + 1].clone();
+                i += 2;
+            }
+            "--warmup" if i + 1 < args.len() => {
+                warmup = args[i + 1].clone();
+                i += 2;
+            }
+            "--torch" if i + 1 < args.len() => {
+                torch = (args[i + 1] != "none").then(|| args[i + 1].clone());
+                i += 2;
+            }
+            other => bail!("bad option {other:?}; options: --crop D H W, --iters N, --warmup N, --torch PYTHON|none"),
+        }
+    }
+    util::run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "duoseg-models",
+        "--example",
+        "bench_step",
+    ]))?;
+    let example = util::root().join("target/release/examples/bench_step");
+    let ours = capture(
+        Command::new(example)
+            .arg("--crop")
+            .args(&crop)
+            .args(["--iters", &iters, "--warmup", &warmup]),
+    )?
+    .remove(0);
+    let theirs = match &torch {
+        None => Value::Null,
+        Some(python) => {
+            let script = util::root().join("../shared/reference/bench_torch.py");
+            let argv: Vec<String> = [
+                script.display().to_string(),
+                "--device".into(),
+                "cpu".into(),
+                "--crop".into(),
+            ]
+            .into_iter()
+            .chain(crop.iter().cloned())
+            .chain(["--volume".to_string()])
+            .chain(crop.iter().cloned())
+            .chain(["--modes", "default", "--iters", &iters, "--warmup", &warmup].map(String::from))
+            .collect();
+            // run the script in-process so that the peak RSS measured afterwards is its own
+            let code = format!(
+                "import json, resource, runpy, sys\nsys.argv = {argv:?}\nrunpy.run_path(sys.argv[0], run_name='__main__')\n\
+                 print(json.dumps({{'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))"
+            );
+            let lines = capture(Command::new(python).args(["-c", &code]))?;
+            let mut result = lines
+                .iter()
+                .find(|v| v["impl"] == "pytorch")
+                .cloned()
+                .context("no pytorch result")?;
+            result["peak_rss_gib"] = lines
+                .last()
+                .map(|v| v["peak_rss_gib"].clone())
+                .unwrap_or(Value::Null);
+            result
+        }
+    };
+    let ratio = match (
+        ours["step_s_median"].as_f64(),
+        theirs.get("step_s_median").and_then(Value::as_f64),
+    ) {
+        (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+        _ => Value::Null,
+    };
+    let report = json!({
+        "benchmark": "one training step, both nets, 2+2 crops, CPU",
+        "command": format!("cargo xtask bench step {}", args.join(" ")),
+        "duoseg": ours,
+        "pytorch": theirs,
+        "ratio_duoseg_over_pytorch": ratio,
+    });
+    util::write_json(&util::root().join("bench").join("step.json"), &report)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
