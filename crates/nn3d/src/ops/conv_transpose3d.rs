@@ -1,7 +1,7 @@
 //! `conv_transpose3d`: the adjoint of `conv3d`, i.e. its input gradient.
 //!
 //! The forward is [`Conv3dBwdData`] (the backward-data op of the convolution with the same stride,
-//! padding and dilation, asked for the larger output size); its gradients reuse [`super::conv3d`]'s
+//! padding and dilation, asked for the larger output size); its gradients reuse [`super::conv3d`](mod@super::conv3d)'s
 //! ops: `dx = Conv3dFwd(dy, w)`, `dw = Conv3dBwdFilter(dy, x)`.
 
 use candle_core::{bail, Result, Tensor};

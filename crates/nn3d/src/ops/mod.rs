@@ -1,7 +1,7 @@
 //! Functional 3D ops with autograd, f32, layout `[N, C, D, H, W]`.
 //!
-//! - [`conv3d`] / [`Conv3dParams`]: convolution (PyTorch `conv3d`), weight `[C_out, C_in, k..]`.
-//! - [`conv_transpose3d`] / [`ConvTranspose3dParams`]: its adjoint (PyTorch `conv_transpose3d`),
+//! - [`conv3d()`] / [`Conv3dParams`]: convolution (PyTorch `conv3d`), weight `[C_out, C_in, k..]`.
+//! - [`conv_transpose3d()`] / [`ConvTranspose3dParams`]: its adjoint (PyTorch `conv_transpose3d`),
 //!   weight `[C_in, C_out, k..]`.
 //!
 //! Design: both are built from three candle custom ops (forward, backward-data, backward-filter;
