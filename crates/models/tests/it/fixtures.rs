@@ -17,11 +17,10 @@ fn load(name: &str) -> HashMap<String, Tensor> {
 
 /// Relative tolerance (max abs error / max |value|) of forward outputs, the loss and running statistics.
 const FORWARD_TOL: f32 = 1e-4;
-/// Relative tolerance of parameter gradients. PyTorch's own float32 gradients differ from its float64 ones
-/// by up to 3e-4 here (ResNet encoder: BatchNorm over few values, sums that cancel); ours differ from
-/// PyTorch's float32 ones by up to 3e-3 in V-Net's deeper layers (see the crate's report), so the
-/// gradient check is looser than the forward check.
-const GRAD_TOL: f32 = 5e-3;
+/// Relative tolerance of parameter gradients against the float64 reference. PyTorch's own float32
+/// gradients are up to 3e-4 off it here (ResNet encoder: BatchNorm statistics, sums that cancel); ours are
+/// up to ~1.2e-4 off.
+const GRAD_TOL: f32 = 2e-4;
 
 fn close(name: &str, got: &Tensor, want: &Tensor) {
     close_within(name, got, want, FORWARD_TOL)
