@@ -4,9 +4,10 @@
 //! padding and dilation, asked for the larger output size); its gradients reuse [`super::conv3d`](mod@super::conv3d)'s
 //! ops: `dx = Conv3dFwd(dy, w)`, `dw = Conv3dBwdFilter(dy, x)`.
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
-use super::conv3d::{check_bias, dims5, is_patch_conv, Conv3dBwdData, Conv3dParams};
+use super::conv3d::{bias_grad, check_bias, dims5, is_patch_conv, Conv3dBwdData, Conv3dParams};
 
 /// Stride, padding, output padding and dilation of a transposed 3D convolution, per axis `(D, H, W)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +116,63 @@ pub fn conv_transpose3d(
     };
     match bias {
         None => Ok(y),
+        Some(b) if y.device().is_cpu() => y.contiguous()?.apply_op2(&b.contiguous()?, CpuBiasAdd),
         Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1, 1))?),
+    }
+}
+
+/// `y [N, C, D, H, W] + bias [C]` on the CPU. candle's `broadcast_add` would do as well, but its
+/// backward sums over four axes at once, which candle's CPU backend does about 70 times slower than
+/// [`bias_grad`] (0.9 s against 13 ms on a (2, 16, 112, 112, 80) gradient).
+#[derive(Clone, Copy, Debug)]
+struct CpuBiasAdd;
+
+impl CustomOp2 for CpuBiasAdd {
+    fn name(&self) -> &'static str {
+        "conv-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (c, vol) = match *ly.dims() {
+            [_, c, d, h, w] => (c, d * h * w),
+            _ => bail!(
+                "conv bias add: expected a rank-5 tensor, got {:?}",
+                ly.dims()
+            ),
+        };
+        if lb.dims() != [c] || !ly.is_contiguous() || !lb.is_contiguous() {
+            bail!(
+                "conv bias add: contiguous [N, {c}, ..] and [{c}] expected, got {:?} and {:?}",
+                ly.dims(),
+                lb.dims()
+            )
+        }
+        let y = &sy.as_slice::<f32>()?[ly.start_offset()..][..ly.shape().elem_count()];
+        let b = &sb.as_slice::<f32>()?[lb.start_offset()..][..c];
+        let mut out = y.to_vec();
+        if vol > 0 {
+            out.par_chunks_mut(vol).enumerate().for_each(|(i, chunk)| {
+                let bi = b[i % c];
+                chunk.iter_mut().for_each(|v| *v += bi);
+            });
+        }
+        Ok((CpuStorage::F32(out), ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(bias_grad(grad)?)))
     }
 }
 
