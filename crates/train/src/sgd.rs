@@ -111,7 +111,9 @@ impl Sgd {
             } else {
                 g.clone()
             };
-            let new_buf = ((&*buf * self.momentum)? + d)?;
+            // detach: gradients and `p` carry autograd history; a buffer that kept it would chain every
+            // iteration's graph (activations included) and grow memory without bound
+            let new_buf = ((&*buf * self.momentum)? + d)?.detach();
             var.set(&(p - (&new_buf * self.lr)?)?)?;
             *buf = new_buf;
         }
