@@ -10,9 +10,12 @@
 
 mod blocks;
 mod decoder;
+mod init;
 mod nets;
 mod summary;
 
 pub use decoder::DROPOUT_P;
+pub use duoseg_nn3d::{is_batch_norm_buffer, trainable_vars};
+pub use init::init_seeded;
 pub use nets::{build, check_input, Arch, NetConfig, ResNet34VNet, SegNet, VNet, INPUT_MULTIPLE};
 pub use summary::{summary, LayerRow};
