@@ -17,6 +17,7 @@ enum ModelCommand {
     /// Examples:
     ///   duoseg model summary --arch vnet
     ///   duoseg model summary --arch resnet34 --classes 3 --input 96,96,96
+    #[command(verbatim_doc_comment)]
     Summary(SummaryArgs),
 }
 
@@ -98,4 +99,23 @@ pub fn run(args: ModelArgs) -> anyhow::Result<crate::Outcome> {
         rows.iter().map(|r| r.params).sum::<usize>()
     );
     Ok(crate::Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_sizes_parse() {
+        assert_eq!(parse_input("112,112,80").unwrap(), [112, 112, 80]);
+        assert_eq!(parse_input(" 96, 96 ,96").unwrap(), [96, 96, 96]);
+        assert!(parse_input("96,96")
+            .unwrap_err()
+            .to_string()
+            .contains("expected 3 sizes"));
+        assert!(parse_input("96,x,96")
+            .unwrap_err()
+            .to_string()
+            .contains("three integers"));
+    }
 }
