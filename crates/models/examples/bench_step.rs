@@ -35,10 +35,13 @@ impl Sgd {
                 continue;
             };
             let d = (g + (p.as_tensor() * wd)?)?;
+            // detach: gradients and `p` carry autograd history; a buffer that kept it would chain every
+            // step's graph (activations included) and grow memory without bound
             let b = match buf.take() {
                 Some(b) => ((b * mu)? + d)?,
                 None => d,
-            };
+            }
+            .detach();
             p.set(&(p.as_tensor() - (&b * lr)?)?)?;
             *buf = Some(b);
         }

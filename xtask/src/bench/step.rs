@@ -125,8 +125,13 @@ pub fn run(args: &[String]) -> Result<()> {
         (Some(a), Some(b)) if b > 0.0 => json!(a / b),
         _ => Value::Null,
     };
+    // other processes on a shared machine distort both timings (PyTorch's OpenMP threads far more)
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.trim().to_string());
     let report = json!({
         "benchmark": "one training step, both nets, 2+2 crops, CPU",
+        "loadavg_after": loadavg,
         "command": format!("cargo xtask bench step {}", args.join(" ")),
         "duoseg": ours,
         "pytorch": theirs,
