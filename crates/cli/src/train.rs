@@ -94,16 +94,18 @@ impl Observer for Progress {
         let elapsed = self.started.elapsed().as_secs_f64();
         let eta = elapsed / done.max(1) as f64 * (total - rec.iter) as f64;
         let g = |k: &str| rec.terms.get(k).copied().unwrap_or(f64::NAN);
+        let semi = match (rec.terms.get("unsup"), rec.terms.get("reg")) {
+            (Some(u), Some(r)) => format!(" unsup {u:.3} reg {r:.3}"),
+            _ => String::new(),
+        };
         let line = format!(
-            "[{}] {}/{} loss {:.4} sup {:.3}/{:.3} unsup {:.3} reg {:.3} lr {:.0e} {:.2}s/it eta {}",
+            "[{}] {}/{} loss {:.4} sup {:.3}/{:.3}{semi} lr {:.0e} {:.2}s/it eta {}",
             self.label,
             rec.iter,
             total,
             g("total"),
             g("ce_a") + g("dice_a"),
             g("ce_b") + g("dice_b"),
-            g("unsup"),
-            g("reg"),
             rec.lr,
             rec.s_per_step,
             fmt_secs(eta)
