@@ -17,8 +17,6 @@ pub mod phantom;
 
 pub use config::{Method, TrainConfig};
 pub mod data;
-#[path = "/tmp/models_stub.rs"]
-pub mod duoseg_models;
 pub mod figures;
 pub mod run;
 pub mod trainer;
