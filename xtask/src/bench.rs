@@ -19,7 +19,6 @@ pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
         bail!("usage: cargo xtask bench <name>; benchmarks: {BENCHES}");
     };
-    #[allow(clippy::match_single_binding)]
     match name.as_str() {
         "hippocampus" => hippocampus::run(&args[1..]),
         "io" => io::run(&args[1..]),

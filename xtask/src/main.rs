@@ -18,7 +18,17 @@ tasks:
   reproduce-la --data DIR [--folds 0,1,2,3,4] [--labeled 16|8] [--devices cuda:0,..] [--iters N] [--slurm]
   reproduce-pancreas --data DIR [...]   the K-fold protocol, mean +- std across folds";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
