@@ -63,11 +63,10 @@ fn run(s: &Setting, args: &[String]) -> Result<()> {
         match a.as_str() {
             "--data" => data = Some(PathBuf::from(val()?)),
             "--folds" => {
-                folds = val()?
-                    .split(',')
-                    .map(|x| x.trim().parse())
-                    .collect::<Result<_, _>>()
-                    .context("--folds")?
+                folds = util::parse_list(&val()?, "--folds")?
+                    .into_iter()
+                    .map(|f| f as usize)
+                    .collect()
             }
             "--labeled" => labeled = val()?.parse().context("--labeled")?,
             "--devices" => devices = val()?.split(',').map(str::to_string).collect(),

@@ -72,13 +72,7 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         match a.as_str() {
             "--config" => config = Some(PathBuf::from(val()?)),
-            "--seeds" => {
-                seeds = val()?
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<Result<_, _>>()
-                    .context("--seeds")?
-            }
+            "--seeds" => seeds = util::parse_list(&val()?, "--seeds")?,
             "--name" => name = Some(val()?),
             "--set" => common.push(val()?),
             "--iters" => extra.extend(["--iters".to_string(), val()?]),

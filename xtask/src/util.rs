@@ -37,3 +37,14 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
     Ok(())
 }
+
+/// Parses the comma-separated numbers given to `flag` (`--folds 0,1,2`, `--seeds 1,2,3`).
+pub fn parse_list(text: &str, flag: &str) -> Result<Vec<u64>> {
+    text.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .with_context(|| format!("{flag}: {x:?} is not a number"))
+        })
+        .collect()
+}
