@@ -48,6 +48,13 @@ impl Decoder {
         }
     }
 
+    /// Reseeds the dropout masks (shared by every use of the layer in a forward pass).
+    pub(crate) fn reseed_dropout(&self, seed: u64) {
+        if let Some(d) = &self.drop {
+            d.reseed(seed);
+        }
+    }
+
     /// `(logits, x9)` from the bottleneck `x5` and skips `x1..x4`.
     pub(crate) fn forward_t(&self, skips: [&Tensor; 5], train: bool) -> Result<(Tensor, Tensor)> {
         let [x1, x2, x3, x4, x5] = skips;

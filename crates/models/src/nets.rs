@@ -18,6 +18,10 @@ pub const INPUT_MULTIPLE: usize = 16;
 pub trait SegNet: std::fmt::Debug + Send + Sync {
     /// Forward pass; `train` selects batch statistics (and running-stat updates) and active dropout.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)>;
+
+    /// Reseeds the dropout masks (a no-op without dropout): the masks of the following training-mode
+    /// forward passes are a function of `seed` alone, on every device.
+    fn reseed_dropout(&self, seed: u64);
 }
 
 /// Which architecture.
@@ -156,6 +160,10 @@ impl SegNet for VNet {
         let x5 = self.decoder.dropout(x5, train)?;
         self.decoder.forward_t([&x1, &x2, &x3, &x4, &x5], train)
     }
+
+    fn reseed_dropout(&self, seed: u64) {
+        self.decoder.reseed_dropout(seed);
+    }
 }
 
 /// ResNet-34 V-Net (SPEC section 1, subnet B): 7^3 stem (no max-pool), BasicBlock stages [3, 4, 6, 3]
@@ -231,5 +239,9 @@ impl SegNet for ResNet34VNet {
             [&skips[0], &skips[1], &skips[2], &skips[3], &skips[4]],
             train,
         )
+    }
+
+    fn reseed_dropout(&self, seed: u64) {
+        self.decoder.reseed_dropout(seed);
     }
 }

@@ -1,27 +1,84 @@
 //! `Dropout3d`: drops whole channels of `[N, C, D, H, W]` tensors (PyTorch `nn.Dropout3d`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use candle_core::{bail, Result, Tensor};
 use candle_nn::ModuleT;
 
 /// Channel dropout: in training each `(n, c)` channel is zeroed with probability `p` and the kept
 /// ones are scaled by `1 / (1 − p)`; in eval it is the identity.
 ///
-/// The mask `[N, C, 1, 1, 1]` comes from the tensor's device RNG (`Tensor::rand`); note that candle's
-/// CPU RNG cannot be seeded, so CPU dropout masks are not reproducible between runs.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The masks are reproducible on every device: the mask of a call is a hash of `(seed, call, n, c)`,
+/// where `call` counts the training-mode calls since the last [`Dropout3d::reseed`]. A trainer that
+/// reseeds every iteration from `(run seed, iteration)` therefore gets the same masks in a resumed
+/// run as in the uninterrupted one. Clones share the seed and the call counter (a layer applied twice
+/// in one forward pass draws two different masks).
+#[derive(Clone, Debug)]
 pub struct Dropout3d {
     p: f32,
+    stream: Arc<MaskStream>,
+}
+
+/// Seed and call counter of a dropout layer.
+#[derive(Debug, Default)]
+struct MaskStream {
+    seed: AtomicU64,
+    calls: AtomicU64,
+}
+
+/// SplitMix64's finaliser: a bijective mix of 64 bits.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform draw in `[0, 1)` for channel `index` of call `call` under `seed`.
+fn uniform(seed: u64, call: u64, index: u64) -> f64 {
+    let h = mix64(mix64(mix64(seed) ^ call) ^ index);
+    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 impl Dropout3d {
     /// Drops channels with probability `p`, which must lie in `[0, 1]` (checked in `forward_t`).
+    /// The seed is 0 until [`Dropout3d::reseed`].
     pub fn new(p: f32) -> Self {
-        Self { p }
+        Self::seeded(p, 0)
+    }
+
+    /// Like [`Dropout3d::new`] with the given mask seed.
+    pub fn seeded(p: f32, seed: u64) -> Self {
+        let stream = MaskStream {
+            seed: AtomicU64::new(seed),
+            calls: AtomicU64::new(0),
+        };
+        Self {
+            p,
+            stream: Arc::new(stream),
+        }
     }
 
     /// The drop probability.
     pub fn p(&self) -> f32 {
         self.p
+    }
+
+    /// Sets the mask seed and restarts the call counter (shared with every clone of this layer).
+    pub fn reseed(&self, seed: u64) {
+        self.stream.seed.store(seed, Ordering::SeqCst);
+        self.stream.calls.store(0, Ordering::SeqCst);
+    }
+
+    /// The keep mask `[n * c]` (1 kept, 0 dropped) of the next training-mode call.
+    fn next_keep_mask(&self, n: usize, c: usize) -> Vec<f32> {
+        let seed = self.stream.seed.load(Ordering::SeqCst);
+        let call = self.stream.calls.fetch_add(1, Ordering::SeqCst);
+        let p = f64::from(self.p);
+        (0..(n * c) as u64)
+            .map(|i| f32::from(u8::from(uniform(seed, call, i) >= p)))
+            .collect()
     }
 }
 
@@ -44,7 +101,7 @@ impl ModuleT for Dropout3d {
             // everything dropped; keeps the graph so the input still gets a (zero) gradient
             return x.affine(0.0, 0.0);
         }
-        let keep = Tensor::rand(0f32, 1f32, (n, c, 1, 1, 1), x.device())?.ge(p as f64)?;
+        let keep = Tensor::from_vec(self.next_keep_mask(n, c), (n, c, 1, 1, 1), x.device())?;
         let mask = keep
             .to_dtype(x.dtype())?
             .affine(1.0 / (1.0 - p as f64), 0.0)?;
@@ -106,6 +163,34 @@ mod tests {
         assert!(Dropout3d::new(-0.1).forward_t(&x, false).is_err());
         let x4 = Tensor::zeros((2, 3, 2, 2), DType::F32, &Device::Cpu)?;
         assert!(Dropout3d::new(0.5).forward_t(&x4, true).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn masks_follow_the_seed_and_change_between_calls() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((2, 64, 1, 2, 1), DType::F32, &dev)?;
+        let mask = |d: &Dropout3d| -> Result<Vec<f32>> {
+            d.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()
+        };
+        let a = Dropout3d::seeded(0.5, 7);
+        let b = Dropout3d::new(0.5);
+        b.reseed(7);
+        let (a1, a2) = (mask(&a)?, mask(&a)?);
+        assert_eq!(a1, mask(&b)?, "same seed, same first mask");
+        assert_ne!(a1, a2, "the second call draws a new mask");
+        a.reseed(7);
+        assert_eq!(a1, mask(&a)?, "reseeding restarts the stream");
+        let shared = a.clone();
+        shared.reseed(8);
+        let c8 = mask(&a)?;
+        assert_ne!(c8, a1, "clones share the seed");
+        // 256 channels at p = 0.5: about half dropped
+        let dropped = a1.iter().filter(|&&v| v == 0.0).count() / 2;
+        assert!(
+            (40..=88).contains(&dropped),
+            "{dropped} of 128 channels dropped"
+        );
         Ok(())
     }
 }

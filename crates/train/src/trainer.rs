@@ -1,10 +1,9 @@
 //! The dual-stream training loop (SPEC section 2), checkpoints and resume, end-of-training evaluation.
 //!
 //! Reproducibility: every random draw of iteration `t` (crop choice, crop offsets, augmentation, the
-//! contrastive loss's voxel sampling) comes from a ChaCha8 stream seeded by `(seed, t)`, so the RNG state
-//! of a checkpoint is just `(seed, iteration)`, and weights are initialised from `seed` too. On the CPU a
-//! resumed run therefore equals the uninterrupted one exactly, except for Dropout3d masks: candle's CPU
-//! RNG cannot be seeded, so runs with `model.dropout = true` differ in their dropout masks.
+//! contrastive loss's voxel sampling, the Dropout3d masks of each net) comes from a stream seeded by
+//! `(seed, t)`, so the RNG state of a checkpoint is just `(seed, iteration)`, and weights are initialised
+//! from `seed` too. On the CPU a resumed run therefore equals the uninterrupted one exactly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -306,6 +305,8 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
         let x = Tensor::from_vec(batch.image, (n, 1, crop[0], crop[1], crop[2]), &device)?;
         let yl: Vec<u32> = batch.label.iter().map(|&v| u32::from(v)).collect();
         let y = Tensor::from_vec(yl, (batch.n_labeled, crop[0], crop[1], crop[2]), &device)?;
+        nets.a.reseed_dropout(mix(cfg.seed, t as u64, 3));
+        nets.b.reseed_dropout(mix(cfg.seed, t as u64, 4));
         let (la, fa) = nets.a.forward_t(&x, true)?;
         let (lb, fb) = nets.b.forward_t(&x, true)?;
         let last_good = || {
