@@ -52,6 +52,9 @@ pub struct LossConfig {
     pub lambda_c: LambdaSchedule,
     /// Ablation switch: the pseudo-label loss `L_u`.
     pub use_unsup: bool,
+    /// Whether `L_u` includes the Dice term on pseudo-labels (SPEC section 2 step 4: yes). Crops with
+    /// little foreground make that term push predictions to zero (SPEC section 6), so it is a switch.
+    pub unsup_dice: bool,
     /// Ablation switch: the consistency regularisation `L_reg`.
     pub use_reg: bool,
     /// Ablation switch: the contrastive loss `L_c`.
@@ -76,6 +79,7 @@ impl Default for LossConfig {
                 shape: ScheduleShape::RampUp,
             },
             use_unsup: true,
+            unsup_dice: true,
             use_reg: true,
             use_contrastive: true,
         }

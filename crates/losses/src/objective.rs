@@ -221,8 +221,8 @@ impl Objective {
     ///
     /// `Preset::Paper` (SPEC section 2): supervised terms of both nets on the labeled half; the teacher
     /// (lower `L_s`, option lower Dice) gives `y_hat = argmax p_teacher` on the unlabeled half; the `alpha_t`
-    /// most uncertain voxels of the teacher are unreliable; `L_u` = masked CE + masked Dice of the student(s)
-    /// on reliable voxels; `L_reg` = L1 on `M_diff` with the dynamic T (gradient into both nets); `L_c` per net
+    /// most uncertain voxels of the teacher are unreliable; `L_u` = masked CE + masked Dice (switch `unsup_dice`) of the
+    /// student(s) on reliable voxels; `L_reg` = L1 on `M_diff` with the dynamic T (gradient into both nets); `L_c` per net
     /// (prototype pull + push); total with the lambda schedules. Switched-off terms are 0.
     ///
     /// `Preset::ReferenceCode` (our reading of the published code's effective objective): pseudo-label =
@@ -289,9 +289,10 @@ impl Objective {
             };
             for s in students {
                 let h = if *s == Net::A { a } else { b };
-                let ce = cross_entropy(&h.logits_u, &yhat, Some(&reliable))?;
-                let dice = dice_loss(&h.probs_u, &yhat, Some(&reliable))?;
-                unsup = ((unsup + ce)? + dice)?;
+                unsup = (unsup + cross_entropy(&h.logits_u, &yhat, Some(&reliable))?)?;
+                if cfg.unsup_dice {
+                    unsup = (unsup + dice_loss(&h.probs_u, &yhat, Some(&reliable))?)?;
+                }
             }
         }
 

@@ -288,3 +288,38 @@ fn assemble_rejects_bad_shapes() {
     assert!(Objective::new(LossConfig::default(), 1).is_err());
     assert!(Objective::new(LossConfig::reference_code(), 3).is_err());
 }
+
+#[test]
+fn unsup_dice_switch_leaves_the_masked_cross_entropy() {
+    let y = rand_labels(&[1, 4, 4, 4], 2, 50).unwrap();
+    let la = rand_f64(&[2, 2, 4, 4, 4], 2.0, 51).unwrap();
+    let lb = rand_f64(&[2, 2, 4, 4, 4], 2.0, 52).unwrap();
+    let with = assemble_with(LossConfig::default(), &la, &lb, &y);
+    let without = assemble_with(
+        LossConfig {
+            unsup_dice: false,
+            ..LossConfig::default()
+        },
+        &la,
+        &lb,
+        &y,
+    );
+    // recompute L_u by hand on the unlabeled item: the teacher's argmax, reliable by entropy, the
+    // other net's masked CE (+ masked Dice)
+    let teacher = with.teacher;
+    let (lt, ls) = match teacher {
+        Net::A => (&la, &lb),
+        Net::B => (&lb, &la),
+    };
+    let pt = candle_nn::ops::softmax(&lt.narrow(0, 1, 1).unwrap(), 1).unwrap();
+    let yhat = pseudo_labels(&pt).unwrap();
+    let reliable = select_reliable(&entropy(&pt).unwrap(), with.alpha).unwrap();
+    let ls_u = ls.narrow(0, 1, 1).unwrap();
+    let ce = scalar(&cross_entropy(&ls_u, &yhat, Some(&reliable)).unwrap());
+    let ps_u = candle_nn::ops::softmax(&ls_u, 1).unwrap();
+    let dice = scalar(&dice_loss(&ps_u, &yhat, Some(&reliable)).unwrap());
+    assert_eq!(without.teacher, teacher);
+    assert!((scalar(&without.unsup) - ce).abs() < 1e-12);
+    assert!((scalar(&with.unsup) - (ce + dice)).abs() < 1e-12);
+    assert!(dice > 0.0);
+}
