@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::h5::read_h5_pair;
-use crate::volume::{read_volume, Volume};
+use crate::volume::{read_labels, read_volume, Volume};
 
 /// Folder name of the UA-MT LA distribution.
 pub const LA_H5_DIR: &str = "2018LA_Seg_Training Set";
@@ -519,11 +519,7 @@ impl Dataset {
         }
         let image = read_volume(&case.image)?;
         let label = match &case.label {
-            Some(p) => {
-                let label = read_volume(p)?;
-                image.check_same_geometry(&label)?;
-                Some(label.to_labels()?)
-            }
+            Some(p) => Some(read_labels(p, Some(&image))?),
             None => None,
         };
         Ok(Sample {

@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 pub use h5::{decode_h5, h5_dataset_names, read_h5_dataset, read_h5_pair};
 pub use loader::{load_cases, Batch, Loader, LoaderConfig};
 pub use nifti::NiftiHeader;
-pub use volume::{read_volume, write_labels, write_probabilities, DataType, Volume};
+pub use volume::{read_labels, read_volume, write_labels, write_probabilities, DataType, Volume};
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@
 //! them with the last axis fastest (C order, numpy's view of `nib.load(p).get_fdata()`), so reading
 //! and writing transpose.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -476,32 +476,77 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     gunzip(&raw, path)
 }
 
-/// Decompresses a (possibly multi-member) gzip buffer.
+/// Decompresses a (possibly multi-member) gzip buffer in one call per member, straight into an
+/// output buffer sized from the ISIZE trailer (CRC-32 and length of every member are checked).
 pub(crate) fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
-    // ISIZE (last 4 bytes) is the uncompressed size mod 2^32: a good capacity hint, capped so that
-    // a corrupt trailer cannot make us allocate gigabytes up front.
-    let hint = if raw.len() >= 4 {
-        u32::from_le_bytes([
-            raw[raw.len() - 4],
-            raw[raw.len() - 3],
-            raw[raw.len() - 2],
-            raw[raw.len() - 1],
-        ]) as usize
-    } else {
-        0
+    let gz_err = |kind: std::io::ErrorKind, msg: String| Error::Gzip {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(kind, msg),
     };
-    let mut out = Vec::with_capacity(hint.min(raw.len().saturating_mul(64)).min(1 << 30));
-    flate2::read::MultiGzDecoder::new(raw)
-        .read_to_end(&mut out)
-        .map_err(|source| Error::Gzip {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(out)
+    // ISIZE (last 4 bytes) is the uncompressed size mod 2^32 (of the last member): a good capacity
+    // hint, capped so that a corrupt trailer cannot make us allocate gigabytes up front.
+    let hint = match raw.len().checked_sub(4) {
+        Some(at) => u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]) as usize,
+        None => 0,
+    };
+    // +1: a full buffer would cost one more call (and a reallocation) just to see the stream end.
+    let cap = hint.min(raw.len().saturating_mul(1032)).min(1 << 30) + 1;
+    let mut out = Vec::with_capacity(cap);
+    let mut input = raw;
+    loop {
+        let mut inflate = flate2::Decompress::new_gzip(15);
+        loop {
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity().max(1 << 16));
+            }
+            let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
+            let consumed = usize::try_from(before_in).unwrap_or(usize::MAX);
+            let status = inflate
+                .decompress_vec(
+                    input.get(consumed..).unwrap_or_default(),
+                    &mut out,
+                    flate2::FlushDecompress::Finish,
+                )
+                .map_err(|e| gz_err(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            if status == flate2::Status::StreamEnd {
+                break;
+            }
+            if inflate.total_in() == before_in && inflate.total_out() == before_out {
+                // Room left in `out` and nothing consumed: the input ended inside the member.
+                return Err(gz_err(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "gzip stream ends before its end marker".into(),
+                ));
+            }
+        }
+        let consumed = usize::try_from(inflate.total_in()).unwrap_or(usize::MAX);
+        input = input.get(consumed..).unwrap_or_default();
+        if input.is_empty() {
+            return Ok(out);
+        }
+        if !is_gzip(input) {
+            return Err(gz_err(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} bytes after the gzip stream are not another gzip member",
+                    input.len()
+                ),
+            ));
+        }
+    }
 }
 
-/// Parses a complete (already decompressed) `.nii` byte buffer into a [`Volume`].
-pub fn decode_nifti(bytes: &[u8], path: &Path) -> Result<Volume> {
+/// The parts of a `.nii` byte buffer needed to decode its voxels.
+struct Layout<'a> {
+    header: NiftiHeader,
+    shape: [usize; 3],
+    dtype: DataType,
+    /// The voxel bytes, Fortran order.
+    raw: &'a [u8],
+}
+
+/// Parses and checks the header and locates the voxel bytes.
+fn layout<'a>(bytes: &'a [u8], path: &Path) -> Result<Layout<'a>> {
     let header = NiftiHeader::parse(bytes, path)?;
     let shape = header.shape(path)?;
     let dtype =
@@ -528,15 +573,39 @@ pub fn decode_nifti(bytes: &[u8], path: &Path) -> Result<Volume> {
             found: bytes.len() as u64,
         });
     }
-    let raw = &bytes[offset as usize..expected as usize];
+    Ok(Layout {
+        raw: &bytes[offset as usize..expected as usize],
+        header,
+        shape,
+        dtype,
+    })
+}
+
+/// Parses a complete (already decompressed) `.nii` byte buffer into a [`Volume`].
+pub fn decode_nifti(bytes: &[u8], path: &Path) -> Result<Volume> {
+    let Layout {
+        header,
+        shape,
+        dtype,
+        raw,
+    } = layout(bytes, path)?;
     let (slope, inter) = header.scaling();
     let data = convert_transpose(raw, dtype, header.big_endian, shape, slope, inter);
-    if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(Error::NonFinite {
-            path: path.to_path_buf(),
-            index,
-            value,
-        });
+    // Integer samples scale monotonically, so they are all finite when the extreme values of the
+    // type are: only float data (or absurd scalings) need the scan over every voxel.
+    let value = sample_to_f32(dtype, header.big_endian, slope, inter);
+    let extremes_finite = dtype.is_integer() && {
+        let (lo, hi) = integer_extremes(dtype, header.big_endian);
+        value(&lo).is_finite() && value(&hi).is_finite()
+    };
+    if !extremes_finite {
+        if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                path: path.to_path_buf(),
+                index,
+                value,
+            });
+        }
     }
     Ok(Volume {
         shape,
@@ -555,6 +624,118 @@ pub fn read_nifti(path: &Path) -> Result<Volume> {
     decode_nifti(&bytes, path)
 }
 
+/// A label map decoded straight from NIfTI voxels (see [`decode_nifti_labels`]).
+pub(crate) struct NiftiLabels {
+    pub header: NiftiHeader,
+    pub shape: [usize; 3],
+    /// The labels (C order), or the [`Error::BadLabel`] of the first voxel (C order) that is not
+    /// an integer in [0, 255]; kept apart so that callers can check geometry first, as the
+    /// decode-then-[`Volume::to_labels`] path does.
+    pub labels: Result<Vec<u8>>,
+}
+
+/// Decodes a `.nii` buffer straight to `u8` labels in C order, without the `f32` volume: the same
+/// labels and errors as [`decode_nifti`] followed by [`Volume::to_labels`] (a non-finite value is
+/// [`Error::NonFinite`], a fraction, negative or > 255 value [`Error::BadLabel`]; scaling applied).
+pub(crate) fn decode_nifti_labels(bytes: &[u8], path: &Path) -> Result<NiftiLabels> {
+    let Layout {
+        header,
+        shape,
+        dtype,
+        raw,
+    } = layout(bytes, path)?;
+    let (slope, inter) = header.scaling();
+    let big = header.big_endian;
+    let value = sample_to_f32(dtype, big, slope, inter);
+    let exact = |v: f32| f32::from(v as u8) == v;
+    // Valid voxels decode to `v as u8`. Tables for 1- and 2-byte samples: entry = label, or 256
+    // for a value that is not a label; then one cheap check over the voxels (none at all when every
+    // entry is a label, e.g. unscaled uint8).
+    let ok = match dtype.size() {
+        1 => {
+            let lut: [u16; 256] = std::array::from_fn(|b| {
+                let v = value(&[b as u8]);
+                if exact(v) {
+                    u16::from(v as u8)
+                } else {
+                    256
+                }
+            });
+            let all_ok = lut.iter().all(|&l| l < 256) || raw.iter().all(|&b| lut[b as usize] < 256);
+            all_ok.then(|| fortran_to_c::<1, u8>(raw, shape, |[b]| lut[b as usize] as u8))
+        }
+        2 => {
+            // Keyed by the two bytes as stored, read little-endian whatever the file's order.
+            let lut: Vec<u16> = (0..=u16::MAX)
+                .map(|key| {
+                    let v = value(&key.to_le_bytes());
+                    if exact(v) {
+                        u16::from(v as u8)
+                    } else {
+                        256
+                    }
+                })
+                .collect();
+            let all_ok = raw
+                .chunks_exact(2)
+                .all(|c| lut[usize::from(u16::from_le_bytes([c[0], c[1]]))] < 256);
+            all_ok.then(|| {
+                fortran_to_c::<2, u8>(raw, shape, |b| {
+                    lut[usize::from(u16::from_le_bytes(b))] as u8
+                })
+            })
+        }
+        4 => {
+            let all_ok = raw.chunks_exact(4).all(|c| exact(value(c)));
+            all_ok.then(|| fortran_to_c::<4, u8>(raw, shape, |b| value(&b) as u8))
+        }
+        _ => {
+            let all_ok = raw.chunks_exact(8).all(|c| exact(value(c)));
+            all_ok.then(|| fortran_to_c::<8, u8>(raw, shape, |b| value(&b) as u8))
+        }
+    };
+    let labels = match ok {
+        Some(labels) => Ok(labels),
+        None => {
+            // Error path: the first offending voxel in C order, non-finite values first.
+            let size = dtype.size();
+            let [nx, ny, nz] = shape;
+            let c_order = || {
+                (0..nx).flat_map(move |i| {
+                    (0..ny).flat_map(move |j| {
+                        (0..nz).map(move |k| ((i * ny + j) * nz + k, (k * ny + j) * nx + i))
+                    })
+                })
+            };
+            let at = |f: usize| value(&raw[f * size..(f + 1) * size]);
+            if let Some((index, f)) = c_order().find(|&(_, f)| !at(f).is_finite()) {
+                return Err(Error::NonFinite {
+                    path: path.to_path_buf(),
+                    index,
+                    value: at(f),
+                });
+            }
+            let (index, f) = c_order().find(|&(_, f)| !exact(at(f))).unwrap_or((0, 0));
+            Err(Error::BadLabel {
+                path: path.to_path_buf(),
+                index,
+                value: at(f),
+            })
+        }
+    };
+    Ok(NiftiLabels {
+        header,
+        shape,
+        labels,
+    })
+}
+
+/// Reads a `.nii` or `.nii.gz` file as labels (see [`decode_nifti_labels`]).
+pub(crate) fn read_nifti_labels(path: &Path) -> Result<NiftiLabels> {
+    let bytes = read_maybe_gz(path)?;
+    decode_nifti_labels(&bytes, path)
+}
+
 /// Decodes Fortran-order raw voxels of `dtype` into C-order scaled `f32` in one pass.
 fn convert_transpose(
     raw: &[u8],
@@ -564,61 +745,118 @@ fn convert_transpose(
     slope: f64,
     inter: f64,
 ) -> Vec<f32> {
-    let scale = |v: f64| (v * slope + inter) as f32;
-    match dtype {
-        DataType::U8 | DataType::I8 => {
+    let value = sample_to_f32(dtype, big_endian, slope, inter);
+    match dtype.size() {
+        1 => {
             // 256-entry table: each byte value scaled once, in f64 like nibabel.
-            let signed = dtype == DataType::I8;
-            let lut: Vec<f32> = (0..256u16)
-                .map(|b| {
-                    scale(if signed {
-                        f64::from(b as u8 as i8)
-                    } else {
-                        f64::from(b)
-                    })
-                })
-                .collect();
-            decode_fortran_to_c(raw, 1, shape, |b| lut[b[0] as usize])
+            let lut: [f32; 256] = std::array::from_fn(|b| value(&[b as u8]));
+            fortran_to_c::<1, f32>(raw, shape, |[b]| lut[b as usize])
         }
-        _ => {
-            let read = sample_reader(dtype, big_endian);
-            if slope == 1.0 && inter == 0.0 {
-                decode_fortran_to_c(raw, dtype.size(), shape, |b| read(b) as f32)
-            } else {
-                decode_fortran_to_c(raw, dtype.size(), shape, |b| scale(read(b)))
-            }
+        2 => fortran_to_c::<2, f32>(raw, shape, |b| value(&b)),
+        4 => fortran_to_c::<4, f32>(raw, shape, |b| value(&b)),
+        _ => fortran_to_c::<8, f32>(raw, shape, |b| value(&b)),
+    }
+}
+
+/// The scaled `f32` value of one sample of `dtype` from its bytes: `(v * slope + inter) as f32`
+/// in f64 like nibabel, or `v as f32` when there is no scaling.
+fn sample_to_f32(
+    dtype: DataType,
+    big_endian: bool,
+    slope: f64,
+    inter: f64,
+) -> impl Fn(&[u8]) -> f32 {
+    let read = sample_reader(dtype, big_endian);
+    let unscaled = slope == 1.0 && inter == 0.0;
+    move |b| {
+        let v = read(b);
+        if unscaled {
+            v as f32
+        } else {
+            (v * slope + inter) as f32
         }
     }
 }
 
-/// Voxels along the last axis gathered per block by [`decode_fortran_to_c`].
-const K_BLOCK: usize = 16;
-
-/// Decodes Fortran-order samples of `size` bytes into a C-order `f32` buffer: for each (j, block of
-/// `K_BLOCK` k) the source rows are read contiguously into a small buffer, which is then written out
-/// as contiguous runs of the destination rows (both sides sequential, no strided scatter).
-fn decode_fortran_to_c(
-    raw: &[u8],
-    size: usize,
-    shape: [usize; 3],
-    decode: impl Fn(&[u8]) -> f32,
-) -> Vec<f32> {
-    let [nx, ny, nz] = shape;
-    let mut dst = vec![0f32; nx * ny * nz];
-    let mut buf = vec![0f32; K_BLOCK * nx];
-    for j in 0..ny {
-        for k0 in (0..nz).step_by(K_BLOCK) {
-            let kt = K_BLOCK.min(nz - k0);
-            for dk in 0..kt {
-                let start = ((k0 + dk) * ny + j) * nx * size;
-                let row = &raw[start..start + nx * size];
-                for (i, sample) in row.chunks_exact(size).enumerate() {
-                    buf[i * K_BLOCK + dk] = decode(sample);
-                }
+/// The stored bytes of the smallest and largest value of an integer `dtype`.
+fn integer_extremes(dtype: DataType, big_endian: bool) -> (Vec<u8>, Vec<u8>) {
+    macro_rules! ext {
+        ($t:ty) => {
+            if big_endian {
+                (
+                    <$t>::MIN.to_be_bytes().to_vec(),
+                    <$t>::MAX.to_be_bytes().to_vec(),
+                )
+            } else {
+                (
+                    <$t>::MIN.to_le_bytes().to_vec(),
+                    <$t>::MAX.to_le_bytes().to_vec(),
+                )
             }
-            for i in 0..nx {
-                let o = (i * ny + j) * nz + k0;
-                dst[o..o + kt].copy_from_slice(&buf[i * K_BLOCK..i * K_BLOCK + kt]);
+        };
+    }
+    match dtype {
+        DataType::U8 => ext!(u8),
+        DataType::I8 => ext!(i8),
+        DataType::I16 => ext!(i16),
+        DataType::U16 => ext!(u16),
+        DataType::I32 => ext!(i32),
+        DataType::U32 => ext!(u32),
+        DataType::I64 => ext!(i64),
+        DataType::U64 => ext!(u64),
+        DataType::F32 => ext!(f32),
+        DataType::F64 => ext!(f64),
+    }
+}
+
+/// Tile edge (voxels) of [`fortran_to_c`] along the first and the last axis.
+const TILE_I: usize = 16;
+const TILE_K: usize = 16;
+
+/// Decodes Fortran-order samples of `N` bytes into a C-order buffer, conversion fused with the
+/// transpose: for each `j`, tiles of `TILE_K` source rows (k) x `TILE_I` samples (i) are decoded
+/// into a small array with sequential reads, then written out as `TILE_I` contiguous runs of
+/// `TILE_K` destination values.
+fn fortran_to_c<const N: usize, T: Copy + Default>(
+    raw: &[u8],
+    shape: [usize; 3],
+    decode: impl Fn([u8; N]) -> T,
+) -> Vec<T> {
+    let [nx, ny, nz] = shape;
+    let mut dst = vec![T::default(); nx * ny * nz];
+    let sample = |c: &[u8]| {
+        let mut a = [0u8; N];
+        a.copy_from_slice(c);
+        decode(a)
+    };
+    let mut tile = [[T::default(); TILE_K]; TILE_I];
+    for j in 0..ny {
+        for k0 in (0..nz).step_by(TILE_K) {
+            let kt = TILE_K.min(nz - k0);
+            for i0 in (0..nx).step_by(TILE_I) {
+                let it = TILE_I.min(nx - i0);
+                let rows = |dk: usize| {
+                    let s = ((k0 + dk) * ny + j) * nx + i0;
+                    raw[s * N..(s + it) * N].chunks_exact(N)
+                };
+                if kt == TILE_K {
+                    // Fixed trip count over k: unrolled.
+                    for dk in 0..TILE_K {
+                        for (t, c) in tile.iter_mut().zip(rows(dk)) {
+                            t[dk] = sample(c);
+                        }
+                    }
+                } else {
+                    for dk in 0..kt {
+                        for (t, c) in tile.iter_mut().zip(rows(dk)) {
+                            t[dk] = sample(c);
+                        }
+                    }
+                }
+                for (di, t) in tile.iter().enumerate().take(it) {
+                    let o = ((i0 + di) * ny + j) * nz + k0;
+                    dst[o..o + kt].copy_from_slice(&t[..kt]);
+                }
             }
         }
     }

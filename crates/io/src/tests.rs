@@ -103,8 +103,8 @@ fn header(shape: [usize; 3], dtype: DataType) -> NiftiHeader {
 #[test]
 fn every_dtype_round_trips_in_c_order_with_scaling() {
     let dir = scratch("dtypes");
-    // The second shape spans several blocks of the last axis in the transposing decoder.
-    for shape in [[5, 4, 3], [3, 2, 37]] {
+    // The other shapes span several (full and partial) tiles of the transposing decoder.
+    for shape in [[5, 4, 3], [3, 2, 37], [35, 2, 33]] {
         for dtype in ALL_TYPES {
             for gz in [false, true] {
                 let mut h = header(shape, dtype);
@@ -292,6 +292,225 @@ fn geometry_mismatch_is_a_typed_error() {
     ));
 }
 
+/// A `.nii` buffer of `dtype` with voxel values `f(i, j, k)` and the given scaling.
+fn label_nii(
+    shape: [usize; 3],
+    dtype: DataType,
+    big_endian: bool,
+    scaling: (f32, f32),
+    f: impl Fn(usize, usize, usize) -> f64,
+) -> Vec<u8> {
+    let mut h = header(shape, dtype);
+    (h.scl_slope, h.scl_inter) = scaling;
+    let mut bytes = h.to_bytes().to_vec();
+    if big_endian {
+        // Only the fields the decoder needs: sizeof_hdr, dim, datatype, bitpix, vox_offset, scaling.
+        let swap = |b: &mut [u8], off: usize, n: usize| b[off..off + n].reverse();
+        swap(&mut bytes, 0, 4);
+        for i in 0..8 {
+            swap(&mut bytes, 40 + 2 * i, 2);
+            swap(&mut bytes, 76 + 4 * i, 4);
+        }
+        for off in [70, 72, 252, 254] {
+            swap(&mut bytes, off, 2);
+        }
+        for off in [108, 112, 116] {
+            swap(&mut bytes, off, 4);
+        }
+        for off in (280..328).step_by(4) {
+            swap(&mut bytes, off, 4);
+        }
+    }
+    bytes.extend([0u8; 4]);
+    bytes.extend(fortran_bytes(shape, dtype, big_endian, f));
+    bytes
+}
+
+/// The direct label decoder and decode-to-f32-then-`to_labels` give the same labels or the same
+/// error.
+fn labels_both_ways(bytes: &[u8], p: &Path) -> Result<Vec<u8>> {
+    let direct = crate::nifti::decode_nifti_labels(bytes, p).and_then(|l| l.labels);
+    let via_f32 = decode_nifti(bytes, p).and_then(|v| v.to_labels());
+    match (&direct, &via_f32) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "{}", p.display()),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("direct {direct:?} vs via f32 {via_f32:?}"),
+    }
+    direct
+}
+
+/// A label value of voxel (i, j, k) in [0, 4], with structure along every axis.
+fn label_of(i: usize, j: usize, k: usize) -> f64 {
+    ((i / 3 + 2 * j + k * k) % 5) as f64
+}
+
+#[test]
+fn labels_decode_directly_in_c_order_for_integer_and_float_files() {
+    let p = Path::new("lab.nii");
+    for shape in [[4, 3, 2], [37, 3, 35], [16, 1, 16]] {
+        let [_, ny, nz] = shape;
+        let want: Vec<u8> = (0..shape[0])
+            .flat_map(|i| (0..ny).flat_map(move |j| (0..nz).map(move |k| label_of(i, j, k) as u8)))
+            .collect();
+        for dtype in ALL_TYPES {
+            for big_endian in [false, true] {
+                let bytes = label_nii(shape, dtype, big_endian, (1.0, 0.0), label_of);
+                let got = labels_both_ways(&bytes, p).unwrap();
+                assert_eq!(got, want, "{dtype} {shape:?} big-endian {big_endian}");
+            }
+        }
+        // Scaling is applied: stored 2v + 1 with slope 0.5, inter -0.5 gives v back.
+        for dtype in [DataType::U8, DataType::I16, DataType::F32] {
+            let bytes = label_nii(shape, dtype, false, (0.5, -0.5), |i, j, k| {
+                2.0 * label_of(i, j, k) + 1.0
+            });
+            assert_eq!(labels_both_ways(&bytes, p).unwrap(), want, "{dtype} scaled");
+        }
+    }
+    // The whole uint8 range is valid, including 255.
+    let bytes = label_nii([4, 4, 16], DataType::U8, false, (1.0, 0.0), |i, j, k| {
+        ((i * 64 + j * 16 + k) % 256) as f64
+    });
+    let got = labels_both_ways(&bytes, p).unwrap();
+    assert_eq!(got.iter().copied().max(), Some(255));
+}
+
+#[test]
+fn labels_reject_fractions_negatives_large_and_non_finite_values() {
+    let p = Path::new("bad_lab.nii");
+    let shape = [5, 3, 4];
+    // The first bad voxel in C order is (1, 2, 3) = index 23; another one later, at (4, 0, 0).
+    let bad_at = |bad: f64| {
+        move |i: usize, j: usize, k: usize| match (i, j, k) {
+            (1, 2, 3) | (4, 0, 0) => bad,
+            _ => label_of(i, j, k),
+        }
+    };
+    let cases: [(DataType, f64, f32); 6] = [
+        (DataType::F32, 0.5, 0.5),
+        (DataType::F64, 2.25, 2.25),
+        (DataType::I16, -1.0, -1.0),
+        (DataType::U16, 300.0, 300.0),
+        (DataType::I32, 256.0, 256.0),
+        (DataType::I8, -7.0, -7.0),
+    ];
+    for (dtype, bad, value) in cases {
+        let bytes = label_nii(shape, dtype, false, (1.0, 0.0), bad_at(bad));
+        let e = labels_both_ways(&bytes, p).unwrap_err();
+        match e {
+            Error::BadLabel {
+                index, value: v, ..
+            } => {
+                assert_eq!((index, v), (23, value), "{dtype}");
+                assert!(e.to_string().contains("bad_lab.nii"), "{e}");
+            }
+            other => panic!("{dtype}: {other}"),
+        }
+    }
+    // NaN and infinity are non-finite errors, as when reading the volume.
+    for bad in [f64::NAN, f64::INFINITY] {
+        let bytes = label_nii(shape, DataType::F32, false, (1.0, 0.0), bad_at(bad));
+        let e = labels_both_ways(&bytes, p).unwrap_err();
+        assert!(matches!(e, Error::NonFinite { index: 23, .. }), "{e}");
+    }
+    // A scaling that makes integers fractional.
+    let bytes = label_nii(shape, DataType::U8, false, (0.5, 0.0), |i, j, k| {
+        label_of(i, j, k) + 1.0
+    });
+    assert!(matches!(
+        labels_both_ways(&bytes, p),
+        Err(Error::BadLabel { .. })
+    ));
+}
+
+#[test]
+fn read_labels_checks_geometry_against_the_image_and_reads_gz() {
+    let dir = scratch("read_labels");
+    let shape = [6, 5, 18];
+    let image_path = dir.join("image.nii.gz");
+    write_raw_nifti(
+        &image_path,
+        &header(shape, DataType::F32),
+        &fortran_bytes(shape, DataType::F32, false, synth),
+    )
+    .unwrap();
+    let image = read_volume(&image_path).unwrap();
+    let label_path = dir.join("label.nii.gz");
+    write_raw_nifti(
+        &label_path,
+        &header(shape, DataType::U8),
+        &fortran_bytes(shape, DataType::U8, false, label_of),
+    )
+    .unwrap();
+    let labels = read_labels(&label_path, Some(&image)).unwrap();
+    assert_eq!(
+        labels,
+        read_volume(&label_path).unwrap().to_labels().unwrap()
+    );
+    assert_eq!(labels, read_labels(&label_path, None).unwrap());
+    // Other spacing, other shape.
+    let mut h = header(shape, DataType::U8);
+    h.pixdim[3] = 3.0;
+    h.srow[2][2] = 3.0;
+    let moved = dir.join("moved.nii");
+    write_raw_nifti(
+        &moved,
+        &h,
+        &fortran_bytes(shape, DataType::U8, false, label_of),
+    )
+    .unwrap();
+    let e = read_labels(&moved, Some(&image)).unwrap_err();
+    assert!(
+        matches!(e, Error::GeometryMismatch { .. }) && e.to_string().contains("moved.nii"),
+        "{e}"
+    );
+    let small = dir.join("small.nii");
+    write_raw_nifti(
+        &small,
+        &header([6, 5, 2], DataType::U8),
+        &fortran_bytes([6, 5, 2], DataType::U8, false, label_of),
+    )
+    .unwrap();
+    assert!(matches!(
+        read_labels(&small, Some(&image)),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        read_labels(dir.join("x.mha"), None),
+        Err(Error::UnknownFormat { .. })
+    ));
+}
+
+#[test]
+fn multi_member_gzip_is_read_and_trailing_garbage_is_an_error() {
+    use std::io::Write as _;
+    let gzip = |b: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(b).unwrap();
+        enc.finish().unwrap()
+    };
+    let p = Path::new("m.nii.gz");
+    let nii = small_nii(DataType::I16);
+    let (a, b) = nii.split_at(100);
+    let mut two = gzip(a);
+    two.extend(gzip(b));
+    assert_eq!(crate::nifti::gunzip(&two, p).unwrap(), nii);
+    let mut junk = gzip(&nii);
+    junk.extend(b"junk");
+    assert!(matches!(
+        crate::nifti::gunzip(&junk, p),
+        Err(Error::Gzip { .. })
+    ));
+    // A wrong CRC is caught.
+    let mut crc = gzip(&nii);
+    let n = crc.len();
+    crc[n - 8] ^= 1;
+    assert!(matches!(
+        crate::nifti::gunzip(&crc, p),
+        Err(Error::Gzip { .. })
+    ));
+}
+
 /// A valid small `.nii` as bytes.
 pub(crate) fn small_nii(dtype: DataType) -> Vec<u8> {
     let shape = [3, 2, 2];
@@ -436,6 +655,8 @@ fn la2018_matches_nibabel() {
         }
         if rel.starts_with("labelsTr") {
             let labels = v.to_labels().unwrap();
+            // The direct label path gives the same bytes (nibabel's probes checked above).
+            assert_eq!(read_labels(root.join(rel), None).unwrap(), labels, "{rel}");
             let ones = labels.iter().filter(|&&l| l == 1).count();
             assert_eq!(ones as f64, want_sum, "{rel}");
         }
@@ -483,6 +704,34 @@ fn la2018_h5_matches_nifti() {
             "{id}"
         );
         assert_eq!(read_volume(&h5).unwrap().data, img.data);
+        assert_eq!(
+            read_labels(&h5, Some(&img)).unwrap(),
+            lab.to_labels().unwrap()
+        );
+    }
+}
+
+/// The direct label path agrees with decode-to-f32-then-`to_labels` on real LA labels (every
+/// fourth case), geometry checked against the image as [`Dataset::load`] does.
+#[test]
+fn la2018_direct_labels_match_the_f32_path() {
+    let Some(root) = shared_data("la2018_direct_labels_match_the_f32_path", "la2018") else {
+        return;
+    };
+    let mut labels: Vec<_> = std::fs::read_dir(root.join("labelsTr"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    labels.sort();
+    assert!(labels.len() >= 4);
+    for path in labels.iter().step_by(4) {
+        let name = path.file_name().unwrap();
+        let image = read_volume(root.join("imagesTr").join(name)).unwrap();
+        let old = read_volume(path).unwrap();
+        image.check_same_geometry(&old).unwrap();
+        let direct = read_labels(path, Some(&image)).unwrap();
+        assert_eq!(direct, old.to_labels().unwrap(), "{}", path.display());
+        assert!(direct.contains(&1), "{}", path.display());
     }
 }
 
@@ -1191,6 +1440,11 @@ mod fuzz_tests {
             }
         }
         assert!(ok > 1000 && err > 1000, "ok {ok} err {err}");
+        // The direct label decoder gives the same labels or the same error as the f32 path.
+        for case in 0..5000 {
+            let bytes = mutate(&mut rng, seeds[case % seeds.len()].clone());
+            let _ = super::labels_both_ways(&bytes, p);
+        }
         // Corrupted gzip streams: decompression errors are typed too.
         for case in 0..3000 {
             let gz = gzip(&seeds[case % seeds.len()]);

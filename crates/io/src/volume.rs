@@ -182,36 +182,52 @@ impl Volume {
 
     /// Checks that `label` has this image's shape, spacing (1e-3 mm) and affine (1e-3).
     pub fn check_same_geometry(&self, label: &Volume) -> Result<()> {
-        if self.shape != label.shape {
+        self.check_geometry_of(
+            &label.display_path(),
+            label.shape,
+            label.spacing,
+            &label.affine,
+        )
+    }
+
+    /// [`Volume::check_same_geometry`] against the geometry of the file `label`.
+    fn check_geometry_of(
+        &self,
+        label: &Path,
+        shape: [usize; 3],
+        spacing: [f64; 3],
+        affine: &[[f64; 4]; 4],
+    ) -> Result<()> {
+        if self.shape != shape {
             return Err(Error::ShapeMismatch {
                 what: format!(
                     "image {} vs label {}",
                     self.display_path().display(),
-                    label.display_path().display()
+                    label.display()
                 ),
                 left: self.shape,
-                right: label.shape,
+                right: shape,
             });
         }
         let mismatch = |reason: String| Error::GeometryMismatch {
             image: self.display_path(),
-            label: label.display_path(),
+            label: label.to_path_buf(),
             reason,
         };
         for a in 0..3 {
-            if (self.spacing[a] - label.spacing[a]).abs() > 1e-3 {
+            if (self.spacing[a] - spacing[a]).abs() > 1e-3 {
                 return Err(mismatch(format!(
                     "spacing {:?} != {:?}",
-                    self.spacing, label.spacing
+                    self.spacing, spacing
                 )));
             }
         }
         for r in 0..3 {
             for c in 0..4 {
-                if (self.affine[r][c] - label.affine[r][c]).abs() > 1e-3 {
+                if (self.affine[r][c] - affine[r][c]).abs() > 1e-3 {
                     return Err(mismatch(format!(
                         "affine {:?} != {:?}",
-                        self.affine, label.affine
+                        self.affine, affine
                     )));
                 }
             }
@@ -296,6 +312,36 @@ pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
     match format_of(path)? {
         Format::Nifti => nifti::read_nifti(path),
         Format::Hdf5 => crate::h5::read_h5_dataset(path, "image"),
+    }
+}
+
+/// Reads a label map as `u8` classes in C order (the order of [`Volume::data`]): `.nii` /
+/// `.nii.gz` are decoded straight to bytes (no `f32` volume), `.h5` files give their `label`
+/// dataset. The result and errors are those of `read_volume(path)?.to_labels()` (a non-finite value
+/// is [`Error::NonFinite`], a fraction, negative or > 255 value [`Error::BadLabel`]). With
+/// `image`, the label must also share its shape and geometry
+/// ([`Volume::check_same_geometry`]), checked before the values are judged.
+pub fn read_labels(path: impl AsRef<Path>, image: Option<&Volume>) -> Result<Vec<u8>> {
+    let path = path.as_ref();
+    match format_of(path)? {
+        Format::Nifti => {
+            let nifti::NiftiLabels {
+                header,
+                shape,
+                labels,
+            } = nifti::read_nifti_labels(path)?;
+            if let Some(image) = image {
+                image.check_geometry_of(path, shape, header.spacing(), &header.affine())?;
+            }
+            labels
+        }
+        Format::Hdf5 => {
+            let label = crate::h5::read_h5_dataset(path, "label")?;
+            if let Some(image) = image {
+                image.check_same_geometry(&label)?;
+            }
+            label.to_labels()
+        }
     }
 }
 
