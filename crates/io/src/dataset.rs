@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::h5::read_h5_pair;
+use crate::h5::read_h5_image_labels;
 use crate::volume::{read_labels, read_volume, Volume};
 
 /// Folder name of the UA-MT LA distribution.
@@ -509,8 +509,7 @@ impl Dataset {
     pub fn load(&self, id: &str) -> Result<Sample> {
         let case = self.case(id)?;
         if self.layout == Layout::H5 {
-            let (image, label) = read_h5_pair(&case.image)?;
-            let label = label.to_labels()?;
+            let (image, label) = read_h5_image_labels(&case.image)?;
             return Ok(Sample {
                 id: id.to_string(),
                 image,

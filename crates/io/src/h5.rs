@@ -67,13 +67,53 @@ pub fn read_h5_pair(path: impl AsRef<Path>) -> Result<(Volume, Volume)> {
     Ok((image, label))
 }
 
+/// `image` as a [`Volume`] and `label` as `u8` labels (C order) of one file, decoded once: the
+/// result and errors of [`read_h5_pair`] followed by [`Volume::to_labels`] on the label. A `uint8`
+/// label dataset is read as it is stored (every value is a label), other types through `f32`.
+pub(crate) fn read_h5_image_labels(path: &Path) -> Result<(Volume, Vec<u8>)> {
+    let file = open(path)?;
+    let image = volume_from_file(&file, path, "image")?;
+    let labels = labels_from_file(&file, path, Some(&image))?;
+    Ok((image, labels))
+}
+
+/// The `label` dataset of an HDF5 file as `u8` labels, geometry checked against `image` if given.
+pub(crate) fn read_h5_labels(path: &Path, image: Option<&Volume>) -> Result<Vec<u8>> {
+    let file = open(path)?;
+    labels_from_file(&file, path, image)
+}
+
+fn labels_from_file(file: &Hdf5File, path: &Path, image: Option<&Volume>) -> Result<Vec<u8>> {
+    let (ds, shape, n, dtype) = dataset_layout(file, path, "label")?;
+    if dtype != DataType::U8 {
+        let label = volume_from_file(file, path, "label")?;
+        if let Some(image) = image {
+            image.check_same_geometry(&label)?;
+        }
+        return label.to_labels();
+    }
+    let labels =
+        typed::<u8>(&ds, n).map_err(|e| h5_err(path, format!("dataset \"label\": {e}")))?;
+    if let Some(image) = image {
+        // The geometry of an h5 label: its shape, 1 mm spacing, identity affine.
+        let spacing = [1.0; 3];
+        image.check_geometry_of(path, shape, spacing, &diag_affine(spacing))?;
+    }
+    Ok(labels)
+}
+
 /// Decodes dataset `name` of an in-memory HDF5 file (the fuzzed entry point).
 pub fn decode_h5(bytes: Vec<u8>, path: &Path, name: &str) -> Result<Volume> {
     let file = decode_file(bytes, path)?;
     volume_from_file(&file, path, name)
 }
 
-fn volume_from_file(file: &Hdf5File, path: &Path, name: &str) -> Result<Volume> {
+/// Dataset `name` of `file` with its checked 3-D shape, element count and data type.
+fn dataset_layout(
+    file: &Hdf5File,
+    path: &Path,
+    name: &str,
+) -> Result<(hdf5_reader::Dataset, [usize; 3], usize, DataType)> {
     let file_len = usize::try_from(file.storage().len()).unwrap_or(usize::MAX);
     let ds = file
         .dataset(name)
@@ -122,15 +162,22 @@ fn volume_from_file(file: &Hdf5File, path: &Path, name: &str) -> Result<Volume> 
         Datatype::FloatingPoint { size: 8, .. } => DataType::F64,
         other => return Err(unsupported(path, name, other)),
     };
+    Ok((ds, shape, n, dtype))
+}
+
+/// Reads `count` elements of `ds` as `T`.
+fn typed<T: H5Type + Default + Copy>(
+    ds: &hdf5_reader::Dataset,
+    n: usize,
+) -> hdf5_reader::error::Result<Vec<T>> {
+    let mut v = vec![T::default(); n];
+    ds.read_into(&mut v)?;
+    Ok(v)
+}
+
+fn volume_from_file(file: &Hdf5File, path: &Path, name: &str) -> Result<Volume> {
+    let (ds, shape, n, dtype) = dataset_layout(file, path, name)?;
     let read_err = |e: hdf5_reader::error::Error| h5_err(path, format!("dataset {name:?}: {e}"));
-    fn typed<T: H5Type + Default + Copy>(
-        ds: &hdf5_reader::Dataset,
-        n: usize,
-    ) -> hdf5_reader::error::Result<Vec<T>> {
-        let mut v = vec![T::default(); n];
-        ds.read_into(&mut v)?;
-        Ok(v)
-    }
     let data: Vec<f32> = match dtype {
         DataType::F32 => typed::<f32>(&ds, n).map_err(read_err)?,
         DataType::F64 => typed::<f64>(&ds, n)

@@ -784,6 +784,15 @@ fn synthetic_h5_reads_in_c_order_with_typed_errors() {
     assert_eq!(img.shape, [5, 4, 3]);
     assert_eq!(img.data, image);
     assert_eq!(lab.to_labels().unwrap(), label);
+    // The direct label path: uint8 as stored, geometry checked against the image.
+    assert_eq!(read_labels(&path, Some(&img)).unwrap(), label);
+    let (img2, lab2) = crate::h5::read_h5_image_labels(&path).unwrap();
+    assert_eq!((img2, lab2), (img.clone(), label.clone()));
+    let other = Volume::from_data([5, 4, 2], [1.0; 3], vec![0.0; 40]).unwrap();
+    assert!(matches!(
+        read_labels(&path, Some(&other)),
+        Err(Error::ShapeMismatch { .. })
+    ));
     assert_eq!(
         h5_dataset_names(&path).unwrap(),
         vec!["flat", "image", "label", "nan"]
@@ -808,6 +817,42 @@ fn synthetic_h5_reads_in_c_order_with_typed_errors() {
     assert!(matches!(
         decode_h5(b"not hdf5".to_vec(), p, "image"),
         Err(Error::Hdf5 { .. })
+    ));
+}
+
+/// A float `label` dataset goes through the f32 path: integers are labels, fractions errors.
+#[test]
+fn h5_float_labels_are_checked_like_volumes() {
+    use hdf5_writer::{DatasetBuilder, Hdf5Builder, Hdf5Writer, WriteOptions};
+    let dir = scratch("h5_float_labels");
+    let write = |name: &str, label: &[f32]| {
+        let image = vec![0.5f32; 6];
+        let plan = Hdf5Builder::new()
+            .dataset(DatasetBuilder::typed_data("image", vec![1u64, 2, 3], &image).unwrap())
+            .dataset(DatasetBuilder::typed_data("label", vec![1u64, 2, 3], label).unwrap())
+            .into_plan()
+            .unwrap();
+        let bytes = Hdf5Writer::new(std::io::Cursor::new(Vec::new()), WriteOptions::default())
+            .finish(plan)
+            .unwrap()
+            .into_inner();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let good = write("good.h5", &[0.0, 1.0, 2.0, 0.0, 1.0, 255.0]);
+    let (img, labels) = crate::h5::read_h5_image_labels(&good).unwrap();
+    assert_eq!(labels, vec![0, 1, 2, 0, 1, 255]);
+    assert_eq!(read_labels(&good, Some(&img)).unwrap(), labels);
+    let bad = write("bad.h5", &[0.0, 1.0, 0.5, 0.0, 1.0, 2.0]);
+    let e = read_labels(&bad, None).unwrap_err();
+    assert!(
+        matches!(e, Error::BadLabel { index: 2, .. }) && e.to_string().contains("bad.h5"),
+        "{e}"
+    );
+    assert!(matches!(
+        crate::h5::read_h5_image_labels(&bad),
+        Err(Error::BadLabel { index: 2, .. })
     ));
 }
 

@@ -191,7 +191,7 @@ impl Volume {
     }
 
     /// [`Volume::check_same_geometry`] against the geometry of the file `label`.
-    fn check_geometry_of(
+    pub(crate) fn check_geometry_of(
         &self,
         label: &Path,
         shape: [usize; 3],
@@ -335,13 +335,7 @@ pub fn read_labels(path: impl AsRef<Path>, image: Option<&Volume>) -> Result<Vec
             }
             labels
         }
-        Format::Hdf5 => {
-            let label = crate::h5::read_h5_dataset(path, "label")?;
-            if let Some(image) = image {
-                image.check_same_geometry(&label)?;
-            }
-            label.to_labels()
-        }
+        Format::Hdf5 => crate::h5::read_h5_labels(path, image),
     }
 }
 
