@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Module, ModuleT, VarBuilder};
 use duoseg_nn3d::{
     batch_norm3d, conv3d, conv3d_no_bias, conv_transpose3d, BatchNorm3d, BatchNorm3dConfig, Conv3d,
-    Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig,
+    Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig, Epilogue,
 };
 
 /// `n` x (conv 3^3 pad 1 + BN + ReLU): `{3i}` conv, `{3i+1}` BN, `{3i+2}` ReLU.
@@ -36,7 +36,7 @@ impl ModuleT for ConvBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for (conv, bn) in &self.layers {
-            x = bn.forward_t(&conv.forward(&x)?, train)?.relu()?;
+            x = bn.forward_act_t(&conv.forward(&x)?, Epilogue::Relu, train)?;
         }
         Ok(x)
     }
@@ -64,7 +64,8 @@ impl Down {
 
 impl ModuleT for Down {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+        self.bn
+            .forward_act_t(&self.conv.forward(x)?, Epilogue::Relu, train)
     }
 }
 
@@ -88,9 +89,11 @@ impl Up {
     }
 }
 
-impl ModuleT for Up {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+impl Up {
+    /// `relu(bn(up(x))) + skip` (the decoder's additive skip, fused into the batch-norm op).
+    pub(crate) fn forward_skip_t(&self, x: &Tensor, skip: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn
+            .forward_act_t(&self.conv.forward(x)?, Epilogue::ReluAdd(skip), train)
     }
 }
 
@@ -153,12 +156,15 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.n1.forward_t(&self.c1.forward(x)?, train)?.relu()?;
-        let y = self.n2.forward_t(&self.c2.forward(&y)?, train)?;
+        let y = self
+            .n1
+            .forward_act_t(&self.c1.forward(x)?, Epilogue::Relu, train)?;
         let shortcut = match &self.down {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        // relu(n2(c2(y)) + shortcut) in one fused op
+        self.n2
+            .forward_act_t(&self.c2.forward(&y)?, Epilogue::AddRelu(&shortcut), train)
     }
 }

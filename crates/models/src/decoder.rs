@@ -60,16 +60,16 @@ impl Decoder {
         let [x1, x2, x3, x4, x5] = skips;
         let x = self
             .b6
-            .forward_t(&(self.u5.forward_t(x5, train)? + x4)?, train)?;
+            .forward_t(&self.u5.forward_skip_t(x5, x4, train)?, train)?;
         let x = self
             .b7
-            .forward_t(&(self.u6.forward_t(&x, train)? + x3)?, train)?;
+            .forward_t(&self.u6.forward_skip_t(&x, x3, train)?, train)?;
         let x = self
             .b8
-            .forward_t(&(self.u7.forward_t(&x, train)? + x2)?, train)?;
+            .forward_t(&self.u7.forward_skip_t(&x, x2, train)?, train)?;
         let x9 = self
             .b9
-            .forward_t(&(self.u8.forward_t(&x, train)? + x1)?, train)?;
+            .forward_t(&self.u8.forward_skip_t(&x, x1, train)?, train)?;
         let x9 = self.dropout(x9, train)?;
         let logits = self.out.forward(&x9)?;
         Ok((logits, x9))

@@ -24,7 +24,7 @@
 use candle_core::{bail, DType, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder, VarMap};
 
-use crate::ops;
+use crate::ops::{self, Epilogue};
 
 /// Name suffixes of the non-trainable batch-norm buffers (PyTorch's `register_buffer` names).
 pub const BATCH_NORM_BUFFERS: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
@@ -154,8 +154,36 @@ impl BatchNorm3d {
         self.config
     }
 
+    /// `epilogue(bn(x))` in one fused op (see [`ops::batch_norm_act_train`]): the same values as
+    /// `forward_t` followed by the epilogue's ReLU and add, with fewer passes over the activation.
+    /// In training mode the running statistics are updated as by `forward_t`.
+    pub fn forward_act_t(&self, x: &Tensor, epilogue: Epilogue, train: bool) -> Result<Tensor> {
+        if train {
+            let (y, stats) =
+                ops::batch_norm_act_train(x, &self.weight, &self.bias, self.config.eps, epilogue)?;
+            self.update_running(&stats)?;
+            Ok(y)
+        } else {
+            ops::batch_norm_act_eval(
+                x,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                &self.weight,
+                &self.bias,
+                self.config.eps,
+                epilogue,
+            )
+        }
+    }
+
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
         let (y, stats) = ops::batch_norm_train(x, &self.weight, &self.bias, self.config.eps)?;
+        self.update_running(&stats)?;
+        Ok(y)
+    }
+
+    /// Folds one batch's statistics into the running ones (PyTorch semantics).
+    fn update_running(&self, stats: &ops::BatchStats) -> Result<()> {
         let m = self.config.momentum;
         let mean = (self
             .running_mean
@@ -169,7 +197,7 @@ impl BatchNorm3d {
         self.running_mean.set(&mean)?;
         self.running_var.set(&var)?;
         self.num_batches_tracked.set(&count)?;
-        Ok(y)
+        Ok(())
     }
 }
 

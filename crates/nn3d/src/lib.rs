@@ -21,3 +21,4 @@ pub use batch_norm::{
 };
 pub use dropout::Dropout3d;
 pub use memory::retain_freed_memory;
+pub use ops::Epilogue;

@@ -32,9 +32,9 @@ use std::mem::MaybeUninit;
 use crate::memory;
 
 /// Elements per rayon task in the CPU kernels (128 KiB of f32).
-const CHUNK: usize = 1 << 15;
+pub(super) const CHUNK: usize = 1 << 15;
 /// Independent f64 accumulators per reduction, so the inner loops vectorise.
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 /// Per-channel statistics of one batch, as returned by [`batch_norm_train`].
 #[derive(Debug, Clone)]
@@ -138,7 +138,12 @@ pub fn batch_norm_eval(
 }
 
 /// Checks `x` `[N, C, D, H, W]` f32 against `[C]` weight and bias; returns `(C, N·D·H·W)`.
-fn check_input(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(usize, usize)> {
+pub(super) fn check_input(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(usize, usize)> {
     let (n, c, d, h, w) = match x.dims5() {
         Ok(dims) => dims,
         Err(_) => bail!(
@@ -416,7 +421,7 @@ impl CustomOp3 for BatchNormGradInput {
 }
 
 /// The contiguous f32 data of a storage, or an error naming `what`.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(data) => data,
         other => bail!("batch-norm {what} must be f32, got {:?}", other.dtype()),
@@ -432,7 +437,7 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 }
 
 /// A contiguous f32 `[rows, c]` operand.
-fn rows_f32<'a>(
+pub(super) fn rows_f32<'a>(
     s: &'a CpuStorage,
     l: &Layout,
     rows: usize,
@@ -449,7 +454,7 @@ fn rows_f32<'a>(
 }
 
 /// `(N, C, D·H·W)` of a `[N, C, D, H, W]` layout.
-fn planes(l: &Layout) -> Result<(usize, usize, usize)> {
+pub(super) fn planes(l: &Layout) -> Result<(usize, usize, usize)> {
     match *l.dims() {
         [n, c, d, h, w] if n * c * d * h * w > 0 => Ok((n, c, d * h * w)),
         _ => bail!(
@@ -459,7 +464,7 @@ fn planes(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
-fn same_shape(l1: &Layout, l2: &Layout) -> Result<()> {
+pub(super) fn same_shape(l1: &Layout, l2: &Layout) -> Result<()> {
     if l1.dims() != l2.dims() {
         bail!(
             "batch-norm output gradient shape {:?} differs from input shape {:?}",
@@ -472,7 +477,7 @@ fn same_shape(l1: &Layout, l2: &Layout) -> Result<()> {
 
 /// Work items `(plane, start, end)` covering `planes` planes of `plane` elements in chunks of
 /// at most [`CHUNK`]; the order is fixed, so reductions are deterministic.
-fn chunks(planes: usize, plane: usize) -> Vec<(usize, usize, usize)> {
+pub(super) fn chunks(planes: usize, plane: usize) -> Vec<(usize, usize, usize)> {
     let per_plane = plane.div_ceil(CHUNK);
     (0..planes)
         .flat_map(|p| (0..per_plane).map(move |i| (p, i * CHUNK, ((i + 1) * CHUNK).min(plane))))
@@ -482,7 +487,7 @@ fn chunks(planes: usize, plane: usize) -> Vec<(usize, usize, usize)> {
 /// `out[i] = f(k, x[i], g[i])` for every `i`, with `k = coeffs(channel)` (and `g[i] = 0` when `g` is
 /// `None`), in parallel over plane chunks, into a new buffer. The per-channel constants are fetched
 /// once per chunk so the inner loop is a plain vectorisable map.
-fn channel_map<K, F>(
+pub(super) fn channel_map<const N: usize, K, F>(
     x: &[f32],
     g: Option<&[f32]>,
     (plane, c): (usize, usize),
@@ -490,8 +495,8 @@ fn channel_map<K, F>(
     f: F,
 ) -> Vec<f32>
 where
-    K: Fn(usize) -> [f32; 4] + Sync,
-    F: Fn([f32; 4], f32, f32) -> f32 + Sync,
+    K: Fn(usize) -> [f32; N] + Sync,
+    F: Fn([f32; N], f32, f32) -> f32 + Sync,
 {
     let mut out = memory::f32_buffer(x.len());
     let items = chunks(x.len() / plane, plane);
@@ -529,6 +534,15 @@ where
 
 /// `(Σ (x − origin), Σ (x − origin)²)` in f64.
 fn shifted_sums(x: &[f32], origin: f64) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above
+        return unsafe { simd::shifted_sums(x, origin) };
+    }
+    shifted_sums_portable(x, origin)
+}
+
+fn shifted_sums_portable(x: &[f32], origin: f64) -> (f64, f64) {
     let mut s1 = [0f64; LANES];
     let mut s2 = [0f64; LANES];
     let mut blocks = x.chunks_exact(LANES);
@@ -539,7 +553,17 @@ fn shifted_sums(x: &[f32], origin: f64) -> (f64, f64) {
             s2[l] += d * d;
         }
     }
-    for (l, &v) in blocks.remainder().iter().enumerate() {
+    shifted_sums_tail(blocks.remainder(), origin, s1, s2)
+}
+
+/// The last `< LANES` values of [`shifted_sums`] into lanes `0..`, then the lane totals in order.
+fn shifted_sums_tail(
+    rest: &[f32],
+    origin: f64,
+    mut s1: [f64; LANES],
+    mut s2: [f64; LANES],
+) -> (f64, f64) {
+    for (l, &v) in rest.iter().enumerate() {
         let d = v as f64 - origin;
         s1[l] += d;
         s2[l] += d * d;
@@ -549,23 +573,163 @@ fn shifted_sums(x: &[f32], origin: f64) -> (f64, f64) {
 
 /// `(Σ dy, Σ dy·(x − mean))` in f64.
 fn grad_sums(x: &[f32], dy: &[f32], mean: f64) -> (f64, f64) {
+    masked_sums(x, dy, mean, None)
+}
+
+/// `(Σ g, Σ g·(x − mean))` in f64 over `g = dy·[(x − m)·s + b > 0]` with `relu = Some((m, s, b))`
+/// (the ReLU mask of the fused ops, the forward's own f32 formula), `g = dy` with `None`.
+pub(super) fn masked_sums(
+    x: &[f32],
+    dy: &[f32],
+    mean: f64,
+    relu: Option<(f32, f32, f32)>,
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above
+        return unsafe { simd::masked_sums(x, dy, mean, relu) };
+    }
+    masked_sums_portable(x, dy, mean, relu)
+}
+
+fn masked_sums_portable(
+    x: &[f32],
+    dy: &[f32],
+    mean: f64,
+    relu: Option<(f32, f32, f32)>,
+) -> (f64, f64) {
     let mut s1 = [0f64; LANES];
     let mut s2 = [0f64; LANES];
     let mut xb = x.chunks_exact(LANES);
     let mut gb = dy.chunks_exact(LANES);
     for (xs, gs) in (&mut xb).zip(&mut gb) {
         for l in 0..LANES {
-            let g = gs[l] as f64;
+            let g = masked(xs[l], gs[l], relu) as f64;
             s1[l] += g;
             s2[l] += g * (xs[l] as f64 - mean);
         }
     }
-    for (l, (&xv, &gv)) in xb.remainder().iter().zip(gb.remainder()).enumerate() {
-        let g = gv as f64;
+    masked_sums_tail(xb.remainder(), gb.remainder(), mean, relu, s1, s2)
+}
+
+#[inline(always)]
+fn masked(x: f32, g: f32, relu: Option<(f32, f32, f32)>) -> f32 {
+    match relu {
+        Some((m, s, b)) if (x - m) * s + b > 0.0 => g,
+        Some(_) => 0.0,
+        None => g,
+    }
+}
+
+/// The last `< LANES` values of [`masked_sums`] into lanes `0..`, then the lane totals in order.
+fn masked_sums_tail(
+    xs: &[f32],
+    gs: &[f32],
+    mean: f64,
+    relu: Option<(f32, f32, f32)>,
+    mut s1: [f64; LANES],
+    mut s2: [f64; LANES],
+) -> (f64, f64) {
+    for (l, (&xv, &gv)) in xs.iter().zip(gs).enumerate() {
+        let g = masked(xv, gv, relu) as f64;
         s1[l] += g;
         s2[l] += g * (xv as f64 - mean);
     }
     (s1.iter().sum(), s2.iter().sum())
+}
+
+/// AVX2 versions of the channel reductions: the same f32 / f64 operations (no FMA contraction) on
+/// the same 8 lanes as the portable loops, so both give the same bits.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{masked_sums_tail, shifted_sums_tail, LANES};
+    use std::arch::x86_64::*;
+
+    /// Lanes 0..4 and 4..8 of 8 f32 as two f64 vectors.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn widen(v: __m256) -> (__m256d, __m256d) {
+        (
+            _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lanes(lo: __m256d, hi: __m256d) -> [f64; LANES] {
+        let mut out = [0f64; LANES];
+        // SAFETY: `out` holds 8 f64, the two unaligned stores write 4 each
+        unsafe {
+            _mm256_storeu_pd(out.as_mut_ptr(), lo);
+            _mm256_storeu_pd(out.as_mut_ptr().add(4), hi);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn shifted_sums(x: &[f32], origin: f64) -> (f64, f64) {
+        let o = _mm256_set1_pd(origin);
+        let (mut a_lo, mut a_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let (mut b_lo, mut b_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut blocks = x.chunks_exact(LANES);
+        for block in &mut blocks {
+            // SAFETY: the block holds 8 f32
+            let v = unsafe { _mm256_loadu_ps(block.as_ptr()) };
+            let (lo, hi) = widen(v);
+            let (d_lo, d_hi) = (_mm256_sub_pd(lo, o), _mm256_sub_pd(hi, o));
+            a_lo = _mm256_add_pd(a_lo, d_lo);
+            a_hi = _mm256_add_pd(a_hi, d_hi);
+            b_lo = _mm256_add_pd(b_lo, _mm256_mul_pd(d_lo, d_lo));
+            b_hi = _mm256_add_pd(b_hi, _mm256_mul_pd(d_hi, d_hi));
+        }
+        shifted_sums_tail(
+            blocks.remainder(),
+            origin,
+            lanes(a_lo, a_hi),
+            lanes(b_lo, b_hi),
+        )
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn masked_sums(
+        x: &[f32],
+        dy: &[f32],
+        mean: f64,
+        relu: Option<(f32, f32, f32)>,
+    ) -> (f64, f64) {
+        let mu = _mm256_set1_pd(mean);
+        let (m, s, b) = relu.unwrap_or((0.0, 0.0, 0.0));
+        let (m, s, b) = (_mm256_set1_ps(m), _mm256_set1_ps(s), _mm256_set1_ps(b));
+        let zero = _mm256_setzero_ps();
+        let (mut a_lo, mut a_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let (mut c_lo, mut c_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut xb = x.chunks_exact(LANES);
+        let mut gb = dy.chunks_exact(LANES);
+        for (xs, gs) in (&mut xb).zip(&mut gb) {
+            // SAFETY: both blocks hold 8 f32
+            let (xv, mut gv) =
+                unsafe { (_mm256_loadu_ps(xs.as_ptr()), _mm256_loadu_ps(gs.as_ptr())) };
+            if relu.is_some() {
+                let v = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(xv, m), s), b);
+                gv = _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(v, zero));
+            }
+            let (g_lo, g_hi) = widen(gv);
+            let (x_lo, x_hi) = widen(xv);
+            a_lo = _mm256_add_pd(a_lo, g_lo);
+            a_hi = _mm256_add_pd(a_hi, g_hi);
+            c_lo = _mm256_add_pd(c_lo, _mm256_mul_pd(g_lo, _mm256_sub_pd(x_lo, mu)));
+            c_hi = _mm256_add_pd(c_hi, _mm256_mul_pd(g_hi, _mm256_sub_pd(x_hi, mu)));
+        }
+        masked_sums_tail(
+            xb.remainder(),
+            gb.remainder(),
+            mean,
+            relu,
+            lanes(a_lo, a_hi),
+            lanes(c_lo, c_hi),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -579,6 +743,44 @@ mod tests {
         assert_eq!(items[2], (0, 2 * CHUNK, 2 * CHUNK + 5));
         assert_eq!(items[3], (1, 0, CHUNK));
         assert!(chunks(2, 1).iter().all(|&(_, lo, hi)| lo == 0 && hi == 1));
+    }
+
+    #[test]
+    fn vector_and_portable_sums_agree_bitwise() {
+        // every length from 0 to 40 covers each remainder; values with a wide range of magnitudes
+        let x: Vec<f32> = (0..40)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37)
+            .collect();
+        let g: Vec<f32> = (0..40)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) * 1.9)
+            .collect();
+        for n in 0..=40 {
+            let (xs, gs) = (&x[..n], &g[..n]);
+            let cases = [
+                None,
+                Some((0.5f32, 1.3f32, -0.2f32)),
+                Some((-1.0, -0.7, 0.4)),
+            ];
+            for relu in cases {
+                let want = masked_sums_portable(xs, gs, 0.25, relu);
+                assert_eq!(masked_sums(xs, gs, 0.25, relu), want, "n {n} relu {relu:?}");
+                if let Some((m, s, b)) = relu {
+                    // the mask is the forward's ReLU decision
+                    let direct = xs
+                        .iter()
+                        .zip(gs)
+                        .filter(|(&xv, _)| (xv - m) * s + b > 0.0)
+                        .map(|(_, &gv)| gv as f64)
+                        .sum::<f64>();
+                    assert!((want.0 - direct).abs() < 1e-9, "n {n}");
+                }
+            }
+            assert_eq!(
+                shifted_sums(xs, 0.7),
+                shifted_sums_portable(xs, 0.7),
+                "n {n}"
+            );
+        }
     }
 
     #[test]

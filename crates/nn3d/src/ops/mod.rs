@@ -3,19 +3,25 @@
 //! - [`conv3d()`] / [`Conv3dParams`]: convolution (PyTorch `conv3d`), weight `[C_out, C_in, k..]`.
 //! - [`conv_transpose3d()`] / [`ConvTranspose3dParams`]: its adjoint (PyTorch `conv_transpose3d`),
 //!   weight `[C_in, C_out, k..]`.
+//! - [`batch_norm_train`] / [`batch_norm_eval`]: fused batch normalisation (`batch_norm.rs`).
+//! - [`batch_norm_act_train`] / [`batch_norm_act_eval`]: batch normalisation fused with the ReLU
+//!   and residual add that follow it ([`Epilogue`], `bn_act.rs`; CPU kernels, other devices compose
+//!   the unfused ops).
 //!
-//! Design: both are built from three candle custom ops (forward, backward-data, backward-filter;
+//! Design: the convolutions are built from three candle custom ops (forward, backward-data, backward-filter;
 //! table in `conv3d.rs`) whose CPU kernels (`cpu_gemm.rs`) unfold one tile of output rows at a
 //! time into a small column buffer and multiply it with the `gemm` crate, in parallel over tiles
 //! with rayon (no full-volume im2col). On GPUs, kernels equal to the stride with no padding bypass
 //! them as reshape + permute + matmul in plain candle ops (slower than the custom ops on the CPU).
 
 pub(crate) mod batch_norm;
+pub(crate) mod bn_act;
 pub(crate) mod conv3d;
 pub(crate) mod conv_transpose3d;
 pub(crate) mod cpu_gemm;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStats};
+pub use bn_act::{batch_norm_act_eval, batch_norm_act_train, Epilogue};
 pub use conv3d::{conv3d, Conv3dParams};
 pub use conv_transpose3d::{conv_transpose3d, ConvTranspose3dParams};
 

@@ -13,7 +13,7 @@ use duoseg_nn3d::{batch_norm3d, is_batch_norm_buffer, trainable_vars, BatchNorm3
 const EPS: f64 = 1e-5;
 
 /// splitmix64: deterministic test data without a rand dependency.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next_u64(&mut self) -> u64 {
@@ -33,7 +33,7 @@ impl Rng {
         let u = self.uniform().max(1e-300);
         (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
     }
-    fn normals(&mut self, n: usize, loc: f64, scale: f64) -> Vec<f32> {
+    pub(crate) fn normals(&mut self, n: usize, loc: f64, scale: f64) -> Vec<f32> {
         (0..n)
             .map(|_| (loc + scale * self.normal()) as f32)
             .collect()
@@ -100,7 +100,7 @@ fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-fn flat(t: &Tensor) -> Result<Vec<f32>> {
+pub(crate) fn flat(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
