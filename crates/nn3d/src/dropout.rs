@@ -3,8 +3,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use candle_nn::ModuleT;
+use rayon::prelude::*;
 
 /// Channel dropout: in training each `(n, c)` channel is zeroed with probability `p` and the kept
 /// ones are scaled by `1 / (1 − p)`; in eval it is the identity.
@@ -101,11 +103,72 @@ impl ModuleT for Dropout3d {
             // everything dropped; keeps the graph so the input still gets a (zero) gradient
             return x.affine(0.0, 0.0);
         }
-        let keep = Tensor::from_vec(self.next_keep_mask(n, c), (n, c, 1, 1, 1), x.device())?;
+        let keep = self.next_keep_mask(n, c);
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            // the same factors as the composition below: keep · f32(1 / (1 − p)) + 0
+            let factor = (1.0 / (1.0 - p as f64)) as f32;
+            let scale = keep.iter().map(|&k| k * factor + 0.0).collect();
+            return x.contiguous()?.apply_op1(ChannelScale {
+                scale: Arc::new(scale),
+            });
+        }
+        let keep = Tensor::from_vec(keep, (n, c, 1, 1, 1), x.device())?;
         let mask = keep
             .to_dtype(x.dtype())?
             .affine(1.0 / (1.0 - p as f64), 0.0)?;
         x.broadcast_mul(&mask)
+    }
+}
+
+/// `y[n, c, ..] = x[n, c, ..] · scale[n·C + c]` on contiguous f32 CPU tensors: the dropout product
+/// as one graph node whose backward is the same product (candle's broadcast product would also
+/// compute and accumulate an unused gradient for the mask, three extra passes).
+#[derive(Debug, Clone)]
+struct ChannelScale {
+    scale: Arc<Vec<f32>>,
+}
+
+impl CustomOp1 for ChannelScale {
+    fn name(&self) -> &'static str {
+        "nn3d-channel-scale"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = s else {
+            bail!("channel scale expects f32, got {:?}", s.dtype())
+        };
+        let Some((lo, hi)) = l.contiguous_offsets() else {
+            bail!(
+                "channel scale expects a contiguous input, got strides {:?}",
+                l.stride()
+            )
+        };
+        let x = &data[lo..hi];
+        let planes = self.scale.len();
+        if planes == 0 || x.len() % planes != 0 {
+            bail!(
+                "channel scale: {} factors for an input of shape {:?}",
+                planes,
+                l.dims()
+            )
+        }
+        let plane = x.len() / planes;
+        let mut out = crate::memory::f32_buffer(x.len());
+        out.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .zip(self.scale.par_iter())
+            .for_each(|((o, x), &f)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    o.write(v * f);
+                }
+            });
+        // SAFETY: the planes cover the buffer (its length is `planes · plane`) and each was written
+        let out = unsafe { crate::memory::assume_init(out) };
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(dy.contiguous()?.apply_op1(self.clone())?))
     }
 }
 
@@ -140,6 +203,33 @@ mod tests {
         }
         // 400 channels, p = 0.25: 100 expected, std 8.7; a 6-sigma window
         assert!((48..=152).contains(&dropped), "{dropped} of 400 dropped");
+        Ok(())
+    }
+
+    #[test]
+    fn cpu_op_equals_the_broadcast_product() -> Result<()> {
+        // values and gradients bitwise equal to x · mask with mask = keep · f32(1 / (1 − p)), also
+        // for a non-contiguous input
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 4, 2, 3), &dev)?)?;
+        let dy = Tensor::randn(0f32, 1.0, (3, 5, 3, 2, 4), &dev)?;
+        for p in [0.5f32, 0.3] {
+            let drop = Dropout3d::seeded(p, 11);
+            let xt = x.as_tensor().transpose(2, 4)?;
+            let y = drop.forward_t(&xt, true)?;
+            let g = (&y * &dy)?.sum_all()?.backward()?;
+            let dx = g.get(x.as_tensor()).expect("grad of x").clone();
+            drop.reseed(11);
+            let keep = Tensor::from_vec(drop.next_keep_mask(3, 5), (3, 5, 1, 1, 1), &dev)?;
+            let mask = keep.affine(1.0 / (1.0 - p as f64), 0.0)?;
+            let y2 = xt.broadcast_mul(&mask)?;
+            let g2 = (&y2 * &dy)?.sum_all()?.backward()?;
+            let dx2 = g2.get(x.as_tensor()).expect("grad of x").clone();
+            let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+            assert_eq!(flat(&y)?, flat(&y2)?, "p {p}");
+            assert_eq!(flat(&dx)?, flat(&dx2)?, "p {p}");
+            assert!(flat(&y)?.iter().any(|&v| v == 0.0) && flat(&y)?.iter().any(|&v| v != 0.0));
+        }
         Ok(())
     }
 
