@@ -36,7 +36,7 @@ impl ModuleT for ConvBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for (conv, bn) in &self.layers {
-            x = bn.forward_act_t(&conv.forward(&x)?, Epilogue::Relu, train)?;
+            x = bn.forward_conv_relu_t(conv, &x, train)?;
         }
         Ok(x)
     }
@@ -64,8 +64,7 @@ impl Down {
 
 impl ModuleT for Down {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn
-            .forward_act_t(&self.conv.forward(x)?, Epilogue::Relu, train)
+        self.bn.forward_conv_relu_t(&self.conv, x, train)
     }
 }
 
@@ -156,9 +155,7 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self
-            .n1
-            .forward_act_t(&self.c1.forward(x)?, Epilogue::Relu, train)?;
+        let y = self.n1.forward_conv_relu_t(&self.c1, x, train)?;
         let shortcut = match &self.down {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),

@@ -224,11 +224,7 @@ impl SegNet for ResNet34VNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         check_input(x, self.cfg.in_channels)?;
         let (conv, bn) = &self.stem;
-        let x1 = bn.forward_act_t(
-            &candle_nn::Module::forward(conv, x)?,
-            duoseg_nn3d::Epilogue::Relu,
-            train,
-        )?;
+        let x1 = bn.forward_conv_relu_t(conv, x, train)?;
         let mut skips = vec![x1];
         for stage in &self.layers {
             let mut y = skips[skips.len() - 1].clone();

@@ -25,6 +25,7 @@ use candle_core::{bail, DType, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder, VarMap};
 
 use crate::ops::{self, Epilogue};
+use crate::Conv3d;
 
 /// Name suffixes of the non-trainable batch-norm buffers (PyTorch's `register_buffer` names).
 pub const BATCH_NORM_BUFFERS: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
@@ -174,6 +175,28 @@ impl BatchNorm3d {
                 epilogue,
             )
         }
+    }
+
+    /// `relu(self(conv(x)))` as one fused op (see [`ops::conv3d_bn_relu`]): the same values and
+    /// gradients as `conv.forward(x)` then `forward_act_t(.., Epilogue::Relu, train)`, with one
+    /// gradient accumulation less. In training mode the running statistics are updated.
+    pub fn forward_conv_relu_t(&self, conv: &Conv3d, x: &Tensor, train: bool) -> Result<Tensor> {
+        let running =
+            (!train).then(|| (self.running_mean.as_tensor(), self.running_var.as_tensor()));
+        let (y, stats) = ops::conv3d_bn_relu(
+            x,
+            conv.weight(),
+            conv.bias(),
+            conv.params(),
+            &self.weight,
+            &self.bias,
+            running,
+            self.config.eps,
+        )?;
+        if let Some(stats) = stats {
+            self.update_running(&stats)?;
+        }
+        Ok(y)
     }
 
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {

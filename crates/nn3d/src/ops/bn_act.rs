@@ -75,7 +75,7 @@ impl<'a> Epilogue<'a> {
 
 /// [`Epilogue`] without the residual tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Relu,
     AddRelu,
     ReluAdd,
@@ -185,9 +185,9 @@ fn apply(
 /// (mean, biased variance, gamma, beta). See the module docs.
 #[derive(Debug, Clone, Copy)]
 pub struct BnAct {
-    eps: f64,
-    source: StatsSource,
-    kind: Kind,
+    pub(super) eps: f64,
+    pub(super) source: StatsSource,
+    pub(super) kind: Kind,
 }
 
 /// Per-channel forward constants `(mean, scale, beta)`, computed exactly as
@@ -208,7 +208,7 @@ fn forward_coeffs(params: &[f32], c: usize, eps: f64) -> Vec<[f32; 3]> {
 }
 
 impl BnAct {
-    fn forward_cpu(
+    pub(super) fn forward_cpu(
         &self,
         x: (&CpuStorage, &Layout),
         r: Option<(&CpuStorage, &Layout)>,
@@ -256,7 +256,7 @@ impl BnAct {
     }
 
     /// `(dx, dr, dparams)` for upstream gradient `dy`.
-    fn backward(
+    pub(super) fn backward(
         &self,
         x: &Tensor,
         r: Option<&Tensor>,

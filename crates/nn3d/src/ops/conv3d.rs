@@ -233,7 +233,7 @@ impl Conv3dFwd {
         Ok((g, Shape::from(vec![n, c_out, out[0], out[1], out[2]])))
     }
 
-    fn cpu(
+    pub(crate) fn cpu(
         &self,
         sx: &CpuStorage,
         lx: &Layout,
@@ -252,7 +252,7 @@ impl Conv3dFwd {
 
     /// `(dx, dw)`, each only when its argument takes part in autograd (an input image needs no
     /// gradient, which saves the first layer's backward-data).
-    fn grads(
+    pub(crate) fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,

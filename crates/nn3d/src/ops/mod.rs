@@ -7,6 +7,8 @@
 //! - [`batch_norm_act_train`] / [`batch_norm_act_eval`]: batch normalisation fused with the ReLU
 //!   and residual add that follow it ([`Epilogue`], `bn_act.rs`; CPU kernels, other devices compose
 //!   the unfused ops).
+//! - [`conv3d_bn_relu`]: `relu(bn(conv3d(x)))` as one autograd node (`conv_bn.rs`; CPU, other
+//!   devices compose the unfused ops).
 //!
 //! Design: the convolutions are built from three candle custom ops (forward, backward-data, backward-filter;
 //! table in `conv3d.rs`) whose CPU kernels (`cpu_gemm.rs`) unfold one tile of output rows at a
@@ -17,12 +19,14 @@
 pub(crate) mod batch_norm;
 pub(crate) mod bn_act;
 pub(crate) mod conv3d;
+pub(crate) mod conv_bn;
 pub(crate) mod conv_transpose3d;
 pub(crate) mod cpu_gemm;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStats};
 pub use bn_act::{batch_norm_act_eval, batch_norm_act_train, Epilogue};
 pub use conv3d::{conv3d, Conv3dParams};
+pub use conv_bn::conv3d_bn_relu;
 pub use conv_transpose3d::{conv_transpose3d, ConvTranspose3dParams};
 
 #[cfg(test)]

@@ -2,3 +2,4 @@
 
 mod batch_norm;
 mod bn_act;
+mod conv_bn;
