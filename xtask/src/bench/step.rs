@@ -17,6 +17,23 @@ use serde_json::{json, Value};
 
 use crate::util;
 
+const HELP: &str =
+    "cargo xtask bench step [--crop D H W] [--iters N] [--warmup N] [--torch PYTHON|none]
+
+One full training step of both nets (V-Net and ResNet-34 V-Net: forward of 2 labeled + 2 unlabeled
+crops in train mode, every loss, backward, SGD update) on the CPU, timed by
+crates/models/examples/bench_step.rs, beside ../shared/reference/bench_torch.py --device cpu in the
+same invocation. Writes bench/step.json: both median / min step seconds, duoseg's per-phase times of
+its last step, both peak resident memories, the ratio duoseg / PyTorch and the load average.
+
+  --crop D H W     crop size, each a multiple of 16 (default 64 64 48)
+  --iters N        timed steps per side (default 3)
+  --warmup N       untimed steps first (default 1)
+  --torch PYTHON   interpreter with torch (default /work/venv/bin/python); none skips PyTorch
+
+Other processes distort both timings (PyTorch's OpenMP threads far more): compare the ratio within
+one run, and repeat it.";
+
 /// Runs `cmd` and returns every JSON object it printed on stdout, one per line.
 fn capture(cmd: &mut Command) -> Result<Vec<Value>> {
     eprintln!("$ {cmd:?}");
@@ -49,6 +66,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
+            "--help" | "-h" => {
+                println!("{HELP}");
+                return Ok(());
+            }
             "--crop" if i + 3 < args.len() => {
                 crop = args[i + 1..i + 4].to_vec();
                 i += 4;
@@ -65,9 +86,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 torch = (args[i + 1] != "none").then(|| args[i + 1].clone());
                 i += 2;
             }
-            other => bail!("bad option {other:?}; options: --crop D H W, --iters N, --warmup N, --torch PYTHON|none"),
+            other => bail!("bad option {other:?}; options: --crop D H W, --iters N, --warmup N, --torch PYTHON|none (--help)"),
         }
     }
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let loadavg_before = loadavg();
     util::run(Command::new("cargo").args([
         "build",
         "--release",
@@ -126,12 +153,10 @@ pub fn run(args: &[String]) -> Result<()> {
         _ => Value::Null,
     };
     // other processes on a shared machine distort both timings (PyTorch's OpenMP threads far more)
-    let loadavg = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.trim().to_string());
     let report = json!({
         "benchmark": "one training step, both nets, 2+2 crops, CPU",
-        "loadavg_after": loadavg,
+        "loadavg_before": loadavg_before,
+        "loadavg_after": loadavg(),
         "command": format!("cargo xtask bench step {}", args.join(" ")),
         "duoseg": ours,
         "pytorch": theirs,
