@@ -42,6 +42,9 @@ pub struct LossConfig {
     pub student: StudentRule,
     /// `alpha_0` of the unreliable fraction `alpha_t = alpha_0 (1 - t / t_max)`.
     pub alpha0: f64,
+    /// Floor of `alpha_t`: `max(alpha_floor, alpha_t)` (0, SPEC's schedule, by default). With a floor the most
+    /// uncertain voxels (the organ boundary) stay out of `L_u` late in training, when `lambda_u` is largest.
+    pub alpha_floor: f64,
     /// Threshold T of `M_diff`.
     pub threshold: ThresholdRule,
     /// Prototype contrastive loss options.
@@ -68,6 +71,7 @@ impl Default for LossConfig {
             teacher: TeacherRule::LowerSupervised,
             student: StudentRule::Other,
             alpha0: 0.2,
+            alpha_floor: 0.0,
             threshold: ThresholdRule::default(),
             contrastive: ContrastiveConfig::default(),
             lambda_u: LambdaSchedule {

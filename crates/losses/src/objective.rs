@@ -169,6 +169,11 @@ impl Objective {
         if cfg.preset == Preset::ReferenceCode && n_classes != 2 {
             bail!("the reference_code preset is defined for 2 classes, got {n_classes}");
         }
+        for (name, v) in [("alpha0", cfg.alpha0), ("alpha_floor", cfg.alpha_floor)] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("loss.{name} must lie in [0, 1], got {v}");
+            }
+        }
         let threshold = DynamicThreshold::new(cfg.threshold, n_classes);
         Ok(Objective {
             cfg,
@@ -276,7 +281,7 @@ impl Objective {
             Net::B => b.probs_u.detach(),
         };
         let yhat = pseudo_labels(&probs_t)?;
-        let alpha = alpha_schedule(cfg.alpha0, t, t_max);
+        let alpha = alpha_schedule(cfg.alpha0, t, t_max).max(cfg.alpha_floor);
         let reliable = select_reliable(&entropy(&probs_t)?, alpha)?;
         let n_reliable = count(&reliable)?;
         let n_unreliable = reliable.elem_count() - n_reliable;

@@ -323,3 +323,47 @@ fn unsup_dice_switch_leaves_the_masked_cross_entropy() {
     assert!((scalar(&with.unsup) - (ce + dice)).abs() < 1e-12);
     assert!(dice > 0.0);
 }
+
+#[test]
+fn alpha_floor_keeps_the_most_uncertain_voxels_out_late_in_training() {
+    let y = rand_labels(&[1, 4, 4, 4], 2, 60).unwrap();
+    let logits = rand_f64(&[2, 2, 4, 4, 4], 2.0, 61).unwrap();
+    let input = |la: &candle_core::Var, f: &candle_core::Var, t: usize| -> LossTerms {
+        let cfg = LossConfig {
+            alpha_floor: 0.25,
+            ..LossConfig::default()
+        };
+        let mut obj = Objective::new(cfg, 2).unwrap();
+        let out = NetOutputs {
+            logits: la.as_tensor(),
+            features: f.as_tensor(),
+        };
+        obj.assemble(&IterationInput {
+            a: out,
+            b: out,
+            labels: &y,
+            iteration: t,
+            total_iterations: 100,
+            seed: 0,
+        })
+        .unwrap()
+    };
+    let la = candle_core::Var::from_tensor(&logits).unwrap();
+    let f = candle_core::Var::from_tensor(&rand_f64(&[2, 4, 4, 4, 4], 1.0, 62).unwrap()).unwrap();
+    // alpha_t = 0.2 (1 - t / 100): the floor 0.25 wins from the start; 64 unlabeled voxels, 16 unreliable
+    for t in [0, 50, 99] {
+        let terms = input(&la, &f, t);
+        assert_eq!(terms.alpha, 0.25);
+        assert_eq!((terms.n_reliable, terms.n_unreliable), (48, 16));
+    }
+    for bad in [f64::NAN, -0.1, 1.5] {
+        let cfg = LossConfig {
+            alpha_floor: bad,
+            ..LossConfig::default()
+        };
+        assert!(
+            Objective::new(cfg, 2).is_err(),
+            "alpha_floor {bad} accepted"
+        );
+    }
+}
