@@ -146,14 +146,28 @@ fn train_writes_the_whole_run_folder() {
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     // dropout on: its masks are seeded per iteration, so they are part of what must reproduce
-    let cfg = tiny_config(4, true);
+    resume_matches(&tiny_config(4, true), "plain");
+}
+
+#[test]
+fn resume_reproduces_the_run_with_ema_teachers() {
+    // the smoothed teachers are part of the checkpoint
+    let mut cfg = tiny_config(4, true);
+    cfg.ema_teacher = Some(0.9);
+    resume_matches(&cfg, "ema");
+}
+
+/// Trains `cfg` straight through and with an interruption after iteration 1 plus `--resume`; the final
+/// weights and every logged term must be identical.
+fn resume_matches(cfg: &TrainConfig, tag: &str) {
+    let cfg = cfg.clone();
     let data: TrainData = data::load(&cfg.data, None).unwrap();
-    let a = tmp("resume-a");
+    let a = tmp(&format!("resume-{tag}-a"));
     assert_eq!(
         trainer::train(&cfg, &data, opts(&a, false, false, &mut Silent)).unwrap(),
         Finish::Completed
     );
-    let b = tmp("resume-b");
+    let b = tmp(&format!("resume-{tag}-b"));
     // a stop request is honoured after the first iteration, with a checkpoint
     assert_eq!(
         trainer::train(&cfg, &data, opts(&b, false, true, &mut Silent)).unwrap(),
@@ -169,6 +183,13 @@ fn resume_reproduces_the_uninterrupted_run() {
     let (tb, mb) = checkpoint::load(&b.join("final.safetensors"), &dev).unwrap();
     assert_eq!(ma, mb);
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    let has_ema =
+        ta.keys().any(|k| k.starts_with("ema_a.")) && ta.keys().any(|k| k.starts_with("ema_b."));
+    assert_eq!(
+        has_ema,
+        cfg.ema_teacher.is_some(),
+        "EMA copies in the checkpoint"
+    );
     for (k, t) in &ta {
         let x: Vec<f32> = t
             .flatten_all()

@@ -41,6 +41,11 @@ pub struct IterationInput<'a> {
     pub total_iterations: usize,
     /// Seed of this iteration's voxel sampling (e.g. run seed + t).
     pub seed: u64,
+    /// Logits `[N_u, K, D, H, W]` on the unlabeled items of smoothed (EMA) copies of A and B, when the
+    /// trainer keeps them: the chosen teacher's copy then gives the pseudo-labels and the entropy (Mean
+    /// Teacher's damping of confirmation bias, SPEC section 6). `None`: the live nets teach (SPEC section 2).
+    /// Used by `Preset::Paper` only.
+    pub teacher_logits: Option<[&'a Tensor; 2]>,
 }
 
 /// Every term of one iteration. Tensors are scalars; `total` is the one to back-propagate.
@@ -276,9 +281,20 @@ impl Objective {
             (host(&sup_a.ce)?, host(&sup_a.dice)?),
             (host(&sup_b.ce)?, host(&sup_b.dice)?),
         );
-        let probs_t = match teacher {
-            Net::A => a.probs_u.detach(),
-            Net::B => b.probs_u.detach(),
+        let probs_t = match (input.teacher_logits, teacher) {
+            (None, Net::A) => a.probs_u.detach(),
+            (None, Net::B) => b.probs_u.detach(),
+            (Some([ta, tb]), net) => {
+                let logits = if net == Net::A { ta } else { tb };
+                if logits.dims() != a.probs_u.dims() {
+                    bail!(
+                        "teacher logits {:?} must match the unlabeled half {:?}",
+                        logits.dims(),
+                        a.probs_u.dims()
+                    );
+                }
+                candle_nn::ops::softmax(&logits.detach(), 1)?
+            }
         };
         let yhat = pseudo_labels(&probs_t)?;
         let alpha = alpha_schedule(cfg.alpha0, t, t_max).max(cfg.alpha_floor);

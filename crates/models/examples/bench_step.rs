@@ -115,6 +115,7 @@ fn main() -> Res<()> {
             iteration: step,
             total_iterations: 6000,
             seed: step as u64,
+            teacher_logits: None,
         };
         let terms = objective.assemble(&input)?;
         let t_loss = t0.elapsed().as_secs_f64();

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 pub const NET_A: &str = "net_a";
 /// Prefix of subnet B (ResNet-34 V-Net) tensors.
 pub const NET_B: &str = "net_b";
+/// Prefix of the smoothed (EMA) teacher copy of subnet A, when the run keeps one.
+pub const EMA_A: &str = "ema_a";
+/// Prefix of the smoothed (EMA) teacher copy of subnet B, when the run keeps one.
+pub const EMA_B: &str = "ema_b";
 /// Prefix of optimiser momentum buffers.
 pub const MOMENTUM: &str = "momentum";
 const FORMAT: &str = "duoseg-checkpoint-1";

@@ -276,6 +276,11 @@ pub struct TrainConfig {
     /// Loss terms and schedules (SPEC section 2).
     #[serde(default)]
     pub loss: LossConfig,
+    /// Momentum of exponential-moving-average copies of both nets that give the pseudo-labels (the teacher
+    /// rule still picks which net's copy teaches); `null` (default): the live nets teach, as SPEC section 2.
+    /// Mean Teacher's remedy for confirmation bias, a SPEC section 6 candidate.
+    #[serde(default)]
+    pub ema_teacher: Option<f64>,
     /// Evaluation and inference.
     pub eval: EvalConfig,
     /// Checkpoints.
@@ -367,6 +372,11 @@ impl TrainConfig {
                 "batch {:?}: the method needs labeled and unlabeled crops",
                 self.batch
             ));
+        }
+        if let Some(m) = self.ema_teacher {
+            if !(0.0..1.0).contains(&m) {
+                return bad(format!("ema_teacher {m}: the momentum must lie in [0, 1)"));
+            }
         }
         if self.data.labeled == 0 {
             return bad("data.labeled must be positive".into());

@@ -4,6 +4,10 @@
 //! contrastive loss's voxel sampling, the Dropout3d masks of each net) comes from a stream seeded by
 //! `(seed, t)`, so the RNG state of a checkpoint is just `(seed, iteration)`, and weights are initialised
 //! from `seed` too. On the CPU a resumed run therefore equals the uninterrupted one exactly.
+//!
+//! With `ema_teacher = m` the run also keeps exponential-moving-average copies of both nets (updated after
+//! every SGD step, saved in checkpoints as `ema_a.*` / `ema_b.*`); the copy of the net the teacher rule picks
+//! gives the pseudo-labels and their entropy.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +25,7 @@ use duoseg_metrics::{EvaluationReport, MetricDefinition};
 use duoseg_models::{NetConfig, ResNet34VNet, SegNet, VNet};
 use rand::{Rng as _, SeedableRng};
 
-use crate::checkpoint::{self, CheckpointMeta, MOMENTUM, NET_A, NET_B};
+use crate::checkpoint::{self, CheckpointMeta, EMA_A, EMA_B, MOMENTUM, NET_A, NET_B};
 use crate::config::{EvalNets, Method, ModelConfig, TrainConfig};
 use crate::data::{Case, TrainData};
 use crate::run::{LogRecord, LogWriter, RunDir};
@@ -152,16 +156,44 @@ pub struct TrainOptions<'a> {
     pub observer: &'a mut dyn Observer,
 }
 
+/// `ema = m ema + (1 - m) live` for every trainable variable (batch-norm buffers: the copies keep their own,
+/// from their own forward passes).
+fn ema_update(ema: &Nets, live: &Nets, momentum: f64) -> Result<()> {
+    for (e, l) in [(&ema.vars_a, &live.vars_a), (&ema.vars_b, &live.vars_b)] {
+        let lock = |vm: &VarMap| {
+            vm.data()
+                .lock()
+                .map(|d| d.clone())
+                .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))
+        };
+        let (e, l) = (lock(e)?, lock(l)?);
+        for (name, live_var) in l.iter().filter(|(n, _)| !is_buffer_name(n)) {
+            let Some(ema_var) = e.get(name) else {
+                bail!("the EMA copy lacks variable {name}")
+            };
+            let mixed = ((ema_var.as_tensor().detach() * momentum)?
+                + (live_var.as_tensor().detach() * (1.0 - momentum))?)?;
+            ema_var.set(&mixed)?;
+        }
+    }
+    Ok(())
+}
+
 fn save_checkpoint(
     path: &Path,
     cfg: &TrainConfig,
     nets: &Nets,
+    ema: Option<&Nets>,
     opt: &Sgd,
     obj: &mut Option<Objective>,
     done: usize,
 ) -> Result<()> {
     let mut tensors = checkpoint::varmap_tensors(NET_A, &nets.vars_a)?;
     tensors.extend(checkpoint::varmap_tensors(NET_B, &nets.vars_b)?);
+    if let Some(e) = ema {
+        tensors.extend(checkpoint::varmap_tensors(EMA_A, &e.vars_a)?);
+        tensors.extend(checkpoint::varmap_tensors(EMA_B, &e.vars_b)?);
+    }
     for (n, t) in opt.state() {
         tensors.insert(format!("{MOMENTUM}.{n}"), t);
     }
@@ -213,6 +245,11 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
         )
     }
     let nets = build_nets(&cfg.model, &device, cfg.seed)?;
+    // the smoothed teachers start as exact copies (same seed, same initialisation)
+    let ema = match cfg.ema_teacher {
+        Some(m) if semi => Some((build_nets(&cfg.model, &device, cfg.seed)?, m)),
+        _ => None,
+    };
     let mut opt = Sgd::new(trainable(&nets)?, &cfg.optim)?;
     let mut objective = match cfg.method.effective_loss(&cfg.loss) {
         Some(l) => Some(Objective::new(l, cfg.model.n_classes)?),
@@ -225,6 +262,10 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
             let (tensors, meta) = checkpoint::load(&path, &device)?;
             checkpoint::restore_varmap(NET_A, &nets.vars_a, &tensors)?;
             checkpoint::restore_varmap(NET_B, &nets.vars_b, &tensors)?;
+            if let Some((e, _)) = &ema {
+                checkpoint::restore_varmap(EMA_A, &e.vars_a, &tensors)?;
+                checkpoint::restore_varmap(EMA_B, &e.vars_b, &tensors)?;
+            }
             let momentum = tensors
                 .iter()
                 .filter_map(|(k, t)| {
@@ -325,6 +366,17 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
                 )
             }
         }
+        let teacher_logits = match &ema {
+            Some((e, _)) => {
+                let xu = x.narrow(0, batch.n_labeled, batch.n_unlabeled)?;
+                e.a.reseed_dropout(mix(cfg.seed, t as u64, 5));
+                e.b.reseed_dropout(mix(cfg.seed, t as u64, 6));
+                let ta = e.a.forward_t(&xu, true)?.0.detach();
+                let tb = e.b.forward_t(&xu, true)?.0.detach();
+                Some((ta, tb))
+            }
+            None => None,
+        };
         let (total, mut terms): (Tensor, BTreeMap<String, f64>) = match objective.as_mut() {
             Some(obj) => {
                 let input = IterationInput {
@@ -340,6 +392,7 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
                     iteration: t,
                     total_iterations: t_max,
                     seed: mix(cfg.seed, t as u64, 2),
+                    teacher_logits: teacher_logits.as_ref().map(|(a, b)| [a, b]),
                 };
                 let lt = obj.assemble(&input)?;
                 let mut m: BTreeMap<String, f64> = lt
@@ -383,6 +436,9 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
         opt.set_lr(lr);
         let grads = total.backward()?;
         opt.step(&grads)?;
+        if let Some((e, m)) = &ema {
+            ema_update(e, &nets, *m)?;
+        }
         let dt = t0.elapsed().as_secs_f64();
         terms.retain(|_, v| v.is_finite());
         let rec = LogRecord {
@@ -402,7 +458,8 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
             || done == t_max
         {
             let p = checkpoint::iter_path(&ckpt_dir, done);
-            save_checkpoint(&p, cfg, &nets, &opt, &mut objective, done)?;
+            let e = ema.as_ref().map(|(e, _)| e);
+            save_checkpoint(&p, cfg, &nets, e, &opt, &mut objective, done)?;
             checkpoint::prune(&ckpt_dir, cfg.checkpoint.keep_last)?;
             observer.message(&format!("checkpoint {}", p.display()));
         }
@@ -414,6 +471,7 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
         &run.final_weights(),
         cfg,
         &nets,
+        ema.as_ref().map(|(e, _)| e),
         &opt,
         &mut objective,
         t_max,

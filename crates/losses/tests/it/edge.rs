@@ -198,6 +198,7 @@ fn assemble_with(cfg: LossConfig, logits_a: &Tensor, logits_b: &Tensor, y: &Tens
         iteration: 0,
         total_iterations: 100,
         seed: 0,
+        teacher_logits: None,
     };
     let terms = obj.assemble(&input).unwrap();
     for (k, v) in terms.scalars().unwrap() {
@@ -279,6 +280,7 @@ fn assemble_rejects_bad_shapes() {
         iteration: 0,
         total_iterations: 10,
         seed: 0,
+        teacher_logits: None,
     };
     assert!(obj
         .assemble(&input)
@@ -345,6 +347,7 @@ fn alpha_floor_keeps_the_most_uncertain_voxels_out_late_in_training() {
             iteration: t,
             total_iterations: 100,
             seed: 0,
+            teacher_logits: None,
         })
         .unwrap()
     };
@@ -366,4 +369,56 @@ fn alpha_floor_keeps_the_most_uncertain_voxels_out_late_in_training() {
             "alpha_floor {bad} accepted"
         );
     }
+}
+
+#[test]
+fn smoothed_teacher_logits_give_the_pseudo_labels() {
+    let y = rand_labels(&[1, 4, 4, 4], 2, 70).unwrap();
+    let la = candle_core::Var::from_tensor(&rand_f64(&[2, 2, 4, 4, 4], 2.0, 71).unwrap()).unwrap();
+    let lb = candle_core::Var::from_tensor(&rand_f64(&[2, 2, 4, 4, 4], 2.0, 72).unwrap()).unwrap();
+    let f = candle_core::Var::from_tensor(&rand_f64(&[2, 4, 4, 4, 4], 1.0, 73).unwrap()).unwrap();
+    let run = |teacher: Option<[&Tensor; 2]>| -> candle_core::Result<LossTerms> {
+        let mut obj = Objective::new(LossConfig::default(), 2)?;
+        obj.assemble(&IterationInput {
+            a: NetOutputs {
+                logits: la.as_tensor(),
+                features: f.as_tensor(),
+            },
+            b: NetOutputs {
+                logits: lb.as_tensor(),
+                features: f.as_tensor(),
+            },
+            labels: &y,
+            iteration: 10,
+            total_iterations: 100,
+            seed: 3,
+            teacher_logits: teacher,
+        })
+    };
+    let (ua, ub) = (
+        la.as_tensor().narrow(0, 1, 1).unwrap(),
+        lb.as_tensor().narrow(0, 1, 1).unwrap(),
+    );
+    let live = run(None).unwrap();
+    let same = run(Some([&ua, &ub])).unwrap();
+    assert_eq!(scalar(&live.total), scalar(&same.total));
+    // negated logits: for two classes the entropy is unchanged and every pseudo-label flips
+    let (na, nb) = (ua.neg().unwrap(), ub.neg().unwrap());
+    let flipped = run(Some([&na, &nb])).unwrap();
+    assert_eq!(flipped.n_reliable, live.n_reliable);
+    let (teacher_u, student_u) = match flipped.teacher {
+        Net::A => (&na, &ub),
+        Net::B => (&nb, &ua),
+    };
+    let pt = candle_nn::ops::softmax(teacher_u, 1).unwrap();
+    let yhat = pseudo_labels(&pt).unwrap();
+    let reliable = select_reliable(&entropy(&pt).unwrap(), flipped.alpha).unwrap();
+    let ps = candle_nn::ops::softmax(student_u, 1).unwrap();
+    let expected = scalar(&cross_entropy(student_u, &yhat, Some(&reliable)).unwrap())
+        + scalar(&dice_loss(&ps, &yhat, Some(&reliable)).unwrap());
+    assert!((scalar(&flipped.unsup) - expected).abs() < 1e-12);
+    assert!((scalar(&flipped.unsup) - scalar(&live.unsup)).abs() > 1e-3);
+    // the teacher's logits must cover the unlabeled half
+    let wrong = la.as_tensor().clone();
+    assert!(run(Some([&wrong, &wrong])).is_err());
 }

@@ -59,6 +59,7 @@ fn check_preset(preset: &str, cfg: LossConfig) {
         iteration: 1000,
         total_iterations: 6000,
         seed: 0,
+        teacher_logits: None,
     };
     let terms = objective.assemble(&input).unwrap();
     let got = terms.scalars().unwrap();

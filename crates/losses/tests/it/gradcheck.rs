@@ -178,6 +178,7 @@ fn assembled_total_gradient() {
                 iteration: 300,
                 total_iterations: 600,
                 seed: 5,
+                teacher_logits: None,
             };
             objective.clone().assemble(&input)
         };
