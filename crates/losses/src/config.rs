@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::consistency::ThresholdRule;
+use crate::consistency::{RegNormalization, ThresholdRule};
 use crate::contrastive::ContrastiveConfig;
 use crate::reliability::TeacherRule;
 use crate::schedule::{LambdaSchedule, ScheduleShape};
@@ -47,6 +47,8 @@ pub struct LossConfig {
     pub alpha_floor: f64,
     /// Threshold T of `M_diff`.
     pub threshold: ThresholdRule,
+    /// What `L_reg` is divided by.
+    pub reg_normalize: RegNormalization,
     /// Prototype contrastive loss options.
     pub contrastive: ContrastiveConfig,
     /// `lambda_u(t)`, weight of `L_u + L_reg`.
@@ -73,6 +75,7 @@ impl Default for LossConfig {
             alpha0: 0.2,
             alpha_floor: 0.0,
             threshold: ThresholdRule::default(),
+            reg_normalize: RegNormalization::default(),
             contrastive: ContrastiveConfig::default(),
             lambda_u: LambdaSchedule {
                 weight: 1.0,

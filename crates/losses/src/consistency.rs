@@ -109,9 +109,36 @@ pub fn disagreement_mask(probs_a: &Tensor, probs_b: &Tensor, threshold: f64) -> 
     (conf_a * conf_b)?.mul(&differ)?.to_dtype(DType::F32)
 }
 
+/// What `L_reg`'s masked L1 sum is divided by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegNormalization {
+    /// `max(1, |M_diff|)` (SPEC section 2 step 5). Default. With few disagreeing voxels each of them gets
+    /// a gradient of order 1, thousands of times the per-voxel gradient of the cross-entropy.
+    #[default]
+    Disagreement,
+    /// The number of unlabeled voxels: a per-voxel mean, whose gradient per voxel never exceeds the
+    /// cross-entropy's.
+    Voxels,
+}
+
 /// `L_reg = sum |M_diff p_A - M_diff p_B| / max(1, |M_diff|)`: L1 over classes, gradient into both nets.
 pub fn consistency_l1(probs_a: &Tensor, probs_b: &Tensor, mdiff: &Tensor) -> Result<Tensor> {
+    consistency_l1_normalized(probs_a, probs_b, mdiff, RegNormalization::Disagreement)
+}
+
+/// `L_reg` with the given normalisation (see [`RegNormalization`]); `mdiff` is `[N, 1, ...]`.
+pub fn consistency_l1_normalized(
+    probs_a: &Tensor,
+    probs_b: &Tensor,
+    mdiff: &Tensor,
+    normalization: RegNormalization,
+) -> Result<Tensor> {
     let mdiff = mdiff.to_dtype(probs_a.dtype())?;
     let diff = (probs_a - probs_b)?.broadcast_mul(&mdiff)?;
-    div_by_count(&diff.abs()?.sum_all()?, &mdiff.sum_all()?)
+    let sum = diff.abs()?.sum_all()?;
+    match normalization {
+        RegNormalization::Disagreement => div_by_count(&sum, &mdiff.sum_all()?),
+        RegNormalization::Voxels => sum.affine(1.0 / mdiff.elem_count().max(1) as f64, 0.0),
+    }
 }

@@ -17,7 +17,8 @@ mod supervised;
 
 pub use config::{LossConfig, Preset, StudentRule};
 pub use consistency::{
-    consistency_l1, disagreement_mask, mean_confidence, DynamicThreshold, ThresholdRule,
+    consistency_l1, consistency_l1_normalized, disagreement_mask, mean_confidence,
+    DynamicThreshold, RegNormalization, ThresholdRule,
 };
 pub use contrastive::{l2_normalize, prototype_contrastive, ContrastiveConfig, ContrastiveTerms};
 pub use objective::{IterationInput, LossTerms, NetOutputs, Objective};

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use candle_core::{bail, DType, Result, Tensor};
 
 use crate::config::{LossConfig, Preset, StudentRule};
-use crate::consistency::{consistency_l1, disagreement_mask, mean_confidence, DynamicThreshold};
+use crate::consistency::{
+    consistency_l1_normalized, disagreement_mask, mean_confidence, DynamicThreshold,
+};
 use crate::contrastive::{prototype_contrastive, ContrastiveTerms};
 use crate::reliability::{
     alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable, Net,
@@ -323,7 +325,7 @@ impl Objective {
             threshold = self.threshold.update(conf, t, t_max);
             let mdiff = disagreement_mask(&a.probs_u, &b.probs_u, threshold)?;
             n_disagree = count(&mdiff)?;
-            reg = consistency_l1(&a.probs_u, &b.probs_u, &mdiff)?;
+            reg = consistency_l1_normalized(&a.probs_u, &b.probs_u, &mdiff, cfg.reg_normalize)?;
         }
 
         let (mut contrast_a, mut contrast_b) = (zero_contrast(&zero), zero_contrast(&zero));

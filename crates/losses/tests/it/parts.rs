@@ -109,6 +109,16 @@ fn disagreement_mask_by_hand() {
     );
     let reg = consistency_l1(&pa, &pb, &m).unwrap();
     assert!((scalar(&reg) - 1.4).abs() < 1e-6);
+    // per-voxel normalisation: the same sum over the 3 voxels
+    let per_voxel = consistency_l1_normalized(&pa, &pb, &m, RegNormalization::Voxels).unwrap();
+    assert!((scalar(&per_voxel) - 1.4 / 3.0).abs() < 1e-6);
+    let none = Tensor::zeros((1, 1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    for n in [RegNormalization::Voxels, RegNormalization::Disagreement] {
+        assert_eq!(
+            scalar(&consistency_l1_normalized(&pa, &pb, &none, n).unwrap()),
+            0.0
+        );
+    }
 }
 
 #[test]
