@@ -113,12 +113,14 @@ pub fn disagreement_mask(probs_a: &Tensor, probs_b: &Tensor, threshold: f64) -> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RegNormalization {
-    /// `max(1, |M_diff|)` (SPEC section 2 step 5). Default. With few disagreeing voxels each of them gets
-    /// a gradient of order 1, thousands of times the per-voxel gradient of the cross-entropy.
-    #[default]
+    /// `max(1, |M_diff|)` (SPEC section 2 step 5, the paper's formula). With few disagreeing voxels each
+    /// of them gets a gradient of order 1, thousands of times the per-voxel gradient of the cross-entropy.
     Disagreement,
     /// The number of unlabeled voxels: a per-voxel mean, whose gradient per voxel never exceeds the
-    /// cross-entropy's.
+    /// cross-entropy's. Default: the only `L_reg` setting under which the method beat supervised-only on
+    /// all three demo seeds (`bench/sweep-demo.md`); divided by `|M_diff|` it lost on two of three, and with
+    /// T >= 0.8 one run collapsed to empty predictions.
+    #[default]
     Voxels,
 }
 

@@ -87,7 +87,12 @@ fn check_preset(preset: &str, cfg: LossConfig) {
 
 #[test]
 fn paper_preset_matches_pytorch() {
-    check_preset("paper", LossConfig::default());
+    // the fixture script computes SPEC section 2's formula: L_reg divided by |M_diff|
+    let cfg = LossConfig {
+        reg_normalize: RegNormalization::Disagreement,
+        ..LossConfig::default()
+    };
+    check_preset("paper", cfg);
 }
 
 #[test]
