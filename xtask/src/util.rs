@@ -48,3 +48,9 @@ pub fn parse_list(text: &str, flag: &str) -> Result<Vec<u64>> {
         })
         .collect()
 }
+
+/// The Python interpreter of the reference scripts (torch, nibabel, medpy): `$DUOSEG_PYTHON`, else
+/// `python3`. Every bench that compares against Python uses it; `--torch PYTHON` overrides it per run.
+pub fn python() -> String {
+    std::env::var("DUOSEG_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}

@@ -53,7 +53,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "bench_io",
     ]))?;
     let example = util::root().join("target/release/examples/bench_io");
-    let python = std::env::var("DUOSEG_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = util::python();
     let script = util::root().join("tests/reference/io_bench.py");
     let num = |v: &Value, k: &str| v[k].as_f64().with_context(|| format!("missing {k} in {v}"));
     let (mut rust_runs, mut nibabel_runs) = (Vec::new(), Vec::new());

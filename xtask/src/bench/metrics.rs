@@ -71,7 +71,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .args(&common)
             .env("RAYON_NUM_THREADS", "1"),
     )?;
-    let python = std::env::var("DUOSEG_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = util::python();
     let script = util::root().join("xtask/src/bench/metrics.py");
     let medpy = capture(Command::new(&python).arg(&script).args(&common))?;
 

@@ -4,7 +4,7 @@
 //! Runs `crates/models/examples/bench_step.rs` (release) and
 //! `../shared/reference/bench_torch.py --device cpu --crop D H W --modes default` (its sliding-window
 //! part on a single crop-sized volume, so it costs one window) with the interpreter given by `--torch`
-//! (default `/work/venv/bin/python`; `--torch none` skips it), and writes `bench/step.json` with both
+//! (default `$DUOSEG_PYTHON`, else `python3`; `--torch none` skips it), and writes `bench/step.json` with both
 //! results, the time ratio (duoseg / PyTorch) and both peak resident memories.
 //!
 //! Options: `--crop D H W` (default 64 64 48), `--iters N` (default 3), `--warmup N` (default 1),
@@ -29,7 +29,7 @@ its last step, both peak resident memories, the ratio duoseg / PyTorch and the l
   --crop D H W     crop size, each a multiple of 16 (default 64 64 48)
   --iters N        timed steps per side (default 3)
   --warmup N       untimed steps first (default 1)
-  --torch PYTHON   interpreter with torch (default /work/venv/bin/python); none skips PyTorch
+  --torch PYTHON   interpreter with torch (default $DUOSEG_PYTHON, else python3); none skips PyTorch
 
 Other processes distort both timings (PyTorch's OpenMP threads far more): compare the ratio within
 one run, and repeat it.";
@@ -62,7 +62,7 @@ fn capture(cmd: &mut Command) -> Result<Vec<Value>> {
 pub fn run(args: &[String]) -> Result<()> {
     let mut crop = vec!["64".to_string(), "64".into(), "48".into()];
     let (mut iters, mut warmup) = ("3".to_string(), "1".to_string());
-    let mut torch = Some("/work/venv/bin/python".to_string());
+    let mut torch = Some(util::python());
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
