@@ -20,6 +20,23 @@ pub struct ContrastiveConfig {
     /// Whether the pull term also back-propagates into the prototypes (default: no; they are constants
     /// there, and receive gradient through the push term only).
     pub pull_through_prototypes: bool,
+    /// What the pull term's sum is divided by.
+    pub pull_normalize: PullNormalization,
+}
+
+/// What the pull term's sum over unreliable voxels is divided by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullNormalization {
+    /// The number of sampled unreliable voxels: a mean over them (SPEC section 2 step 6, the paper). Late in
+    /// training `alpha_t` leaves few unreliable voxels, and each of them gets a gradient of order `lambda_c`,
+    /// hundreds of times the per-voxel gradient of the cross-entropy, on a pseudo-label that is a coin flip.
+    #[default]
+    Sampled,
+    /// The number of unlabeled voxels: the sample mean scaled by `candidates / unlabeled voxels`, an unbiased
+    /// estimate of `sum over unreliable v of -log p(y_hat(v) | v) / |unlabeled voxels|`, so the per-voxel
+    /// gradient never exceeds `lambda_c / |unlabeled voxels|`.
+    Voxels,
 }
 
 impl Default for ContrastiveConfig {
@@ -29,6 +46,7 @@ impl Default for ContrastiveConfig {
             margin: 1.0,
             max_samples: 4096,
             pull_through_prototypes: false,
+            pull_normalize: PullNormalization::Sampled,
         }
     }
 }
@@ -160,7 +178,8 @@ pub fn prototype_contrastive(
         .filter(|&i| rel[i] == 0.0 && slot[yhat[i] as usize] != u32::MAX)
         .map(|i| i as u32)
         .collect();
-    let n_sampled = candidates.len().min(cfg.max_samples);
+    let n_candidates = candidates.len();
+    let n_sampled = n_candidates.min(cfg.max_samples);
     let pull = if n_sampled == 0 {
         zero
     } else {
@@ -190,7 +209,13 @@ pub fn prototype_contrastive(
             .sum(2)?; // [S, P]
         let log_p = candle_nn::ops::log_softmax(&(d2 * (-1.0 / cfg.tau))?, 1)?;
         let targets = Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?;
-        log_p.gather(&targets, 1)?.mean_all()?.neg()?
+        let mean = log_p.gather(&targets, 1)?.mean_all()?.neg()?;
+        match cfg.pull_normalize {
+            PullNormalization::Sampled => mean,
+            PullNormalization::Voxels => {
+                mean.affine(n_candidates as f64 / rel.len().max(1) as f64, 0.0)?
+            }
+        }
     };
 
     // Push: every unordered pair of present prototypes.

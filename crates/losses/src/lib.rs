@@ -20,7 +20,9 @@ pub use consistency::{
     consistency_l1, consistency_l1_normalized, disagreement_mask, mean_confidence,
     DynamicThreshold, RegNormalization, ThresholdRule,
 };
-pub use contrastive::{l2_normalize, prototype_contrastive, ContrastiveConfig, ContrastiveTerms};
+pub use contrastive::{
+    l2_normalize, prototype_contrastive, ContrastiveConfig, ContrastiveTerms, PullNormalization,
+};
 pub use objective::{IterationInput, LossTerms, NetOutputs, Objective};
 pub use reliability::{
     alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable, Net, TeacherRule,

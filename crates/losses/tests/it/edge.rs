@@ -178,6 +178,32 @@ fn sampler_caps_and_is_seeded() {
     assert_ne!(scalar(&a.pull), scalar(&c.pull));
 }
 
+#[test]
+fn pull_normalized_by_voxels_scales_the_mean_by_the_unreliable_share() {
+    let fu = rand_f64(&[1, 4, 8, 8, 8], 1.0, 7).unwrap();
+    let fl = rand_f64(&[1, 4, 8, 8, 8], 1.0, 8).unwrap();
+    let y = rand_labels(&[1, 8, 8, 8], 2, 9).unwrap();
+    // 96 of 512 voxels unreliable (the first 96 in C order)
+    let rel: Vec<f64> = (0..512).map(|i| if i < 96 { 0.0 } else { 1.0 }).collect();
+    let reliable = Tensor::from_vec(rel, (1, 8, 8, 8), &Device::Cpu).unwrap();
+    for max_samples in [4096, 40] {
+        let run = |pull_normalize| {
+            let cfg = ContrastiveConfig {
+                max_samples,
+                pull_normalize,
+                ..Default::default()
+            };
+            prototype_contrastive(&fu, &reliable, &y, &fl, &y, 2, &cfg, 3).unwrap()
+        };
+        let mean = run(PullNormalization::Sampled);
+        let per_voxel = run(PullNormalization::Voxels);
+        assert_eq!(mean.n_sampled, 96.min(max_samples));
+        let want = scalar(&mean.pull) * 96.0 / 512.0;
+        assert!((scalar(&per_voxel.pull) - want).abs() < 1e-12 * want.abs().max(1.0));
+        assert_eq!(scalar(&mean.push), scalar(&per_voxel.push));
+    }
+}
+
 /// One iteration on 1 labeled + 1 unlabeled item of 4^3 with the given logits for both nets.
 fn assemble_with(cfg: LossConfig, logits_a: &Tensor, logits_b: &Tensor, y: &Tensor) -> LossTerms {
     let fa = candle_core::Var::from_tensor(&rand_f64(&[2, 4, 4, 4, 4], 1.0, 30).unwrap()).unwrap();
