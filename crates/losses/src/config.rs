@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::consistency::{RegNormalization, ThresholdRule};
-use crate::contrastive::ContrastiveConfig;
+use crate::contrastive::{ContrastiveConfig, PullNormalization};
 use crate::reliability::TeacherRule;
 use crate::schedule::{LambdaSchedule, ScheduleShape};
 
@@ -110,6 +110,11 @@ impl LossConfig {
             preset: Preset::ReferenceCode,
             teacher: TeacherRule::LowerDice,
             threshold: ThresholdRule::Fixed { value: 0.6 },
+            // the published code averages its (detached, logged-only) pull term over the sampled voxels
+            contrastive: ContrastiveConfig {
+                pull_normalize: PullNormalization::Sampled,
+                ..ContrastiveConfig::default()
+            },
             ..LossConfig::default()
         }
     }

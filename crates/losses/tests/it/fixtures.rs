@@ -87,11 +87,13 @@ fn check_preset(preset: &str, cfg: LossConfig) {
 
 #[test]
 fn paper_preset_matches_pytorch() {
-    // the fixture script computes SPEC section 2's formula: L_reg divided by |M_diff|
-    let cfg = LossConfig {
+    // the fixture script computes SPEC section 2's formulas: L_reg divided by |M_diff|, the pull term a
+    // mean over the sampled unreliable voxels
+    let mut cfg = LossConfig {
         reg_normalize: RegNormalization::Disagreement,
         ..LossConfig::default()
     };
+    cfg.contrastive.pull_normalize = PullNormalization::Sampled;
     check_preset("paper", cfg);
 }
 
