@@ -6,7 +6,8 @@
 //! [--set key=value]... [--variant LABEL:key=value,key=value]...`
 //! `--set` applies to every run; each `--variant` adds one row (besides `supervised` and `duoseg`,
 //! which always run). Runs go to `runs/sweep-<name>/<variant>-s<seed>`; a run whose `summary.json`
-//! exists is reused, so an interrupted sweep continues where it stopped.
+//! exists is reused, so an interrupted sweep continues where it stopped. Each run records the code
+//! version that trained it (`code-version.txt`), and the table lists them, so reused runs name their code.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,6 +104,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = util::root();
     util::run(Command::new("cargo").args(["build", "--release", "-p", "cli"]))?;
     let bin = root.join("target/release/duoseg");
+    let code = util::code_version();
 
     let mut rows = Vec::new();
     for v in &variants {
@@ -113,6 +115,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 .join(format!("sweep-{name}"))
                 .join(format!("{}-s{seed}", v.label));
             let summary = out.join("summary.json");
+            let version_file = out.join("code-version.txt");
             if !summary.exists() {
                 let mut cmd = Command::new(&bin);
                 cmd.arg("train")
@@ -126,7 +129,12 @@ pub fn run(args: &[String]) -> Result<()> {
                     cmd.args(["--set", s]);
                 }
                 util::run(&mut cmd)?;
+                std::fs::write(&version_file, format!("{code}\n"))
+                    .with_context(|| format!("cannot write {}", version_file.display()))?;
             }
+            let version = std::fs::read_to_string(&version_file)
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|_| "unrecorded".into());
             let s: Value = serde_json::from_str(
                 &std::fs::read_to_string(&summary)
                     .with_context(|| format!("{}", summary.display()))?,
@@ -134,7 +142,7 @@ pub fn run(args: &[String]) -> Result<()> {
             let Some((dice, jac, hd, asd)) = headline(&s) else {
                 bail!("{}: no summary numbers", summary.display())
             };
-            per_seed.push(json!({ "seed": seed, "dice": dice, "jaccard": jac, "hd95_vox": hd, "asd_vox": asd, "run": out }));
+            per_seed.push(json!({ "seed": seed, "dice": dice, "jaccard": jac, "hd95_vox": hd, "asd_vox": asd, "run": out, "code": version }));
         }
         let col = |k: &str| -> Vec<f64> { per_seed.iter().filter_map(|r| r[k].as_f64()).collect() };
         let stats: Value = ["dice", "jaccard", "hd95_vox", "asd_vox"]
@@ -147,7 +155,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .into();
         rows.push(json!({ "variant": v.label, "sets": common.iter().chain(&v.sets).collect::<Vec<_>>(), "seeds": per_seed, "summary": stats }));
     }
-    let md = table(&rows, &seeds);
+    let md = format!("{}\n{}", table(&rows, &seeds), provenance(&rows));
     println!("{md}");
     let out = json!({ "config": config, "seeds": seeds, "extra_args": extra, "variants": rows });
     util::write_json(&root.join("bench").join(format!("sweep-{name}.json")), &out)?;
@@ -210,6 +218,41 @@ fn table(rows: &[Value], seeds: &[u64]) -> String {
             } else {
                 "no"
             }
+        ));
+    }
+    s
+}
+
+/// One line per variant: its settings and the code versions of its runs.
+fn provenance(rows: &[Value]) -> String {
+    let mut s = String::from(
+        "Variants (`--set` on top of the config) and the code version of each run:\n\n",
+    );
+    for r in rows {
+        let sets: Vec<&str> = r["sets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut codes: Vec<&str> = r["seeds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["code"].as_str())
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        let sets = if sets.is_empty() {
+            "the config's defaults".to_string()
+        } else {
+            format!("`{}`", sets.join(" "))
+        };
+        s.push_str(&format!(
+            "- {}: {}; code {}\n",
+            r["variant"].as_str().unwrap_or("?"),
+            sets,
+            codes.join(", ")
         ));
     }
     s

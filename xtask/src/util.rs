@@ -54,3 +54,25 @@ pub fn parse_list(text: &str, flag: &str) -> Result<Vec<u64>> {
 pub fn python() -> String {
     std::env::var("DUOSEG_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
+
+/// The checked-out commit (`git rev-parse --short HEAD`), with `+dirty` when tracked files differ from it;
+/// `unknown` outside a git checkout. Recorded with benchmark runs so reused results name their code.
+pub fn code_version() -> String {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(root())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(s) if s.is_empty() => head,
+            _ => format!("{head}+dirty"),
+        },
+        None => "unknown".into(),
+    }
+}
