@@ -55,7 +55,8 @@ pub fn python() -> String {
     std::env::var("DUOSEG_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
-/// The checked-out commit (`git rev-parse --short HEAD`), with `+dirty` when tracked files differ from it;
+/// The checked-out commit (`git rev-parse --short HEAD`), with `+dirty` when tracked files outside `bench/`
+/// (where benchmarks write their results) differ from it;
 /// `unknown` outside a git checkout. Recorded with benchmark runs so reused results name their code.
 pub fn code_version() -> String {
     let git = |args: &[&str]| -> Option<String> {
@@ -69,7 +70,14 @@ pub fn code_version() -> String {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(head) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(head) => match git(&[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!bench",
+        ]) {
             Some(s) if s.is_empty() => head,
             _ => format!("{head}+dirty"),
         },
