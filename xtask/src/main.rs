@@ -13,6 +13,8 @@ tasks:
   gpu-build          build the `cuda` feature here (CUDA wheels, stub libcuda) into gpu/bin
   gpu-run -- <bin>   print the device call that runs gpu/bin/<bin> on the GPU machine
   gpu-check          print (or --exec) the CUDA-vs-CPU op check for the GPU machine
+  gpu-pack --data DIR  binaries (xz) + a data subset + the PyTorch anchor into gpu/carry for
+                     xtask/gpu-la-bench.sh (the GPU figures: duoseg vs PyTorch seconds per step)
   sweep --config FILE --seeds 1,2,3 [--variant LABEL:k=v,...]... [--set k=v]...
                      train variants x seeds (supervised included), write bench/sweep-<name>.json
   reproduce-la --data DIR [--folds 0,1,2,3,4] [--labeled 16|8] [--devices cuda:0,..] [--iters N] [--slurm]
@@ -38,6 +40,7 @@ fn dispatch() -> Result<()> {
         "gpu-build" => gpu::build(&rest),
         "gpu-run" => gpu::run(&rest),
         "gpu-check" => gpu::check(&rest),
+        "gpu-pack" => gpu::pack(&rest),
         "sweep" => sweep::run(&rest),
         "reproduce-la" => reproduce::la(&rest),
         "reproduce-pancreas" => reproduce::pancreas(&rest),

@@ -37,9 +37,8 @@ pub struct DemoArgs {
     /// Seed (default: the demo config's).
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
-    /// Device: cpu or cuda:N.
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
@@ -61,7 +60,7 @@ pub fn demo_config(iters: Option<usize>, seed: Option<u64>) -> Result<TrainConfi
 /// Runs `duoseg demo`.
 pub fn run(args: DemoArgs) -> Result<crate::Outcome> {
     let base = demo_config(args.iters, args.seed)?;
-    let device = trainer::parse_device(&args.device)?;
+    let device = args.device.open()?;
     let stop = stop_flag()?;
     let mut reports = Vec::new();
     for method in [Method::Duoseg, Method::Supervised] {

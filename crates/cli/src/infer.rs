@@ -26,9 +26,8 @@ pub struct InferArgs {
     /// Output folder.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Device: cpu or cuda:N.
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// Also write per-class probability maps.
     #[arg(long)]
     pub probs: bool,
@@ -54,7 +53,7 @@ fn stem(p: &Path) -> String {
 
 /// Runs `duoseg infer`.
 pub fn run(args: InferArgs) -> Result<crate::Outcome> {
-    let device = trainer::parse_device(&args.device)?;
+    let device = args.device.open()?;
     let (mut cfg, nets) = trainer::load_nets(&args.checkpoint, &device)
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
     cfg.eval.largest_component |= args.lcc;

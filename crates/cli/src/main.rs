@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod device;
 mod evaluate;
 mod infer;
 mod inspect;

@@ -43,9 +43,8 @@ pub struct TrainArgs {
     /// Objective: duoseg, supervised, no_reg, no_contrastive, reference_code.
     #[arg(long, value_name = "METHOD")]
     pub method: Option<Method>,
-    /// Device: cpu or cuda:N.
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// Seed of every random stream (overrides `seed`).
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
@@ -181,7 +180,7 @@ pub fn run(args: TrainArgs) -> Result<crate::Outcome> {
         PathBuf::from("runs").join(format!("{}-{}", cfg.name, cfg.method.name()))
     });
     let run = RunDir::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let device = trainer::parse_device(&args.device)?;
+    let device = args.device.open()?;
     let mut progress = Progress::new(
         &format!("{}/{}", cfg.name, cfg.method.name()),
         cfg.log_every,
