@@ -459,6 +459,163 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+const PACK_USAGE: &str =
+    "usage: cargo xtask gpu-pack --data DIR [--train N] [--test N] [--reference DIR]
+
+Fills gpu/carry/ with what xtask/gpu-la-bench.sh needs on the GPU machine, within the device
+tool's 64 MiB: every binary of gpu/bin xz-compressed into gpu/carry/bin/, the first N cases of
+DIR's train.list and M of its test.list (images + labels, default 8 and 2) as a dataset folder
+gpu/carry/la/ (images/, labels/, train.list, test.list), and the PyTorch anchor
+(bench_torch.py, vnet_ref.py from --reference, default ../shared/reference) in gpu/carry/ref/.
+DIR is an MSD-style folder (imagesTr/<id>[_0000].nii.gz, labelsTr/<id>.nii.gz) with train.list
+and test.list, such as ../shared/data/la2018. Then the device call: carry [\"gpu/carry\"],
+command `bash xtask/gpu-la-bench.sh gpu/carry $OUT/la 200 && rm -rf $OUT/la`, and here
+`python3 xtask/gpu_la_summary.py <unpacked la/>` (the script already wrote la/gpu-la.json).";
+
+/// The device tool carries at most this much per call.
+const CARRY_LIMIT: u64 = 64 << 20;
+
+/// `cargo xtask gpu-pack`.
+pub fn pack(args: &[String]) -> Result<()> {
+    let mut data = None;
+    let (mut n_train, mut n_test) = (8usize, 2usize);
+    let mut reference = util::root().join("../shared/reference");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--data" => data = Some(PathBuf::from(value()?)),
+            "--train" => n_train = value()?.parse().context("--train")?,
+            "--test" => n_test = value()?.parse().context("--test")?,
+            "--reference" => reference = PathBuf::from(value()?),
+            "-h" | "--help" => {
+                println!("{PACK_USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{PACK_USAGE}"),
+        }
+    }
+    let data = data.with_context(|| format!("--data is required\n{PACK_USAGE}"))?;
+    let carry = util::root().join("gpu/carry");
+    if carry.exists() {
+        fs::remove_dir_all(&carry).with_context(|| format!("cannot remove {}", carry.display()))?;
+    }
+    for sub in ["bin", "la/images", "la/labels", "ref"] {
+        fs::create_dir_all(carry.join(sub))?;
+    }
+
+    let bin_dir = util::root().join("gpu/bin");
+    let mut packed = 0;
+    for entry in fs::read_dir(&bin_dir).with_context(|| {
+        format!(
+            "cannot list {} (run cargo xtask gpu-build)",
+            bin_dir.display()
+        )
+    })? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !path.is_file() || name.ends_with(".tmp") {
+            continue;
+        }
+        let dest = carry.join("bin").join(format!("{name}.xz"));
+        let file =
+            fs::File::create(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        let status = Command::new("xz")
+            .args(["-6", "-T0", "-c"])
+            .arg(&path)
+            .stdout(file)
+            .status()
+            .context("cannot run xz (install the xz-utils package)")?;
+        if !status.success() {
+            bail!("xz failed on {}", path.display());
+        }
+        packed += 1;
+    }
+    if packed == 0 {
+        bail!(
+            "no binaries in {} (run cargo xtask gpu-build)",
+            bin_dir.display()
+        );
+    }
+
+    let mut lists = Vec::new();
+    for (list, n) in [("train.list", n_train), ("test.list", n_test)] {
+        let path = data.join(list);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let ids: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .take(n)
+            .collect();
+        if ids.len() < n {
+            bail!(
+                "{} lists {} cases, fewer than the {n} asked for",
+                path.display(),
+                ids.len()
+            );
+        }
+        for id in &ids {
+            let image = ["", "_0000"]
+                .iter()
+                .map(|suffix| data.join(format!("imagesTr/{id}{suffix}.nii.gz")))
+                .find(|p| p.is_file())
+                .with_context(|| format!("no imagesTr/{id}[_0000].nii.gz in {}", data.display()))?;
+            let label = data.join(format!("labelsTr/{id}.nii.gz"));
+            for (src, sub) in [(&image, "images"), (&label, "labels")] {
+                let dest = carry.join("la").join(sub).join(format!("{id}.nii.gz"));
+                fs::copy(src, &dest).with_context(|| {
+                    format!("cannot copy {} to {}", src.display(), dest.display())
+                })?;
+            }
+        }
+        fs::write(carry.join("la").join(list), ids.join("\n") + "\n")?;
+        lists.push(ids.len());
+    }
+
+    for file in ["bench_torch.py", "vnet_ref.py"] {
+        let src = reference.join(file);
+        if src.is_file() {
+            fs::copy(&src, carry.join("ref").join(file))?;
+        } else {
+            eprintln!(
+                "gpu-pack: {} not found: the PyTorch anchor will not run",
+                src.display()
+            );
+        }
+    }
+
+    let total = dir_size(&carry)?;
+    eprintln!(
+        "gpu-pack: {} ({packed} binaries, {} train + {} test cases): {:.1} MiB of the {} MiB a call carries",
+        carry.display(),
+        lists[0],
+        lists[1],
+        total as f64 / (1 << 20) as f64,
+        CARRY_LIMIT >> 20
+    );
+    if total > CARRY_LIMIT {
+        bail!("gpu/carry is larger than a device call carries: use fewer cases");
+    }
+    Ok(())
+}
+
+/// Total size of the files under `dir`.
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
