@@ -12,8 +12,8 @@
 # ref/bench_torch.py + ref/vnet_ref.py. Device call: carry ["gpu/carry"], command
 # `bash xtask/gpu-la-bench.sh gpu/carry $OUT/la 200 && rm -rf $OUT/la`; it returns $OUT/la.tgz,
 # whose la/gpu-la.json (xtask/gpu_la_summary.py) has the step times side by side.
-# Before them, the op check (gpu_check: CUDA vs CPU) and benchmark (bench_nn3d beside
-# tests/reference/bench_nn3d_torch.py) when their binaries came.
+# Before them, the op check (gpu_check: CUDA vs CPU), the op benchmark (bench_nn3d beside
+# tests/reference/bench_nn3d_torch.py) and the per-phase step (bench_step) when their binaries came.
 # Every step has its own time limit, so one failing step still leaves the others' results.
 set -uo pipefail
 
@@ -56,6 +56,19 @@ if [ -x "$root/gpu/bin/bench_nn3d" ]; then
   echo "bench_nn3d rc $?" >> "$out/rc.txt"
   timeout 45 "$py" "$root/tests/reference/bench_nn3d_torch.py" --device cuda > "$out/nn3d-torch.json" 2> "$out/nn3d-torch.err"
   echo "bench_nn3d_torch rc $?" >> "$out/rc.txt"
+fi
+
+# One training step of both nets on random data, timed per phase (forward A, forward B, losses,
+# backward, SGD), with TF32 and in plain f32.
+if [ -x "$root/gpu/bin/bench_step" ]; then
+  phase bench_step
+  for mode in tf32 f32; do
+    flag=""
+    [ "$mode" = f32 ] && flag="--no-tf32"
+    timeout 60 bash "$root/xtask/gpu-run.sh" bench_step --device cuda --crop 112 112 80 --iters 10 --warmup 3 $flag \
+      > "$out/step-$mode.json" 2> "$out/step-$mode.err"
+    echo "bench_step $mode rc $?" >> "$out/rc.txt"
+  done
 fi
 
 # duoseg: ITERS iterations with TF32 convolutions (the default, as PyTorch's), then ITERS/2 in plain f32.

@@ -9,7 +9,8 @@ folder it came from. Only the standard library: it runs on the GPU machine and h
 Per duoseg run (`duoseg-<tag>-log.jsonl`): seconds per step, median and minimum over the steps
 after the first 10 (the first ones include cuDNN's algorithm search), the first step, and the test
 Dice of its summary. Per PyTorch mode (`torch.jsonl`): its own median step, peak memory and
-sliding-window time. The op benchmark (`nn3d-rust.json`, `nn3d-torch.json`): forward and
+sliding-window time. bench_step (`step-<tf32|f32>.json`): one step on random data, the median of each
+phase. The op benchmark (`nn3d-rust.json`, `nn3d-torch.json`): forward and
 forward + backward seconds per op on both sides. GPU memory in use (`gpu-memory.csv`, sampled once
 a second by nvidia-smi) is split into the phases of `phases.txt` and its peak reported per phase.
 """
@@ -138,6 +139,11 @@ def main():
                 entry["source"] = folder
                 out["pytorch"][entry.get("mode", "?")] = entry
                 out["gpu"] = entry.get("gpu") or out.get("gpu")
+        for mode in ("tf32", "f32"):
+            step = load_json(os.path.join(folder, f"step-{mode}.json"))
+            if step:
+                step["source"] = folder
+                out.setdefault("duoseg_step_phases", {})[mode] = step
         ops = nn3d(folder)
         if ops:
             out["nn3d"] = ops

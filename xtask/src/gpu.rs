@@ -86,6 +86,12 @@ const BINARIES: &[GpuBinary] = &[
         name: "bench_nn3d",
     },
     GpuBinary {
+        package: "duoseg-models",
+        dir: "crates/models",
+        example: Some("bench_step"),
+        name: "bench_step",
+    },
+    GpuBinary {
         package: "cli",
         dir: "crates/cli",
         example: None,
@@ -100,7 +106,8 @@ const BUILD_USAGE: &str = "usage: cargo xtask gpu-build [--only <name>]...
 
 Installs the CUDA toolkit wheels into .cuda/wheels (once), makes .cuda/lib, builds the CUDA
 binaries into gpu/target and copies them stripped into gpu/bin.
-Names: gpu_check (CUDA-vs-CPU op check), bench_nn3d (op benchmark), duoseg (the CLI).";
+Names: gpu_check (CUDA-vs-CPU op check), bench_nn3d (op benchmark), bench_step (one training
+step, per phase), duoseg (the CLI).";
 
 fn wheels_dir() -> PathBuf {
     util::root().join(".cuda/wheels")
@@ -133,7 +140,7 @@ pub fn build(args: &[String]) -> Result<()> {
         .filter(|b| only.is_empty() || only.iter().any(|o| o == b.name))
         .collect();
     if selected.is_empty() {
-        bail!("no binary named {only:?}; known: gpu_check, bench_nn3d, duoseg");
+        bail!("no binary named {only:?}; known: gpu_check, bench_nn3d, bench_step, duoseg");
     }
 
     install_wheels()?;

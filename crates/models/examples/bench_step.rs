@@ -1,10 +1,14 @@
-//! One full training step of both nets on the CPU: forward of 2 labeled + 2 unlabeled crops through
+//! One full training step of both nets (CPU, or CUDA with `--device cuda` in a `--features cuda`
+//! build): forward of 2 labeled + 2 unlabeled crops through
 //! V-Net and ResNet-34 V-Net (train mode, dropout on), every loss of SPEC section 2 (`Objective`, paper
 //! preset), backward, and an SGD update (lr 0.01, momentum 0.9, weight decay 1e-4, PyTorch semantics).
 //! The same workload as `../shared/reference/bench_torch.py --device cpu`; run by `cargo xtask bench step`.
 //!
-//! Usage: bench_step [--crop D H W] [--iters N] [--warmup N]. Prints one JSON object: median / min step
-//! seconds and the process's peak resident memory.
+//! Usage: bench_step [--crop D H W] [--iters N] [--warmup N] [--device cpu|cuda] [--no-tf32]. Prints one
+//! JSON object: median / min step seconds, the median of each phase (forward of each net, losses,
+//! backward, SGD) over the timed steps, and the process's peak resident memory. On CUDA the device is
+//! synchronised before every clock reading, so each phase gets the GPU time it queued; convolutions use
+//! TF32 unless `--no-tf32` (as the CLI).
 
 use std::time::Instant;
 
@@ -55,6 +59,8 @@ fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut crop = [64usize, 64, 48];
     let (mut iters, mut warmup) = (5usize, 1usize);
+    let mut device = "cpu".to_string();
+    let mut tf32 = true;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -75,10 +81,28 @@ fn main() -> Res<()> {
                 warmup = args.get(i + 1).ok_or("--warmup needs a value")?.parse()?;
                 i += 2;
             }
+            "--device" => {
+                device = args.get(i + 1).ok_or("--device needs a value")?.clone();
+                i += 2;
+            }
+            "--no-tf32" => {
+                tf32 = false;
+                i += 1;
+            }
             other => return Err(format!("unknown option {other:?}").into()),
         }
     }
-    let dev = Device::Cpu;
+    let dev = match device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        other => return Err(format!("--device must be cpu or cuda, got {other:?}").into()),
+    };
+    duoseg_nn3d::cuda::set_allow_tf32(tf32);
+    // The clock is read after the device has finished what was queued (a no-op on the CPU).
+    let now = |t0: &Instant| -> candle_core::Result<f64> {
+        dev.synchronize()?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let net_a = build(Arch::Vnet, NetConfig::default(), vb.pp("a"))?;
@@ -97,11 +121,12 @@ fn main() -> Res<()> {
     let mut times = Vec::new();
     let mut phases: Vec<[f64; 5]> = Vec::new();
     for step in 0..warmup + iters {
+        dev.synchronize()?;
         let t0 = Instant::now();
         let (la, fa) = net_a.forward_t(&x, true)?;
-        let t_a = t0.elapsed().as_secs_f64();
+        let t_a = now(&t0)?;
         let (lb, fb) = net_b.forward_t(&x, true)?;
-        let t_b = t0.elapsed().as_secs_f64();
+        let t_b = now(&t0)?;
         let input = IterationInput {
             a: NetOutputs {
                 logits: &la,
@@ -118,25 +143,32 @@ fn main() -> Res<()> {
             teacher_logits: None,
         };
         let terms = objective.assemble(&input)?;
-        let t_loss = t0.elapsed().as_secs_f64();
+        let t_loss = now(&t0)?;
         let grads = terms.total.backward()?;
-        let t_back = t0.elapsed().as_secs_f64();
+        let t_back = now(&t0)?;
         sgd.step(&grads)?;
-        phases.push([
-            t_a,
-            t_b - t_a,
-            t_loss - t_b,
-            t_back - t_loss,
-            t0.elapsed().as_secs_f64() - t_back,
-        ]);
+        let t_end = now(&t0)?;
         if step >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
+            phases.push([
+                t_a,
+                t_b - t_a,
+                t_loss - t_b,
+                t_back - t_loss,
+                t_end - t_back,
+            ]);
+            times.push(t_end);
         }
     }
     times.sort_by(f64::total_cmp);
+    let phase_median = |k: usize| {
+        let mut v: Vec<f64> = phases.iter().map(|p| p[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
     let report = serde_json::json!({
         "impl": "duoseg",
-        "device": "cpu",
+        "device": device,
+        "tf32": dev.is_cuda() && tf32,
         "crop": crop,
         "batch": "2+2",
         "iters": iters,
@@ -144,9 +176,10 @@ fn main() -> Res<()> {
         "step_s_min": times.first(),
         "peak_rss_gib": peak_rss_kib().map(|k| k as f64 / (1024.0 * 1024.0)),
         "threads": rayon_threads(),
-        "phases_last_s": phases.last().map(|p| serde_json::json!({
-            "forward_vnet": p[0], "forward_resnet34": p[1], "losses": p[2], "backward": p[3], "sgd": p[4]
-        })),
+        "phases_median_s": serde_json::json!({
+            "forward_vnet": phase_median(0), "forward_resnet34": phase_median(1), "losses": phase_median(2),
+            "backward": phase_median(3), "sgd": phase_median(4)
+        }),
     });
     println!("{report}");
     Ok(())
