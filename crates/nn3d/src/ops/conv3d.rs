@@ -90,10 +90,10 @@ impl Conv3dParams {
 ///
 /// `x [N, C_in, D, H, W]`, `w [C_out, C_in, kd, kh, kw]`, `bias [C_out]` → `[N, C_out, OD, OH, OW]`
 /// with `OD = (D + 2 * padding - dilation * (kd - 1) - 1) / stride + 1` (likewise H, W).
-/// Differentiable in `x`, `w` and `bias`. On GPUs, kernels equal to the stride with no padding (the
-/// V-Net down convolutions, and 1x1x1 kernels) run as reshape + permute + matmul; on the CPU the
-/// custom-op kernels are faster (measured 0.32 s against 1.25 s CPU time for forward + backward of
-/// 16 -> 32, 2^3 stride 2 on (2, 16, 112, 112, 80)).
+/// Differentiable in `x`, `w` and `bias`. Every shape runs as the custom ops (CPU kernels, cuDNN on
+/// CUDA), the strided 2^3 down convolutions included: as reshape + permute + matmul they were 4x slower
+/// on the CPU, and 5x slower than PyTorch's cuDNN on an H200 (5.1 against 0.94 ms forward + backward of
+/// 16 -> 32 on (2, 16, 112, 112, 80), `bench/gpu-la.json`).
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) -> Result<Tensor> {
     let (_, c_in, dims) = dims5("conv3d input", x)?;
     let (c_out, wc, kernel) = dims5("conv3d weight", w)?;
@@ -106,63 +106,11 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv3dParams) ->
     }
     check_bias("conv3d", bias, c_out)?;
     p.output_dims(dims, kernel)?;
-    if !x.device().is_cpu() && is_patch_conv(kernel, p.stride, p.padding, p.dilation) {
-        return patch_conv3d(x, w, bias);
-    }
     let x = x.contiguous()?;
     let w = w.contiguous()?;
     match bias {
         None => x.apply_op2(&w, Conv3dFwd { params: p }),
         Some(b) => x.apply_op3(&w, &b.contiguous()?, Conv3dFwd { params: p }),
-    }
-}
-
-/// Whether a convolution with these settings tiles its input without overlap or gaps:
-/// kernel == stride, no padding, dilation irrelevant (1, or kernel 1).
-pub(crate) fn is_patch_conv(
-    kernel: [usize; 3],
-    stride: [usize; 3],
-    padding: [usize; 3],
-    dilation: [usize; 3],
-) -> bool {
-    (0..3)
-        .all(|i| kernel[i] == stride[i] && padding[i] == 0 && (dilation[i] == 1 || kernel[i] == 1))
-}
-
-/// Convolution with kernel == stride and no padding as reshape + permute + matmul (candle ops, so
-/// autograd and every device come for free). Trailing input voxels that fit no patch are dropped.
-pub(crate) fn patch_conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (n, c_in, [d, h, wd]) = dims5("conv3d input", x)?;
-    let (c_out, _, [kd, kh, kw]) = dims5("conv3d weight", w)?;
-    let (od, oh, ow) = (d / kd, h / kh, wd / kw);
-    let x = x
-        .narrow(2, 0, od * kd)?
-        .narrow(3, 0, oh * kh)?
-        .narrow(4, 0, ow * kw)?;
-    let k = c_in * kd * kh * kw;
-    let y = if kd * kh * kw == 1 {
-        // [C_out, C_in] x [N, C_in, S] -> [N, C_out, S]
-        let w = w
-            .reshape((1, c_out, c_in))?
-            .broadcast_as((n, c_out, c_in))?
-            .contiguous()?;
-        w.matmul(&x.contiguous()?.reshape((n, c_in, od * oh * ow))?)?
-            .reshape((n, c_out, od, oh, ow))?
-    } else {
-        let cols = x
-            .reshape(vec![n, c_in, od, kd, oh, kh, ow, kw])?
-            .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
-            .contiguous()?
-            .reshape((n * od * oh * ow, k))?;
-        // [P, K] x [K, C_out] -> [N, OD, OH, OW, C_out]
-        let y = cols.matmul(&w.reshape((c_out, k))?.t()?)?;
-        y.reshape(vec![n, od, oh, ow, c_out])?
-            .permute(vec![0, 4, 1, 2, 3])?
-            .contiguous()?
-    };
-    match bias {
-        None => Ok(y),
-        Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1, 1))?),
     }
 }
 

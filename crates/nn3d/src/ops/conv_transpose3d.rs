@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv3d::{bias_grad, check_bias, dims5, is_patch_conv, Conv3dBwdData, Conv3dParams};
+use super::conv3d::{bias_grad, check_bias, dims5, Conv3dBwdData, Conv3dParams};
 
 /// Stride, padding, output padding and dilation of a transposed 3D convolution, per axis `(D, H, W)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,9 +85,9 @@ impl ConvTranspose3dParams {
 ///
 /// `x [N, C_in, D, H, W]`, `w [C_in, C_out, kd, kh, kw]` (PyTorch layout), `bias [C_out]` →
 /// `[N, C_out, OD, OH, OW]`, see [`ConvTranspose3dParams::output_dims`]. Differentiable in `x`, `w`
-/// and `bias`. On GPUs, kernels equal to the stride with no padding (the V-Net up convolutions)
-/// run as matmul + permute + reshape (on the CPU the custom-op kernels are faster: measured 0.8 s
-/// against 1.2 s CPU time for forward + backward of 32 -> 16, 2^3 stride 2 on (2, 32, 56, 56, 40)).
+/// and `bias`. Every shape runs as the custom ops (CPU kernels, cuDNN on CUDA): as matmul + permute the
+/// V-Net's 2^3 stride-2 up convolutions were slower on the CPU (1.2 against 0.8 s) and 9x slower than
+/// PyTorch's cuDNN on an H200 (8.0 against 0.90 ms forward + backward, `bench/gpu-la.json`).
 pub fn conv_transpose3d(
     x: &Tensor,
     w: &Tensor,
@@ -105,15 +105,11 @@ pub fn conv_transpose3d(
     }
     check_bias("conv_transpose3d", bias, c_out)?;
     let out_dims = p.output_dims(dims, kernel)?;
-    let y = if !x.device().is_cpu() && is_patch_conv(kernel, p.stride, p.padding, p.dilation) {
-        patch_conv_transpose3d(x, w, p.output_padding)?
-    } else {
-        let op = Conv3dBwdData {
-            params: p.conv_params(),
-            input_dims: out_dims,
-        };
-        x.contiguous()?.apply_op2(&w.contiguous()?, op)?
+    let op = Conv3dBwdData {
+        params: p.conv_params(),
+        input_dims: out_dims,
     };
+    let y = x.contiguous()?.apply_op2(&w.contiguous()?, op)?;
     match bias {
         None => Ok(y),
         Some(b) if y.device().is_cpu() => y.contiguous()?.apply_op2(&b.contiguous()?, CpuBiasAdd),
@@ -174,39 +170,4 @@ impl CustomOp2 for CpuBiasAdd {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(grad.clone()), Some(bias_grad(grad)?)))
     }
-}
-
-/// Kernel == stride, no padding: every input voxel writes its own output patch, a matmul.
-pub(crate) fn patch_conv_transpose3d(
-    x: &Tensor,
-    w: &Tensor,
-    output_padding: [usize; 3],
-) -> Result<Tensor> {
-    let (n, c_in, [d, h, wd]) = dims5("conv_transpose3d input", x)?;
-    let (_, c_out, [kd, kh, kw]) = dims5("conv_transpose3d weight", w)?;
-    let taps = kd * kh * kw;
-    let mut y = if taps == 1 {
-        // [C_out, C_in] x [N, C_in, S] -> [N, C_out, S]
-        let wt = w.reshape((c_in, c_out))?.t()?.reshape((1, c_out, c_in))?;
-        let wt = wt.broadcast_as((n, c_out, c_in))?.contiguous()?;
-        wt.matmul(&x.contiguous()?.reshape((n, c_in, d * h * wd))?)?
-            .reshape((n, c_out, d, h, wd))?
-    } else {
-        let rows = x
-            .permute((0, 2, 3, 4, 1))?
-            .contiguous()?
-            .reshape((n * d * h * wd, c_in))?;
-        // [N*S, C_in] x [C_in, C_out*taps] -> [N, D, H, W, C_out, kd, kh, kw]
-        let y = rows.matmul(&w.reshape((c_in, c_out * taps))?)?;
-        y.reshape(vec![n, d, h, wd, c_out, kd, kh, kw])?
-            .permute(vec![0, 4, 1, 5, 2, 6, 3, 7])?
-            .contiguous()?
-            .reshape((n, c_out, d * kd, h * kh, wd * kw))?
-    };
-    for (i, &extra) in output_padding.iter().enumerate() {
-        if extra > 0 {
-            y = y.pad_with_zeros(2 + i, 0, extra)?;
-        }
-    }
-    Ok(y)
 }

@@ -13,8 +13,8 @@
 //! Design: the convolutions are built from three candle custom ops (forward, backward-data, backward-filter;
 //! table in `conv3d.rs`) whose CPU kernels (`cpu_gemm.rs`) unfold one tile of output rows at a
 //! time into a small column buffer and multiply it with the `gemm` crate, in parallel over tiles
-//! with rayon (no full-volume im2col). On GPUs, kernels equal to the stride with no padding bypass
-//! them as reshape + permute + matmul in plain candle ops (slower than the custom ops on the CPU).
+//! with rayon (no full-volume im2col); on CUDA the same ops call cuDNN (`crate::cuda`), for every
+//! shape.
 
 pub(crate) mod batch_norm;
 pub(crate) mod bn_act;
