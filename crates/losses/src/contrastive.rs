@@ -163,22 +163,22 @@ pub fn prototype_contrastive(
             .unsqueeze(1)?,
     )?; // [P, C]
 
-    // Sample unreliable voxels whose pseudo-label has a prototype.
-    let mut slot = vec![u32::MAX; n_classes];
+    // Sample unreliable voxels whose pseudo-label has a prototype. The candidate mask is built on the
+    // device and copied as one byte per voxel; only the sampled indices travel back.
+    let mut has_prototype = vec![0u8; n_classes];
+    let mut slot = vec![0u32; n_classes];
     for (i, &k) in present.iter().enumerate() {
+        has_prototype[k as usize] = 1;
         slot[k as usize] = i as u32;
     }
-    let rel = reliable
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
-    let yhat = pseudo
-        .flatten_all()?
-        .to_dtype(DType::U32)?
-        .to_vec1::<u32>()?;
-    let candidates: Vec<u32> = (0..rel.len())
-        .filter(|&i| rel[i] == 0.0 && slot[yhat[i] as usize] != u32::MAX)
-        .map(|i| i as u32)
+    let yhat = pseudo.flatten_all()?.to_dtype(DType::U32)?;
+    let n_voxels = yhat.elem_count();
+    let candidate = Tensor::new(has_prototype.as_slice(), device)?
+        .index_select(&yhat, 0)?
+        .mul(&reliable.flatten_all()?.eq(0.0)?)?
+        .to_vec1::<u8>()?;
+    let candidates: Vec<u32> = (0..n_voxels as u32)
+        .filter(|&i| candidate[i as usize] != 0)
         .collect();
     let n_candidates = candidates.len();
     let n_sampled = n_candidates.min(cfg.max_samples);
@@ -194,11 +194,11 @@ pub fn prototype_contrastive(
                 .map(|j| candidates[j])
                 .collect()
         };
-        let targets: Vec<u32> = chosen
-            .iter()
-            .map(|&i| slot[yhat[i as usize] as usize])
-            .collect();
-        let fs = fu.index_select(&Tensor::new(chosen.as_slice(), device)?, 0)?; // [S, C]
+        let chosen = Tensor::new(chosen.as_slice(), device)?;
+        // prototype row of each sampled voxel's pseudo-label
+        let targets = Tensor::new(slot.as_slice(), device)?
+            .index_select(&yhat.index_select(&chosen, 0)?, 0)?;
+        let fs = fu.index_select(&chosen, 0)?; // [S, C]
         let c = if cfg.pull_through_prototypes {
             protos.clone()
         } else {
@@ -210,12 +210,11 @@ pub fn prototype_contrastive(
             .sqr()?
             .sum(2)?; // [S, P]
         let log_p = candle_nn::ops::log_softmax(&(d2 * (-1.0 / cfg.tau))?, 1)?;
-        let targets = Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?;
-        let mean = log_p.gather(&targets, 1)?.mean_all()?.neg()?;
+        let mean = log_p.gather(&targets.unsqueeze(1)?, 1)?.mean_all()?.neg()?;
         match cfg.pull_normalize {
             PullNormalization::Sampled => mean,
             PullNormalization::Voxels => {
-                mean.affine(n_candidates as f64 / rel.len().max(1) as f64, 0.0)?
+                mean.affine(n_candidates as f64 / n_voxels.max(1) as f64, 0.0)?
             }
         }
     };

@@ -33,34 +33,119 @@ pub fn alpha_schedule(alpha0: f64, iteration: usize, total_iterations: usize) ->
 /// Tie guard: voxels whose entropy equals the largest reliable value stay reliable, so a tie never drops
 /// a voxel; with identical entropy everywhere (a saturated softmax) every voxel is reliable.
 /// `alpha >= 1` marks every voxel unreliable. Fails on a non-finite entropy or alpha.
+///
+/// The threshold is found on the host (`select_nth`) for CPU tensors, and on the tensor's device by a
+/// bisection over f32 values for f32 tensors elsewhere, so a GPU step copies no voxel to the host; both
+/// give the same mask ([`reliable_threshold_by_bisection`] is tested against the host selection).
 pub fn select_reliable(entropy: &Tensor, alpha: f64) -> Result<Tensor> {
     if !alpha.is_finite() || alpha < 0.0 {
         bail!("alpha must be finite and >= 0, got {alpha}");
     }
+    let entropy = entropy.detach();
+    let n = entropy.elem_count();
+    let n_unreliable = ((alpha * n as f64).floor() as usize).min(n);
+    let ones = Tensor::ones(entropy.shape(), DType::F32, entropy.device())?;
+    if n_unreliable == 0 {
+        return check_finite(&entropy).and(Ok(ones));
+    }
+    let n_reliable = n - n_unreliable;
+    if n_reliable == 0 {
+        return check_finite(&entropy).and(ones.zeros_like());
+    }
+    if entropy.device().is_cpu() || entropy.dtype() != DType::F32 {
+        let threshold = reliable_threshold_on_host(&entropy, n_reliable)?;
+        entropy
+            .to_dtype(DType::F64)?
+            .le(threshold)?
+            .to_dtype(DType::F32)
+    } else {
+        let threshold = reliable_threshold_by_bisection(&entropy, n_reliable)?;
+        entropy.le(f64::from(threshold))?.to_dtype(DType::F32)
+    }
+}
+
+fn check_finite(entropy: &Tensor) -> Result<()> {
+    let sum = entropy
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    if !sum.is_finite() {
+        bail!("entropy contains a non-finite value");
+    }
+    Ok(())
+}
+
+/// The `n_reliable`-th smallest entropy (1-based), selected on the host.
+fn reliable_threshold_on_host(entropy: &Tensor, n_reliable: usize) -> Result<f64> {
     let mut values = entropy
-        .detach()
         .flatten_all()?
         .to_dtype(DType::F64)?
         .to_vec1::<f64>()?;
     if values.iter().any(|v| !v.is_finite()) {
         bail!("entropy contains a non-finite value");
     }
-    let n = values.len();
-    let n_unreliable = ((alpha * n as f64).floor() as usize).min(n);
-    let ones = Tensor::ones(entropy.shape(), DType::F32, entropy.device())?;
-    if n_unreliable == 0 {
-        return Ok(ones);
+    let (_, kth, _) = values.select_nth_unstable_by(n_reliable - 1, f64::total_cmp);
+    Ok(*kth)
+}
+
+/// Maps an f32 to a u32 whose unsigned order is the float's total order (negative values reversed).
+fn order_key(v: f32) -> u32 {
+    let bits = v.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
     }
-    let n_reliable = n - n_unreliable;
-    if n_reliable == 0 {
-        return ones.zeros_like();
+}
+
+/// The inverse of [`order_key`].
+fn from_order_key(k: u32) -> f32 {
+    f32::from_bits(if k & 0x8000_0000 != 0 {
+        k & 0x7fff_ffff
+    } else {
+        !k
+    })
+}
+
+/// The `n_reliable`-th smallest value (1-based, `1 <= n_reliable <= n`) of an f32 tensor, found on its
+/// device: the smallest f32 `t` with `count(entropy <= t) >= n_reliable`, by bisection over the 2^32 f32
+/// bit patterns in value order between the minimum and the maximum. At most 32 rounds, each one
+/// comparison, one sum and one scalar copy; that count only changes at the tensor's own values, so `t` is
+/// one of them and equals the host selection exactly.
+pub fn reliable_threshold_by_bisection(entropy: &Tensor, n_reliable: usize) -> Result<f32> {
+    let flat = entropy.flatten_all()?.to_dtype(DType::F32)?;
+    let n = flat.elem_count();
+    if n_reliable == 0 || n_reliable > n {
+        bail!("reliable threshold: asked for value {n_reliable} of {n}");
     }
-    let (_, largest_reliable, _) = values.select_nth_unstable_by(n_reliable - 1, f64::total_cmp);
-    entropy
-        .detach()
-        .to_dtype(DType::F64)?
-        .le(*largest_reliable)?
-        .to_dtype(DType::F32)
+    // min, max and sum in one copy; the sum is NaN or infinite exactly when a value is.
+    let stats = Tensor::stack(
+        &[
+            flat.min(0)?.to_dtype(DType::F64)?,
+            flat.max(0)?.to_dtype(DType::F64)?,
+            flat.to_dtype(DType::F64)?.sum_all()?,
+        ],
+        0,
+    )?
+    .to_vec1::<f64>()?;
+    if stats.iter().any(|v| !v.is_finite()) {
+        bail!("entropy contains a non-finite value");
+    }
+    let (mut lo, mut hi) = (order_key(stats[0] as f32), order_key(stats[1] as f32));
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let count = flat
+            .le(f64::from(from_order_key(mid)))?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
+        if count >= n_reliable {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(from_order_key(lo))
 }
 
 /// Hard pseudo-labels `argmax_c p` of probabilities `[N, K, ...]`: u32 `[N, ...]`, detached.

@@ -125,6 +125,54 @@ fn reliable_selection_counts_and_ties() {
     assert!(select_reliable(&nan, 0.5).is_err());
 }
 
+/// The device-side threshold search equals the k-th smallest value of a sorted copy, for every k, on
+/// values with ties, both zeros, negatives, subnormals and wide magnitudes.
+#[test]
+fn bisection_threshold_equals_sorted_selection() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(11);
+    let special = [
+        0.0f32,
+        -0.0,
+        -1e-10,
+        1e-40,
+        f32::MIN_POSITIVE,
+        3.0e38,
+        -3.0e38,
+        0.25,
+        0.25,
+        0.25,
+    ];
+    let mut cases: Vec<Vec<f32>> = vec![special.to_vec(), vec![7.0], vec![2.0, 2.0, 2.0]];
+    for len in [5usize, 64, 1000] {
+        cases.push((0..len).map(|_| rng.random::<f32>() * 1.1).collect());
+        // heavy ties: few distinct values
+        cases.push(
+            (0..len)
+                .map(|_| (rng.random_range(0..4u8)) as f32 * 0.5)
+                .collect(),
+        );
+    }
+    for values in &cases {
+        let t = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+        let mut sorted = values.clone();
+        sorted.sort_by(f32::total_cmp);
+        for k in 1..=values.len() {
+            let got = reliable_threshold_by_bisection(&t, k).unwrap();
+            let want = sorted[k - 1];
+            // -0.0 and 0.0 compare equal and select the same voxels
+            assert!(got == want, "k {k} of {values:?}: got {got}, want {want}");
+        }
+    }
+    let t = Tensor::new(&[0.1f32, 0.2], &Device::Cpu).unwrap();
+    assert!(reliable_threshold_by_bisection(&t, 0).is_err());
+    assert!(reliable_threshold_by_bisection(&t, 3).is_err());
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let t = Tensor::new(&[0.1f32, bad, 0.3], &Device::Cpu).unwrap();
+        assert!(reliable_threshold_by_bisection(&t, 2).is_err(), "{bad}");
+    }
+}
+
 #[test]
 fn contrastive_with_absent_class_and_no_unreliable_voxel() {
     let fu = rand_f64(&[1, 4, 2, 2, 2], 1.0, 4).unwrap();
