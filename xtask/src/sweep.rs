@@ -8,6 +8,8 @@
 //! which always run). Runs go to `runs/sweep-<name>/<variant>-s<seed>`; a run whose `summary.json`
 //! exists is reused, so an interrupted sweep continues where it stopped. Each run records the code
 //! version that trained it (`code-version.txt`), and the table lists them, so reused runs name their code.
+//! A second table pairs each variant with supervised-only on the same seed and test cases (mean per-case
+//! Dice difference, its standard error, cases better / worse), so a seed's win can be told from noise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -155,9 +157,15 @@ pub fn run(args: &[String]) -> Result<()> {
             .into();
         rows.push(json!({ "variant": v.label, "sets": common.iter().chain(&v.sets).collect::<Vec<_>>(), "seeds": per_seed, "summary": stats }));
     }
-    let md = format!("{}\n{}", table(&rows, &seeds), provenance(&rows));
+    let paired = paired(&rows)?;
+    let md = format!(
+        "{}\n{}\n{}",
+        table(&rows, &seeds),
+        paired_table(&paired),
+        provenance(&rows)
+    );
     println!("{md}");
-    let out = json!({ "config": config, "seeds": seeds, "extra_args": extra, "variants": rows });
+    let out = json!({ "config": config, "seeds": seeds, "extra_args": extra, "variants": rows, "paired_vs_supervised": paired });
     util::write_json(&root.join("bench").join(format!("sweep-{name}.json")), &out)?;
     write_md(&root.join("bench").join(format!("sweep-{name}.md")), &md)?;
     Ok(())
@@ -218,6 +226,102 @@ fn table(rows: &[Value], seeds: &[u64]) -> String {
             } else {
                 "no"
             }
+        ));
+    }
+    s
+}
+
+/// Per-case headline Dice of a run (class "mean" when present, else class "1"), by case name.
+fn case_dice(run: &Path) -> Result<std::collections::BTreeMap<String, f64>> {
+    let path = run.join("summary.json");
+    let s: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?,
+    )?;
+    let Some(cases) = s["cases"].as_object() else {
+        bail!("{}: no per-case results", path.display())
+    };
+    Ok(cases
+        .iter()
+        .filter_map(|(name, c)| {
+            let c = c.get("mean").unwrap_or(&c["1"]);
+            Some((name.clone(), c["dice"].as_f64()?))
+        })
+        .collect())
+}
+
+/// Each variant against supervised-only on the same seed and the same test cases: the mean per-case
+/// Dice difference, its standard error (sample std / sqrt(n)) and on how many cases the variant is
+/// better. Separates a seed's real difference from test-set noise, which the means alone cannot.
+fn paired(rows: &[Value]) -> Result<Vec<Value>> {
+    let run_of = |r: &Value, seed: &Value| -> Option<PathBuf> {
+        r["seeds"]
+            .as_array()?
+            .iter()
+            .find(|x| &x["seed"] == seed)
+            .and_then(|x| x["run"].as_str())
+            .map(PathBuf::from)
+    };
+    let Some(sup) = rows.iter().find(|r| r["variant"] == "supervised") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for r in rows.iter().filter(|r| r["variant"] != "supervised") {
+        for seed in r["seeds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| &x["seed"])
+        {
+            let (Some(a), Some(b)) = (run_of(r, seed), run_of(sup, seed)) else {
+                continue;
+            };
+            let (a, b) = (case_dice(&a)?, case_dice(&b)?);
+            let diffs: Vec<f64> = a
+                .iter()
+                .filter_map(|(k, x)| b.get(k).map(|y| x - y))
+                .filter(|d| d.is_finite())
+                .collect();
+            let n = diffs.len();
+            if n < 2 {
+                continue;
+            }
+            let mean = diffs.iter().sum::<f64>() / n as f64;
+            let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            out.push(json!({
+                "variant": r["variant"],
+                "seed": seed,
+                "cases": n,
+                "dice_diff_mean": mean,
+                "dice_diff_se": (var / n as f64).sqrt(),
+                "cases_better": diffs.iter().filter(|&&d| d > 0.0).count(),
+                "cases_worse": diffs.iter().filter(|&&d| d < 0.0).count(),
+            }));
+        }
+    }
+    Ok(out)
+}
+
+fn paired_table(paired: &[Value]) -> String {
+    if paired.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "Paired with supervised-only (same seed, same test cases; per-case Dice difference in points):\n\n\
+         | variant | seed | cases | Dice diff | SE | diff / SE | better / worse cases |\n|---|---|---|---|---|---|---|\n",
+    );
+    for p in paired {
+        let m = p["dice_diff_mean"].as_f64().unwrap_or(f64::NAN) * 100.0;
+        let se = p["dice_diff_se"].as_f64().unwrap_or(f64::NAN) * 100.0;
+        s.push_str(&format!(
+            "| {} | {} | {} | {:+.2} | {:.2} | {:+.1} | {} / {} |\n",
+            p["variant"].as_str().unwrap_or("?"),
+            p["seed"],
+            p["cases"],
+            m,
+            se,
+            m / se,
+            p["cases_better"],
+            p["cases_worse"]
         ));
     }
     s
