@@ -19,10 +19,12 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    /// Opens the device and sets the convolution precision for this process.
+    /// Opens the device, sets the convolution precision for this process and, on a GPU, makes the
+    /// device's memory pool keep freed memory for the next step (as PyTorch's caching allocator).
     pub fn open(&self) -> Result<Device> {
         let device = trainer::parse_device(&self.device)?;
         duoseg_nn3d::cuda::set_allow_tf32(!self.no_tf32);
+        duoseg_nn3d::cuda::retain_freed_gpu_memory(&device)?;
         Ok(device)
     }
 }

@@ -21,12 +21,13 @@ use std::fmt::Debug;
 use candle_core::cuda::cudarc::cudnn::sys;
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result};
 
+use super::graph::{self, ConvShape, Direction, PlanCache};
 use super::handle::{check, const_ptr, cudnn, f32_view, is_not_supported, mut_ptr};
 use super::handle::{ConvDesc, Cudnn, FilterDesc, TensorDesc};
 use crate::ops::cpu_gemm::Geometry;
 
 /// Largest workspace a convolution algorithm may ask for (2 GiB).
-const MAX_WORKSPACE: usize = 2 << 30;
+pub(crate) const MAX_WORKSPACE: usize = 2 << 30;
 
 /// Workspace sizes offered to the algorithm search, largest first (the first that can be
 /// allocated is used; algorithms needing more are not timed).
@@ -59,6 +60,8 @@ pub(crate) struct AlgoCache {
     fwd: RefCell<HashMap<ConvKey, (sys::cudnnConvolutionFwdAlgo_t, Math)>>,
     bwd_data: RefCell<HashMap<ConvKey, (sys::cudnnConvolutionBwdDataAlgo_t, Math)>>,
     bwd_filter: RefCell<HashMap<ConvKey, (sys::cudnnConvolutionBwdFilterAlgo_t, Math)>>,
+    /// Execution plans of the graph API (see `graph.rs`), all directions.
+    graph: PlanCache,
 }
 
 /// Descriptors of one convolution: input `x`, filter `w`, output `y` of the forward direction.
@@ -69,6 +72,7 @@ struct Setup {
     y: TensorDesc,
     conv: ConvDesc,
     key: ConvKey,
+    shape: ConvShape,
     tf32: bool,
     x_len: usize,
     w_len: usize,
@@ -98,6 +102,14 @@ fn setup(dev: &CudaDevice, g: &Geometry) -> Result<Setup> {
         conv: ConvDesc::new(pad, g.stride, g.dilation)?,
         h: handle,
         key: ConvKey::new(g, pad, tf32),
+        shape: ConvShape {
+            x: x_dims,
+            w: w_dims,
+            y: y_dims,
+            pad,
+            stride: g.stride,
+            dilation: g.dilation,
+        },
         tf32,
         x_len: x_dims.iter().product(),
         w_len: w_dims.iter().product(),
@@ -279,103 +291,118 @@ pub(crate) fn conv_forward(
         let (yp, _gy) = mut_ptr(&mut y, stream);
         let (one, zero) = (1f32, 0f32);
         let h = s.h.raw();
-        run_with_algo(
-            &s,
-            dev,
-            &s.h.algos.fwd,
-            "forward",
-            |ws, bytes| {
-                let n = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
-                // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
-                    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                let mut got = 0i32;
-                check(
-                    unsafe {
-                        sys::cudnnFindConvolutionForwardAlgorithmEx(
+        let ptrs = [xp as *mut c_void, wp as *mut c_void, yp];
+        let by_graph = super::conv_api() == super::ConvApi::Graph
+            && graph::run(
+                &s.h,
+                dev,
+                &s.h.algos.graph,
+                s.shape,
+                Direction::Forward,
+                s.tf32,
+                ptrs,
+            )?;
+        if !by_graph {
+            run_with_algo(
+                &s,
+                dev,
+                &s.h.algos.fwd,
+                "forward",
+                |ws, bytes| {
+                    let n =
+                        sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
+                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
+                    let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
+                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+                    let mut got = 0i32;
+                    check(
+                        unsafe {
+                            sys::cudnnFindConvolutionForwardAlgorithmEx(
+                                h,
+                                s.x.raw(),
+                                xp,
+                                s.w.raw(),
+                                wp,
+                                s.conv.raw(),
+                                s.y.raw(),
+                                yp,
+                                n as i32,
+                                &mut got,
+                                perf.as_mut_ptr(),
+                                ws,
+                                bytes,
+                            )
+                        },
+                        "forward algorithm search",
+                    )?;
+                    let got = (got.max(0) as usize).min(n);
+                    Ok(perf[..got]
+                        .iter()
+                        .map(|p| (p.algo, p.status, p.mathType))
+                        .collect())
+                },
+                || {
+                    let n =
+                        sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
+                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
+                    let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
+                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+                    let mut got = 0i32;
+                    check(
+                        unsafe {
+                            sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                                h,
+                                s.x.raw(),
+                                s.w.raw(),
+                                s.conv.raw(),
+                                s.y.raw(),
+                                n as i32,
+                                &mut got,
+                                perf.as_mut_ptr(),
+                            )
+                        },
+                        "forward algorithm query",
+                    )?;
+                    let got = (got.max(0) as usize).min(n);
+                    Ok(perf[..got]
+                        .iter()
+                        .map(|p| (p.algo, p.status, p.mathType))
+                        .collect())
+                },
+                |algo| {
+                    let mut bytes = 0usize;
+                    let status = unsafe {
+                        sys::cudnnGetConvolutionForwardWorkspaceSize(
                             h,
                             s.x.raw(),
-                            xp,
-                            s.w.raw(),
-                            wp,
-                            s.conv.raw(),
-                            s.y.raw(),
-                            yp,
-                            n as i32,
-                            &mut got,
-                            perf.as_mut_ptr(),
-                            ws,
-                            bytes,
-                        )
-                    },
-                    "forward algorithm search",
-                )?;
-                let got = (got.max(0) as usize).min(n);
-                Ok(perf[..got]
-                    .iter()
-                    .map(|p| (p.algo, p.status, p.mathType))
-                    .collect())
-            },
-            || {
-                let n = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
-                // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
-                    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                let mut got = 0i32;
-                check(
-                    unsafe {
-                        sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                            h,
-                            s.x.raw(),
                             s.w.raw(),
                             s.conv.raw(),
                             s.y.raw(),
-                            n as i32,
-                            &mut got,
-                            perf.as_mut_ptr(),
+                            algo,
+                            &mut bytes,
                         )
-                    },
-                    "forward algorithm query",
-                )?;
-                let got = (got.max(0) as usize).min(n);
-                Ok(perf[..got]
-                    .iter()
-                    .map(|p| (p.algo, p.status, p.mathType))
-                    .collect())
-            },
-            |algo| {
-                let mut bytes = 0usize;
-                let status = unsafe {
-                    sys::cudnnGetConvolutionForwardWorkspaceSize(
+                    };
+                    (status, bytes)
+                },
+                |algo, ws, bytes| unsafe {
+                    sys::cudnnConvolutionForward(
                         h,
+                        f32_ptr(&one),
                         s.x.raw(),
+                        xp,
                         s.w.raw(),
+                        wp,
                         s.conv.raw(),
-                        s.y.raw(),
                         algo,
-                        &mut bytes,
+                        ws,
+                        bytes,
+                        f32_ptr(&zero),
+                        s.y.raw(),
+                        yp,
                     )
-                };
-                (status, bytes)
-            },
-            |algo, ws, bytes| unsafe {
-                sys::cudnnConvolutionForward(
-                    h,
-                    f32_ptr(&one),
-                    s.x.raw(),
-                    xp,
-                    s.w.raw(),
-                    wp,
-                    s.conv.raw(),
-                    algo,
-                    ws,
-                    bytes,
-                    f32_ptr(&zero),
-                    s.y.raw(),
-                    yp,
-                )
-            },
-        )?;
+                },
+            )?;
+        }
         if let Some((b, lb)) = bias {
             let bv = f32_view(b, lb, "cuda conv3d bias")?;
             expect_len("cuda conv3d bias", bv.len(), g.c_out)?;
@@ -423,105 +450,120 @@ pub(crate) fn conv_backward_data(
         let (dxp, _gx) = mut_ptr(&mut dx, stream);
         let (one, zero) = (1f32, 0f32);
         let h = s.h.raw();
-        run_with_algo(
-            &s,
-            dev,
-            &s.h.algos.bwd_data,
-            "backward-data",
-            |ws, bytes| {
-                let n = sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
-                    as usize;
-                // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
-                    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                let mut got = 0i32;
-                check(
-                    unsafe {
-                        sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+        let ptrs = [dxp, wp as *mut c_void, dyp as *mut c_void];
+        let by_graph = super::conv_api() == super::ConvApi::Graph
+            && graph::run(
+                &s.h,
+                dev,
+                &s.h.algos.graph,
+                s.shape,
+                Direction::BackwardData,
+                s.tf32,
+                ptrs,
+            )?;
+        if !by_graph {
+            run_with_algo(
+                &s,
+                dev,
+                &s.h.algos.bwd_data,
+                "backward-data",
+                |ws, bytes| {
+                    let n =
+                        sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
+                            as usize;
+                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
+                    let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
+                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+                    let mut got = 0i32;
+                    check(
+                        unsafe {
+                            sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                                h,
+                                s.w.raw(),
+                                wp,
+                                s.y.raw(),
+                                dyp,
+                                s.conv.raw(),
+                                s.x.raw(),
+                                dxp,
+                                n as i32,
+                                &mut got,
+                                perf.as_mut_ptr(),
+                                ws,
+                                bytes,
+                            )
+                        },
+                        "backward-data algorithm search",
+                    )?;
+                    let got = (got.max(0) as usize).min(n);
+                    Ok(perf[..got]
+                        .iter()
+                        .map(|p| (p.algo, p.status, p.mathType))
+                        .collect())
+                },
+                || {
+                    let n =
+                        sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
+                            as usize;
+                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
+                    let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
+                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+                    let mut got = 0i32;
+                    check(
+                        unsafe {
+                            sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                                h,
+                                s.w.raw(),
+                                s.y.raw(),
+                                s.conv.raw(),
+                                s.x.raw(),
+                                n as i32,
+                                &mut got,
+                                perf.as_mut_ptr(),
+                            )
+                        },
+                        "backward-data algorithm query",
+                    )?;
+                    let got = (got.max(0) as usize).min(n);
+                    Ok(perf[..got]
+                        .iter()
+                        .map(|p| (p.algo, p.status, p.mathType))
+                        .collect())
+                },
+                |algo| {
+                    let mut bytes = 0usize;
+                    let status = unsafe {
+                        sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
                             h,
                             s.w.raw(),
-                            wp,
-                            s.y.raw(),
-                            dyp,
-                            s.conv.raw(),
-                            s.x.raw(),
-                            dxp,
-                            n as i32,
-                            &mut got,
-                            perf.as_mut_ptr(),
-                            ws,
-                            bytes,
-                        )
-                    },
-                    "backward-data algorithm search",
-                )?;
-                let got = (got.max(0) as usize).min(n);
-                Ok(perf[..got]
-                    .iter()
-                    .map(|p| (p.algo, p.status, p.mathType))
-                    .collect())
-            },
-            || {
-                let n = sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
-                    as usize;
-                // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
-                    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                let mut got = 0i32;
-                check(
-                    unsafe {
-                        sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                            h,
-                            s.w.raw(),
                             s.y.raw(),
                             s.conv.raw(),
                             s.x.raw(),
-                            n as i32,
-                            &mut got,
-                            perf.as_mut_ptr(),
+                            algo,
+                            &mut bytes,
                         )
-                    },
-                    "backward-data algorithm query",
-                )?;
-                let got = (got.max(0) as usize).min(n);
-                Ok(perf[..got]
-                    .iter()
-                    .map(|p| (p.algo, p.status, p.mathType))
-                    .collect())
-            },
-            |algo| {
-                let mut bytes = 0usize;
-                let status = unsafe {
-                    sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    };
+                    (status, bytes)
+                },
+                |algo, ws, bytes| unsafe {
+                    sys::cudnnConvolutionBackwardData(
                         h,
+                        f32_ptr(&one),
                         s.w.raw(),
+                        wp,
                         s.y.raw(),
+                        dyp,
                         s.conv.raw(),
-                        s.x.raw(),
                         algo,
-                        &mut bytes,
+                        ws,
+                        bytes,
+                        f32_ptr(&zero),
+                        s.x.raw(),
+                        dxp,
                     )
-                };
-                (status, bytes)
-            },
-            |algo, ws, bytes| unsafe {
-                sys::cudnnConvolutionBackwardData(
-                    h,
-                    f32_ptr(&one),
-                    s.w.raw(),
-                    wp,
-                    s.y.raw(),
-                    dyp,
-                    s.conv.raw(),
-                    algo,
-                    ws,
-                    bytes,
-                    f32_ptr(&zero),
-                    s.x.raw(),
-                    dxp,
-                )
-            },
-        )?;
+                },
+            )?;
+        }
     }
     Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
 }
@@ -549,107 +591,120 @@ pub(crate) fn conv_backward_filter(
         let (dwp, _gw) = mut_ptr(&mut dw, stream);
         let (one, zero) = (1f32, 0f32);
         let h = s.h.raw();
-        run_with_algo(
-            &s,
-            dev,
-            &s.h.algos.bwd_filter,
-            "backward-filter",
-            |ws, bytes| {
-                let n =
-                    sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
-                        as usize;
-                // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
-                    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                let mut got = 0i32;
-                check(
-                    unsafe {
-                        sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+        let ptrs = [xp as *mut c_void, dwp, dyp as *mut c_void];
+        let by_graph = super::conv_api() == super::ConvApi::Graph
+            && graph::run(
+                &s.h,
+                dev,
+                &s.h.algos.graph,
+                s.shape,
+                Direction::BackwardFilter,
+                s.tf32,
+                ptrs,
+            )?;
+        if !by_graph {
+            run_with_algo(
+                &s,
+                dev,
+                &s.h.algos.bwd_filter,
+                "backward-filter",
+                |ws, bytes| {
+                    let n =
+                        sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
+                            as usize;
+                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
+                    let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
+                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+                    let mut got = 0i32;
+                    check(
+                        unsafe {
+                            sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                                h,
+                                s.x.raw(),
+                                xp,
+                                s.y.raw(),
+                                dyp,
+                                s.conv.raw(),
+                                s.w.raw(),
+                                dwp,
+                                n as i32,
+                                &mut got,
+                                perf.as_mut_ptr(),
+                                ws,
+                                bytes,
+                            )
+                        },
+                        "backward-filter algorithm search",
+                    )?;
+                    let got = (got.max(0) as usize).min(n);
+                    Ok(perf[..got]
+                        .iter()
+                        .map(|p| (p.algo, p.status, p.mathType))
+                        .collect())
+                },
+                || {
+                    let n =
+                        sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
+                            as usize;
+                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
+                    let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
+                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+                    let mut got = 0i32;
+                    check(
+                        unsafe {
+                            sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                                h,
+                                s.x.raw(),
+                                s.y.raw(),
+                                s.conv.raw(),
+                                s.w.raw(),
+                                n as i32,
+                                &mut got,
+                                perf.as_mut_ptr(),
+                            )
+                        },
+                        "backward-filter algorithm query",
+                    )?;
+                    let got = (got.max(0) as usize).min(n);
+                    Ok(perf[..got]
+                        .iter()
+                        .map(|p| (p.algo, p.status, p.mathType))
+                        .collect())
+                },
+                |algo| {
+                    let mut bytes = 0usize;
+                    let status = unsafe {
+                        sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
                             h,
                             s.x.raw(),
-                            xp,
-                            s.y.raw(),
-                            dyp,
-                            s.conv.raw(),
-                            s.w.raw(),
-                            dwp,
-                            n as i32,
-                            &mut got,
-                            perf.as_mut_ptr(),
-                            ws,
-                            bytes,
-                        )
-                    },
-                    "backward-filter algorithm search",
-                )?;
-                let got = (got.max(0) as usize).min(n);
-                Ok(perf[..got]
-                    .iter()
-                    .map(|p| (p.algo, p.status, p.mathType))
-                    .collect())
-            },
-            || {
-                let n =
-                    sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
-                        as usize;
-                // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
-                    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                let mut got = 0i32;
-                check(
-                    unsafe {
-                        sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                            h,
-                            s.x.raw(),
                             s.y.raw(),
                             s.conv.raw(),
                             s.w.raw(),
-                            n as i32,
-                            &mut got,
-                            perf.as_mut_ptr(),
+                            algo,
+                            &mut bytes,
                         )
-                    },
-                    "backward-filter algorithm query",
-                )?;
-                let got = (got.max(0) as usize).min(n);
-                Ok(perf[..got]
-                    .iter()
-                    .map(|p| (p.algo, p.status, p.mathType))
-                    .collect())
-            },
-            |algo| {
-                let mut bytes = 0usize;
-                let status = unsafe {
-                    sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                    };
+                    (status, bytes)
+                },
+                |algo, ws, bytes| unsafe {
+                    sys::cudnnConvolutionBackwardFilter(
                         h,
+                        f32_ptr(&one),
                         s.x.raw(),
+                        xp,
                         s.y.raw(),
+                        dyp,
                         s.conv.raw(),
-                        s.w.raw(),
                         algo,
-                        &mut bytes,
+                        ws,
+                        bytes,
+                        f32_ptr(&zero),
+                        s.w.raw(),
+                        dwp,
                     )
-                };
-                (status, bytes)
-            },
-            |algo, ws, bytes| unsafe {
-                sys::cudnnConvolutionBackwardFilter(
-                    h,
-                    f32_ptr(&one),
-                    s.x.raw(),
-                    xp,
-                    s.y.raw(),
-                    dyp,
-                    s.conv.raw(),
-                    algo,
-                    ws,
-                    bytes,
-                    f32_ptr(&zero),
-                    s.w.raw(),
-                    dwp,
-                )
-            },
-        )?;
+                },
+            )?;
+        }
     }
     Ok(CudaStorage::wrap_cuda_slice(dw, dev.clone()))
 }
