@@ -1,8 +1,10 @@
 //! Consistency regularisation: the disagreement mask `M_diff`, its L1 term and the dynamic threshold T.
 
 use candle_core::{bail, DType, Result, Tensor};
+
 use serde::{Deserialize, Serialize};
 
+use crate::reduce;
 use crate::supervised::div_by_count;
 
 /// How the confidence threshold T of `M_diff` evolves (SPEC section 2, step 5).
@@ -84,10 +86,7 @@ impl DynamicThreshold {
 /// Mean over voxels of `max_c p` for probabilities `[N, K, ...]` (host value).
 pub fn mean_confidence(probs: &Tensor) -> Result<f64> {
     Ok(f64::from(
-        probs
-            .detach()
-            .max(1)?
-            .mean_all()?
+        reduce::mean_all(&probs.detach().max(1)?)?
             .to_dtype(DType::F32)?
             .to_scalar::<f32>()?,
     ))
@@ -138,9 +137,9 @@ pub fn consistency_l1_normalized(
 ) -> Result<Tensor> {
     let mdiff = mdiff.to_dtype(probs_a.dtype())?;
     let diff = (probs_a - probs_b)?.broadcast_mul(&mdiff)?;
-    let sum = diff.abs()?.sum_all()?;
+    let sum = reduce::sum_all(&diff.abs()?)?;
     match normalization {
-        RegNormalization::Disagreement => div_by_count(&sum, &mdiff.sum_all()?),
+        RegNormalization::Disagreement => div_by_count(&sum, &reduce::sum_all(&mdiff)?),
         RegNormalization::Voxels => sum.affine(1.0 / mdiff.elem_count().max(1) as f64, 0.0),
     }
 }

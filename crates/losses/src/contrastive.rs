@@ -2,9 +2,11 @@
 //! push prototypes apart.
 
 use candle_core::{bail, DType, Result, Tensor};
+
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::reduce;
 use crate::supervised::one_hot;
 
 /// Options of the prototype contrastive loss (SPEC section 2, step 6).
@@ -140,7 +142,7 @@ pub fn prototype_contrastive(
     let w_u = voxels_by_channel(&w_u)?; // [Mu, K]
     let w_l = voxels_by_channel(&one_hot(labels_l, n_classes)?.to_dtype(dtype)?)?; // [Ml, K]
     let sums = (w_u.t()?.matmul(&fu)? + w_l.t()?.matmul(&fl)?)?; // [K, C]
-    let counts = (w_u.sum(0)? + w_l.sum(0)?)?
+    let counts = (reduce::sum_rows(&w_u)? + reduce::sum_rows(&w_l)?)?
         .to_dtype(DType::F32)?
         .to_vec1::<f32>()?;
     let present: Vec<u32> = (0..n_classes as u32)

@@ -11,6 +11,7 @@ mod config;
 mod consistency;
 mod contrastive;
 mod objective;
+mod reduce;
 mod reliability;
 mod schedule;
 mod supervised;

@@ -9,6 +9,7 @@ use crate::consistency::{
     consistency_l1_normalized, disagreement_mask, mean_confidence, DynamicThreshold,
 };
 use crate::contrastive::{prototype_contrastive, ContrastiveTerms};
+use crate::reduce;
 use crate::reliability::{
     alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable, Net,
 };
@@ -131,7 +132,7 @@ fn host(t: &Tensor) -> Result<f64> {
 }
 
 fn count(mask: &Tensor) -> Result<usize> {
-    Ok(host(&mask.sum_all()?)?.round() as usize)
+    Ok(host(&reduce::sum_all(mask)?)?.round() as usize)
 }
 
 fn zero_contrast(zero: &Tensor) -> ContrastiveTerms {
@@ -414,8 +415,8 @@ impl Objective {
             let y = labels.to_dtype(fg_a.dtype())?;
             let per_net = |fg: &Tensor| -> Result<Tensor> {
                 crate::supervised::div_by_count(
-                    &(fg - &y)?.sqr()?.mul(&m)?.sum_all()?,
-                    &m.sum_all()?,
+                    &reduce::sum_all(&(fg - &y)?.sqr()?.mul(&m)?)?,
+                    &reduce::sum_all(&m)?,
                 )
             };
             reg = (per_net(&fg_a)? + per_net(&fg_b)?)?;

@@ -3,6 +3,8 @@
 use candle_core::{bail, DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::reduce;
+
 /// Constant inside the logarithm of the entropy (SPEC section 2, step 3).
 pub const ENTROPY_EPS: f64 = 1e-10;
 
@@ -65,10 +67,7 @@ pub fn select_reliable(entropy: &Tensor, alpha: f64) -> Result<Tensor> {
 }
 
 fn check_finite(entropy: &Tensor) -> Result<()> {
-    let sum = entropy
-        .to_dtype(DType::F64)?
-        .sum_all()?
-        .to_scalar::<f64>()?;
+    let sum = reduce::sum_all(&entropy.to_dtype(DType::F64)?)?.to_scalar::<f64>()?;
     if !sum.is_finite() {
         bail!("entropy contains a non-finite value");
     }
@@ -121,9 +120,9 @@ pub fn reliable_threshold_by_bisection(entropy: &Tensor, n_reliable: usize) -> R
     // min, max and sum in one copy; the sum is NaN or infinite exactly when a value is.
     let stats = Tensor::stack(
         &[
-            flat.min(0)?.to_dtype(DType::F64)?,
-            flat.max(0)?.to_dtype(DType::F64)?,
-            flat.to_dtype(DType::F64)?.sum_all()?,
+            reduce::min_all(&flat)?.to_dtype(DType::F64)?,
+            reduce::max_all(&flat)?.to_dtype(DType::F64)?,
+            reduce::sum_all(&flat.to_dtype(DType::F64)?)?,
         ],
         0,
     )?
@@ -134,11 +133,10 @@ pub fn reliable_threshold_by_bisection(entropy: &Tensor, n_reliable: usize) -> R
     let (mut lo, mut hi) = (order_key(stats[0] as f32), order_key(stats[1] as f32));
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let count = flat
+        let below = flat
             .le(f64::from(from_order_key(mid)))?
-            .to_dtype(DType::U32)?
-            .sum_all()?
-            .to_scalar::<u32>()? as usize;
+            .to_dtype(DType::U32)?;
+        let count = reduce::sum_all(&below)?.to_scalar::<u32>()? as usize;
         if count >= n_reliable {
             hi = mid;
         } else {

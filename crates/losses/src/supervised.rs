@@ -2,6 +2,8 @@
 
 use candle_core::{bail, DType, Result, Tensor};
 
+use crate::reduce;
+
 /// Smoothing constant of the Dice loss (SPEC section 2, step 1).
 pub const DICE_EPS: f64 = 1e-5;
 
@@ -80,11 +82,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, mask: Option<&Tensor>) ->
         .sum(1)?
         .neg()?; // [N, ...]
     match mask {
-        None => nll.mean_all(),
+        None => reduce::mean_all(&nll),
         Some(m) => {
             check_mask("cross-entropy", m, labels)?;
             let m = m.to_dtype(logits.dtype())?;
-            div_by_count(&(nll * &m)?.sum_all()?, &m.sum_all()?)
+            div_by_count(&reduce::sum_all(&(nll * &m)?)?, &reduce::sum_all(&m)?)
         }
     }
 }
