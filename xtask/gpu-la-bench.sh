@@ -15,6 +15,16 @@
 # Before them, the op check (gpu_check: CUDA vs CPU), the op benchmark (bench_nn3d beside
 # tests/reference/bench_nn3d_torch.py) and the per-phase step (bench_step) when their binaries came.
 # Every step has its own time limit, so one failing step still leaves the others' results.
+#
+# Environment:
+#   DUOSEG_GPU_APIS   cuDNN convolution APIs to compare, comma-separated (legacy, graph; default
+#                     legacy). The op check, the op benchmark and bench_step (TF32; also f32 under
+#                     legacy) run per API; files of an API other than legacy end in -<api>.
+#   DUOSEG_GPU_POOL_AB=1  bench_step also runs with the CUDA memory pool releasing freed memory
+#                     (step-tf32-release*.json), against the default that keeps it.
+#   DUOSEG_GPU_TRAIN  training runs, comma-separated <precision>:<api> (default
+#                     tf32:legacy,f32:legacy: ITERS iterations in TF32, ITERS/2 in plain f32), or
+#                     none. A run under an API other than legacy starts only when its op check passed.
 set -uo pipefail
 
 if [ $# -lt 2 ]; then
@@ -44,34 +54,49 @@ done
 
 phase() { echo "$(date +%s.%N) $1" >> "$out/phases.txt"; }
 
-if [ -x "$root/gpu/bin/gpu_check" ]; then
-  phase gpu_check
-  timeout 60 bash "$root/xtask/gpu-run.sh" gpu_check --bench > "$out/gpu_check.txt" 2>&1
-  echo "gpu_check rc $?" >> "$out/rc.txt"
-fi
+apis="${DUOSEG_GPU_APIS:-legacy}"
+train_runs="${DUOSEG_GPU_TRAIN:-tf32:legacy,f32:legacy}"
+suffix() { [ "$1" = legacy ] || echo "-$1"; }
 
+for api in ${apis//,/ }; do
+  sfx="$(suffix "$api")"
+  export DUOSEG_CUDNN_API="$api"
+  if [ -x "$root/gpu/bin/gpu_check" ]; then
+    phase "gpu_check$sfx"
+    DUOSEG_CUDNN_LOG=1 timeout 90 bash "$root/xtask/gpu-run.sh" gpu_check --bench > "$out/gpu_check$sfx.txt" 2> "$out/cudnn-log$sfx.txt"
+    echo "gpu_check$sfx rc $?" >> "$out/rc.txt"
+  fi
+  if [ -x "$root/gpu/bin/bench_nn3d" ]; then
+    phase "nn3d$sfx"
+    timeout 45 bash "$root/xtask/gpu-run.sh" bench_nn3d --device cuda --json > "$out/nn3d-rust$sfx.json" 2> "$out/nn3d-rust$sfx.err"
+    echo "bench_nn3d$sfx rc $?" >> "$out/rc.txt"
+  fi
+  # One training step of both nets on random data, timed per phase (forward A, forward B, losses,
+  # backward, SGD), with TF32 (and, under the legacy API, in plain f32).
+  if [ -x "$root/gpu/bin/bench_step" ]; then
+    phase "bench_step$sfx"
+    modes=tf32
+    [ "$api" = legacy ] && modes="tf32 f32"
+    [ "${DUOSEG_GPU_POOL_AB:-0}" = 1 ] && modes="$modes tf32-release"
+    for mode in $modes; do
+      flag=""
+      [ "$mode" = f32 ] && flag="--no-tf32"
+      [ "$mode" = tf32-release ] && flag="--release-gpu-memory"
+      timeout 60 bash "$root/xtask/gpu-run.sh" bench_step --device cuda --crop 112 112 80 --iters 10 --warmup 3 $flag \
+        > "$out/step-$mode$sfx.json" 2> "$out/step-$mode$sfx.err"
+      echo "bench_step $mode$sfx rc $?" >> "$out/rc.txt"
+    done
+  fi
+done
+unset DUOSEG_CUDNN_API
 if [ -x "$root/gpu/bin/bench_nn3d" ]; then
-  phase nn3d
-  timeout 45 bash "$root/xtask/gpu-run.sh" bench_nn3d --device cuda --json > "$out/nn3d-rust.json" 2> "$out/nn3d-rust.err"
-  echo "bench_nn3d rc $?" >> "$out/rc.txt"
+  phase nn3d_torch
   timeout 45 "$py" "$root/tests/reference/bench_nn3d_torch.py" --device cuda > "$out/nn3d-torch.json" 2> "$out/nn3d-torch.err"
   echo "bench_nn3d_torch rc $?" >> "$out/rc.txt"
 fi
 
-# One training step of both nets on random data, timed per phase (forward A, forward B, losses,
-# backward, SGD), with TF32 and in plain f32.
-if [ -x "$root/gpu/bin/bench_step" ]; then
-  phase bench_step
-  for mode in tf32 f32; do
-    flag=""
-    [ "$mode" = f32 ] && flag="--no-tf32"
-    timeout 60 bash "$root/xtask/gpu-run.sh" bench_step --device cuda --crop 112 112 80 --iters 10 --warmup 3 $flag \
-      > "$out/step-$mode.json" 2> "$out/step-$mode.err"
-    echo "bench_step $mode rc $?" >> "$out/rc.txt"
-  done
-fi
-
-# duoseg: ITERS iterations with TF32 convolutions (the default, as PyTorch's), then ITERS/2 in plain f32.
+# duoseg training runs: TF32 convolutions (the default, as PyTorch's) for ITERS iterations, plain f32
+# for ITERS/2.
 train() { # <tag> <iters> <time limit> [extra args]
   local tag=$1 n=$2 limit=$3
   shift 3
@@ -86,8 +111,21 @@ train() { # <tag> <iters> <time limit> [extra args]
   done
 }
 if [ -x "$root/gpu/bin/duoseg" ]; then
-  train tf32 "$iters" 200
-  train f32 $((iters / 2)) 110 --no-tf32
+  for run in ${train_runs//,/ }; do
+    [ "$run" = none ] && continue
+    mode="${run%%:*}"
+    api="${run#*:}"
+    sfx="$(suffix "$api")"
+    if [ -n "$sfx" ] && ! grep -qx "gpu_check$sfx rc 0" "$out/rc.txt"; then
+      echo "duoseg train $mode$sfx skipped: gpu_check$sfx did not pass" >> "$out/rc.txt"
+      continue
+    fi
+    case "$mode" in
+      tf32) DUOSEG_CUDNN_API="$api" train "tf32$sfx" "$iters" 200 ;;
+      f32) DUOSEG_CUDNN_API="$api" train "f32$sfx" $((iters / 2)) 110 --no-tf32 ;;
+      *) echo "unknown training run $run" >> "$out/rc.txt" ;;
+    esac
+  done
 fi
 
 if [ -f "$carry/ref/bench_torch.py" ]; then

@@ -11,7 +11,8 @@ after the first 10 (the first ones include cuDNN's algorithm search), the first 
 Dice of its summary. Per PyTorch mode (`torch.jsonl`): its own median step, peak memory and
 sliding-window time. bench_step (`step-<tf32|f32>.json`): one step on random data, the median of each
 phase. The op benchmark (`nn3d-rust.json`, `nn3d-torch.json`): forward and
-forward + backward seconds per op on both sides. GPU memory in use (`gpu-memory.csv`, sampled once
+forward + backward seconds per op on both sides. Files ending in `-graph` (runs under
+`DUOSEG_CUDNN_API=graph`, see gpu-la-bench.sh) are reported beside the legacy ones. GPU memory in use (`gpu-memory.csv`, sampled once
 a second by nvidia-smi) is split into the phases of `phases.txt` and its peak reported per phase.
 """
 import json
@@ -102,8 +103,8 @@ def memory_peaks(folder):
     return {"source": folder, "peak_mib_by_phase": peaks} if peaks else None
 
 
-def nn3d(folder):
-    rust = load_json(os.path.join(folder, "nn3d-rust.json"))
+def nn3d(folder, suffix=""):
+    rust = load_json(os.path.join(folder, f"nn3d-rust{suffix}.json"))
     torch = load_json(os.path.join(folder, "nn3d-torch.json"))
     if not rust or not torch:
         return None
@@ -129,7 +130,7 @@ def main():
     out = {"benchmark": "gpu-la", "duoseg": {}, "pytorch": {}}
     for folder in folders:
         smi = os.path.join(folder, "nvidia-smi.txt")
-        for tag in ("f32", "tf32"):
+        for tag in ("f32", "tf32", "f32-graph", "tf32-graph"):
             run = duoseg_run(folder, tag)
             if run:
                 out["duoseg"][tag] = run
@@ -139,14 +140,19 @@ def main():
                 entry["source"] = folder
                 out["pytorch"][entry.get("mode", "?")] = entry
                 out["gpu"] = entry.get("gpu") or out.get("gpu")
-        for mode in ("tf32", "f32"):
-            step = load_json(os.path.join(folder, f"step-{mode}.json"))
+        step_files = sorted(f for f in os.listdir(folder) if f.startswith("step-") and f.endswith(".json"))
+        for name in step_files:
+            mode = name[len("step-"):-len(".json")]
+            step = load_json(os.path.join(folder, name))
             if step:
                 step["source"] = folder
                 out.setdefault("duoseg_step_phases", {})[mode] = step
         ops = nn3d(folder)
         if ops:
             out["nn3d"] = ops
+        ops = nn3d(folder, "-graph")
+        if ops:
+            out["nn3d_graph"] = ops
         peaks = memory_peaks(folder)
         if peaks:
             out["gpu_memory"] = peaks

@@ -4,9 +4,12 @@
 //! preset), backward, and an SGD update (lr 0.01, momentum 0.9, weight decay 1e-4, PyTorch semantics).
 //! The same workload as `../shared/reference/bench_torch.py --device cpu`; run by `cargo xtask bench step`.
 //!
-//! Usage: bench_step [--crop D H W] [--iters N] [--warmup N] [--device cpu|cuda] [--no-tf32]. Prints one
+//! Usage: bench_step [--crop D H W] [--iters N] [--warmup N] [--device cpu|cuda] [--no-tf32]
+//! [--release-gpu-memory] (leave the CUDA memory pool's release threshold at 0, as before the CLI kept
+//! freed memory). Prints one
 //! JSON object: median / min step seconds, the median of each phase (forward of each net, losses,
-//! backward, SGD) over the timed steps, and the process's peak resident memory. On CUDA the device is
+//! backward, SGD) over the timed steps, the median of each part of the losses run alone
+//! (`losses_median_s`: forward only), and the process's peak resident memory. On CUDA the device is
 //! synchronised before every clock reading, so each phase gets the GPU time it queued; convolutions use
 //! TF32 unless `--no-tf32` (as the CLI).
 
@@ -14,7 +17,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use duoseg_losses::{IterationInput, LossConfig, NetOutputs, Objective};
+use duoseg_losses::{
+    consistency_l1_normalized, cross_entropy, dice_loss, disagreement_mask, entropy,
+    mean_confidence, prototype_contrastive, pseudo_labels, select_reliable, supervised_loss,
+    IterationInput, LossConfig, NetOutputs, Objective,
+};
 use duoseg_models::{build, Arch, NetConfig};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -61,6 +68,7 @@ fn main() -> Res<()> {
     let (mut iters, mut warmup) = (5usize, 1usize);
     let mut device = "cpu".to_string();
     let mut tf32 = true;
+    let mut retain_gpu_memory = true;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -89,6 +97,10 @@ fn main() -> Res<()> {
                 tf32 = false;
                 i += 1;
             }
+            "--release-gpu-memory" => {
+                retain_gpu_memory = false;
+                i += 1;
+            }
             other => return Err(format!("unknown option {other:?}").into()),
         }
     }
@@ -98,6 +110,9 @@ fn main() -> Res<()> {
         other => return Err(format!("--device must be cpu or cuda, got {other:?}").into()),
     };
     duoseg_nn3d::cuda::set_allow_tf32(tf32);
+    if retain_gpu_memory {
+        duoseg_nn3d::cuda::retain_freed_gpu_memory(&dev)?;
+    }
     // The clock is read after the device has finished what was queued (a no-op on the CPU).
     let now = |t0: &Instant| -> candle_core::Result<f64> {
         dev.synchronize()?;
@@ -165,10 +180,20 @@ fn main() -> Res<()> {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied()
     };
+    let losses = loss_breakdown(
+        &dev,
+        &x,
+        &y,
+        |x| net_a.forward_t(x, true),
+        |x| net_b.forward_t(x, true),
+        warmup,
+        iters,
+    )?;
     let report = serde_json::json!({
         "impl": "duoseg",
         "device": device,
         "tf32": dev.is_cuda() && tf32,
+        "retain_gpu_memory": dev.is_cuda() && retain_gpu_memory,
         "crop": crop,
         "batch": "2+2",
         "iters": iters,
@@ -180,9 +205,88 @@ fn main() -> Res<()> {
             "forward_vnet": phase_median(0), "forward_resnet34": phase_median(1), "losses": phase_median(2),
             "backward": phase_median(3), "sgd": phase_median(4)
         }),
+        "losses_median_s": losses,
     });
     println!("{report}");
     Ok(())
+}
+
+/// The parts of `Objective::assemble` (paper preset, default config) one at a time on one pair of
+/// outputs, forward only, each timed to a device synchronisation: where the "losses" phase goes.
+fn loss_breakdown(
+    dev: &Device,
+    x: &Tensor,
+    y: &Tensor,
+    fwd_a: impl Fn(&Tensor) -> candle_core::Result<(Tensor, Tensor)>,
+    fwd_b: impl Fn(&Tensor) -> candle_core::Result<(Tensor, Tensor)>,
+    warmup: usize,
+    iters: usize,
+) -> Res<serde_json::Value> {
+    let (la, feat_a) = fwd_a(x)?;
+    let (lb, feat_b) = fwd_b(x)?;
+    let cfg = LossConfig::default();
+    let n_l = y.dim(0)?;
+    let n_u = la.dim(0)? - n_l;
+    let mut parts: Vec<(&'static str, Vec<f64>)> = Vec::new();
+    for step in 0..warmup + iters {
+        dev.synchronize()?;
+        let mut t = Instant::now();
+        let mut times: Vec<(&'static str, f64)> = Vec::new();
+        let mut lap = |name: &'static str| -> candle_core::Result<()> {
+            dev.synchronize()?;
+            times.push((name, t.elapsed().as_secs_f64()));
+            t = Instant::now();
+            Ok(())
+        };
+        let pa = candle_nn::ops::softmax(&la, 1)?;
+        let pb = candle_nn::ops::softmax(&lb, 1)?;
+        lap("softmax")?;
+        let sa = supervised_loss(&la.narrow(0, 0, n_l)?, y, None)?;
+        let sb = supervised_loss(&lb.narrow(0, 0, n_l)?, y, None)?;
+        let _ = (sa.total()? + sb.total()?)?;
+        lap("supervised")?;
+        let (pa_u, pb_u) = (pa.narrow(0, n_l, n_u)?, pb.narrow(0, n_l, n_u)?);
+        let yhat = pseudo_labels(&pa_u)?;
+        let ent = entropy(&pa_u)?;
+        lap("pseudo_labels_entropy")?;
+        let reliable = select_reliable(&ent, cfg.alpha0)?;
+        lap("select_reliable")?;
+        let lu = (cross_entropy(&lb.narrow(0, n_l, n_u)?, &yhat, Some(&reliable))?
+            + dice_loss(&pb_u, &yhat, Some(&reliable))?)?;
+        let _ = lu;
+        lap("unsup")?;
+        let conf = 0.5 * (mean_confidence(&pa_u)? + mean_confidence(&pb_u)?);
+        let mdiff = disagreement_mask(&pa_u, &pb_u, conf)?;
+        let _ = consistency_l1_normalized(&pa_u, &pb_u, &mdiff, cfg.reg_normalize)?;
+        lap("consistency")?;
+        for (name, f) in [("contrastive_a", &feat_a), ("contrastive_b", &feat_b)] {
+            let _ = prototype_contrastive(
+                &f.narrow(0, n_l, n_u)?,
+                &reliable,
+                &yhat,
+                &f.narrow(0, 0, n_l)?,
+                y,
+                2,
+                &cfg.contrastive,
+                step as u64,
+            )?;
+            lap(name)?;
+        }
+        if step >= warmup {
+            for (name, secs) in times {
+                match parts.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, v)) => v.push(secs),
+                    None => parts.push((name, vec![secs])),
+                }
+            }
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (name, mut v) in parts {
+        v.sort_by(f64::total_cmp);
+        out.insert(name.to_string(), serde_json::json!(v.get(v.len() / 2)));
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 fn rayon_threads() -> usize {
