@@ -195,16 +195,13 @@ fn search<A: Copy + PartialEq>(
         break;
     }
     s.conv.set_math(search_math(s.tf32))?;
-    match found {
-        Some(Ok(list)) => {
-            let list = candidates(&list, s.tf32);
-            if !list.is_empty() {
-                return Ok(list);
-            }
+    // A failed search (or no workspace at all) is not an error: the heuristic order below still
+    // gives working algorithms, only perhaps slower ones.
+    if let Some(Ok(list)) = found {
+        let list = candidates(&list, s.tf32);
+        if !list.is_empty() {
+            return Ok(list);
         }
-        // A failed search (or no workspace at all) is not an error: the heuristic order below
-        // still gives working algorithms, only perhaps slower ones.
-        Some(Err(_)) | None => {}
     }
     Ok(candidates(&heuristics()?, s.tf32))
 }

@@ -166,21 +166,24 @@ impl BackendDesc {
         )
     }
 
-    fn get_i64(&self, attr: Attr) -> Result<i64> {
-        let (mut v, mut n) = (0i64, 0i64);
+    /// Reads up to `capacity` elements of type `ty` of `attr` into `out` (with `capacity` 0 and a
+    /// null `out`: only counts them); returns the attribute's element count.
+    ///
+    /// Safety: `out` must have room for `capacity` elements of the C type that `ty` names.
+    unsafe fn get_raw(&self, attr: Attr, ty: Ty, capacity: usize, out: *mut c_void) -> Result<i64> {
+        let mut n = 0i64;
         check(
             unsafe {
-                sys::cudnnBackendGetAttribute(
-                    self.0,
-                    attr,
-                    Ty::CUDNN_TYPE_INT64,
-                    1,
-                    &mut n,
-                    (&mut v as *mut i64).cast(),
-                )
+                sys::cudnnBackendGetAttribute(self.0, attr, ty, capacity as i64, &mut n, out)
             },
             &format!("get {attr:?}"),
         )?;
+        Ok(n)
+    }
+
+    fn get_i64(&self, attr: Attr) -> Result<i64> {
+        let mut v = 0i64;
+        unsafe { self.get_raw(attr, Ty::CUDNN_TYPE_INT64, 1, (&mut v as *mut i64).cast())? };
         Ok(v)
     }
 }
@@ -302,39 +305,15 @@ fn engine_configs(graph: &BackendDesc) -> Result<Vec<BackendDesc>> {
         )?
     };
     heur.finalize("engine heuristics")?;
-    let mut count = 0i64;
-    check(
-        unsafe {
-            sys::cudnnBackendGetAttribute(
-                heur.0,
-                Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                0,
-                &mut count,
-                std::ptr::null_mut(),
-            )
-        },
-        "count engine configurations",
-    )?;
+    let results = Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS;
+    let descs = Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR;
+    let count = unsafe { heur.get_raw(results, descs, 0, std::ptr::null_mut())? };
     let count = count.clamp(0, 64) as usize;
     let configs: Vec<BackendDesc> = (0..count)
         .map(|_| BackendDesc::new(Kind::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
         .collect::<Result<_>>()?;
     let mut raw: Vec<sys::cudnnBackendDescriptor_t> = configs.iter().map(|c| c.0).collect();
-    let mut got = 0i64;
-    check(
-        unsafe {
-            sys::cudnnBackendGetAttribute(
-                heur.0,
-                Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                count as i64,
-                &mut got,
-                raw.as_mut_ptr().cast(),
-            )
-        },
-        "get engine configurations",
-    )?;
+    let got = unsafe { heur.get_raw(results, descs, count, raw.as_mut_ptr().cast())? };
     let mut configs = configs;
     configs.truncate(got.clamp(0, count as i64) as usize);
     Ok(configs)
@@ -343,39 +322,27 @@ fn engine_configs(graph: &BackendDesc) -> Result<Vec<BackendDesc>> {
 /// The numerical notes of a configuration's engine (as raw enum values), with its global index.
 fn engine_notes(config: &BackendDesc) -> Result<(i64, Vec<i32>)> {
     let engine = BackendDesc::new(Kind::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
-    let mut n = 0i64;
     let mut raw = engine.0;
-    check(
-        unsafe {
-            sys::cudnnBackendGetAttribute(
-                config.0,
-                Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                1,
-                &mut n,
-                (&mut raw as *mut sys::cudnnBackendDescriptor_t).cast(),
-            )
-        },
-        "get the engine of a configuration",
-    )?;
+    unsafe {
+        config.get_raw(
+            Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
+            Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            1,
+            (&mut raw as *mut sys::cudnnBackendDescriptor_t).cast(),
+        )?
+    };
     let index = engine.get_i64(Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)?;
     let cap = sys::cudnnBackendNumericalNote_t::CUDNN_NUMERICAL_NOTE_TYPE_COUNT as usize;
     // Raw i32 values: a note this build's enum does not know must not become an invalid enum.
     let mut notes = vec![0i32; cap];
-    let mut got = 0i64;
-    check(
-        unsafe {
-            sys::cudnnBackendGetAttribute(
-                engine.0,
-                Attr::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
-                Ty::CUDNN_TYPE_NUMERICAL_NOTE,
-                cap as i64,
-                &mut got,
-                notes.as_mut_ptr().cast(),
-            )
-        },
-        "get numerical notes",
-    )?;
+    let got = unsafe {
+        engine.get_raw(
+            Attr::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+            Ty::CUDNN_TYPE_NUMERICAL_NOTE,
+            cap,
+            notes.as_mut_ptr().cast(),
+        )?
+    };
     notes.truncate(got.clamp(0, cap as i64) as usize);
     Ok((index, notes))
 }
