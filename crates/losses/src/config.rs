@@ -19,7 +19,7 @@ pub enum Preset {
     ReferenceCode,
 }
 
-/// Which net(s) learn from the teacher's pseudo-labels.
+/// Which net(s) learn from a single teacher's pseudo-labels (with `TeacherRule::Ensemble` both nets always do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StudentRule {

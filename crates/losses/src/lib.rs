@@ -27,7 +27,7 @@ pub use contrastive::{
 pub use objective::{IterationInput, LossTerms, NetOutputs, Objective};
 pub use reliability::{
     alpha_schedule, choose_teacher, entropy, pseudo_labels, reliable_threshold_by_bisection,
-    select_reliable, Net, TeacherRule, ENTROPY_EPS,
+    select_reliable, Net, Teacher, TeacherRule, ENTROPY_EPS,
 };
 pub use schedule::{LambdaSchedule, ScheduleShape};
 pub use supervised::{

@@ -11,7 +11,7 @@ use crate::consistency::{
 use crate::contrastive::{prototype_contrastive, ContrastiveTerms};
 use crate::reduce;
 use crate::reliability::{
-    alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable, Net,
+    alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable, Net, Teacher,
 };
 use crate::supervised::{cross_entropy, dice_loss, supervised_loss, SupervisedTerms};
 
@@ -45,7 +45,8 @@ pub struct IterationInput<'a> {
     /// Seed of this iteration's voxel sampling (e.g. run seed + t).
     pub seed: u64,
     /// Logits `[N_u, K, D, H, W]` on the unlabeled items of smoothed (EMA) copies of A and B, when the
-    /// trainer keeps them: the chosen teacher's copy then gives the pseudo-labels and the entropy (Mean
+    /// trainer keeps them: the chosen teacher's copy (the mean of both copies' probabilities for the ensemble
+    /// teacher) then gives the pseudo-labels and the entropy (Mean
     /// Teacher's damping of confirmation bias, SPEC section 6). `None`: the live nets teach (SPEC section 2).
     /// Used by `Preset::Paper` only.
     pub teacher_logits: Option<[&'a Tensor; 2]>,
@@ -69,7 +70,7 @@ pub struct LossTerms {
     /// Contrastive terms of net B (zeros when switched off).
     pub contrast_b: ContrastiveTerms,
     /// The teacher this iteration.
-    pub teacher: Net,
+    pub teacher: Teacher,
     /// `alpha_t`.
     pub alpha: f64,
     /// T this iteration (NaN when `L_reg` is off).
@@ -104,10 +105,7 @@ impl LossTerms {
         m.insert("push_a", v(&self.contrast_a.push)?);
         m.insert("pull_b", v(&self.contrast_b.pull)?);
         m.insert("push_b", v(&self.contrast_b.push)?);
-        m.insert(
-            "teacher_is_a",
-            if self.teacher == Net::A { 1.0 } else { 0.0 },
-        );
+        m.insert("teacher_is_a", self.teacher.share_of_a());
         m.insert("alpha", self.alpha);
         m.insert("threshold", self.threshold);
         m.insert("lambda_u", self.lambda_u);
@@ -284,19 +282,20 @@ impl Objective {
             (host(&sup_a.ce)?, host(&sup_a.dice)?),
             (host(&sup_b.ce)?, host(&sup_b.dice)?),
         );
-        let probs_t = match (input.teacher_logits, teacher) {
-            (None, Net::A) => a.probs_u.detach(),
-            (None, Net::B) => b.probs_u.detach(),
-            (Some([ta, tb]), net) => {
-                let logits = if net == Net::A { ta } else { tb };
-                if logits.dims() != a.probs_u.dims() {
-                    bail!(
-                        "teacher logits {:?} must match the unlabeled half {:?}",
-                        logits.dims(),
-                        a.probs_u.dims()
-                    );
+        let probs_t = match input.teacher_logits {
+            None => teacher_probs(teacher, &a.probs_u, &b.probs_u)?,
+            Some([ta, tb]) => {
+                for logits in [ta, tb] {
+                    if logits.dims() != a.probs_u.dims() {
+                        bail!(
+                            "teacher logits {:?} must match the unlabeled half {:?}",
+                            logits.dims(),
+                            a.probs_u.dims()
+                        );
+                    }
                 }
-                candle_nn::ops::softmax(&logits.detach(), 1)?
+                let softmax = |l: &Tensor| candle_nn::ops::softmax(&l.detach(), 1);
+                teacher_probs(teacher, &softmax(ta)?, &softmax(tb)?)?
             }
         };
         let yhat = pseudo_labels(&probs_t)?;
@@ -307,9 +306,10 @@ impl Objective {
 
         let mut unsup = zero.clone();
         if cfg.use_unsup {
-            let students: &[Net] = match cfg.student {
-                StudentRule::Other => &[teacher.other()],
-                StudentRule::Both => &[Net::A, Net::B],
+            let students: &[Net] = match (teacher, cfg.student) {
+                (Teacher::Net(Net::A), StudentRule::Other) => &[Net::B],
+                (Teacher::Net(Net::B), StudentRule::Other) => &[Net::A],
+                _ => &[Net::A, Net::B],
             };
             for s in students {
                 let h = if *s == Net::A { a } else { b };
@@ -457,4 +457,13 @@ impl Objective {
             n_disagree,
         })
     }
+}
+
+/// The teacher's probabilities on the unlabeled half, detached: one net's, or the mean of both.
+fn teacher_probs(teacher: Teacher, probs_a: &Tensor, probs_b: &Tensor) -> Result<Tensor> {
+    Ok(match teacher {
+        Teacher::Net(Net::A) => probs_a.detach(),
+        Teacher::Net(Net::B) => probs_b.detach(),
+        Teacher::Ensemble => ((probs_a + probs_b)? * 0.5)?.detach(),
+    })
 }

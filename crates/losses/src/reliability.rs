@@ -180,17 +180,43 @@ pub enum TeacherRule {
     LowerSupervised,
     /// The net with the lower Dice part only (reference code).
     LowerDice,
+    /// The mean of both nets' probabilities; both nets are its students. Once the labeled set is fitted, the
+    /// lower supervised loss picks whichever net memorised the labeled batch better, not the one that
+    /// generalises better (SPEC section 6, confirmation bias); the mean lets neither net's own mistakes
+    /// alone set the pseudo-labels.
+    Ensemble,
+}
+
+/// Who gives the pseudo-labels in one iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teacher {
+    /// One subnetwork.
+    Net(Net),
+    /// The mean of both subnetworks' probabilities.
+    Ensemble,
+}
+
+impl Teacher {
+    /// Share of net A in the teacher's probabilities: 1, 0, or 0.5 for the ensemble (the log's `teacher_is_a`).
+    pub fn share_of_a(self) -> f64 {
+        match self {
+            Teacher::Net(Net::A) => 1.0,
+            Teacher::Net(Net::B) => 0.0,
+            Teacher::Ensemble => 0.5,
+        }
+    }
 }
 
 /// Picks the teacher from each net's `(ce, dice)` values; ties go to A.
-pub fn choose_teacher(rule: TeacherRule, a: (f64, f64), b: (f64, f64)) -> Net {
+pub fn choose_teacher(rule: TeacherRule, a: (f64, f64), b: (f64, f64)) -> Teacher {
     let (score_a, score_b) = match rule {
         TeacherRule::LowerSupervised => (a.0 + a.1, b.0 + b.1),
         TeacherRule::LowerDice => (a.1, b.1),
+        TeacherRule::Ensemble => return Teacher::Ensemble,
     };
     if score_a <= score_b {
-        Net::A
+        Teacher::Net(Net::A)
     } else {
-        Net::B
+        Teacher::Net(Net::B)
     }
 }

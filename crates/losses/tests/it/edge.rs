@@ -384,8 +384,9 @@ fn unsup_dice_switch_leaves_the_masked_cross_entropy() {
     // other net's masked CE (+ masked Dice)
     let teacher = with.teacher;
     let (lt, ls) = match teacher {
-        Net::A => (&la, &lb),
-        Net::B => (&lb, &la),
+        Teacher::Net(Net::A) => (&la, &lb),
+        Teacher::Net(Net::B) => (&lb, &la),
+        Teacher::Ensemble => unreachable!("the default rule picks one net"),
     };
     let pt = candle_nn::ops::softmax(&lt.narrow(0, 1, 1).unwrap(), 1).unwrap();
     let yhat = pseudo_labels(&pt).unwrap();
@@ -481,8 +482,9 @@ fn smoothed_teacher_logits_give_the_pseudo_labels() {
     let flipped = run(Some([&na, &nb])).unwrap();
     assert_eq!(flipped.n_reliable, live.n_reliable);
     let (teacher_u, student_u) = match flipped.teacher {
-        Net::A => (&na, &ub),
-        Net::B => (&nb, &ua),
+        Teacher::Net(Net::A) => (&na, &ub),
+        Teacher::Net(Net::B) => (&nb, &ua),
+        Teacher::Ensemble => unreachable!("the default rule picks one net"),
     };
     let pt = candle_nn::ops::softmax(teacher_u, 1).unwrap();
     let yhat = pseudo_labels(&pt).unwrap();
@@ -495,4 +497,70 @@ fn smoothed_teacher_logits_give_the_pseudo_labels() {
     // the teacher's logits must cover the unlabeled half
     let wrong = la.as_tensor().clone();
     assert!(run(Some([&wrong, &wrong])).is_err());
+}
+
+#[test]
+fn ensemble_teacher_labels_from_the_mean_and_teaches_both_nets() {
+    let y = rand_labels(&[1, 4, 4, 4], 3, 80).unwrap();
+    let la = candle_core::Var::from_tensor(&rand_f64(&[2, 3, 4, 4, 4], 2.0, 81).unwrap()).unwrap();
+    let lb = candle_core::Var::from_tensor(&rand_f64(&[2, 3, 4, 4, 4], 2.0, 82).unwrap()).unwrap();
+    let f = candle_core::Var::from_tensor(&rand_f64(&[2, 4, 4, 4, 4], 1.0, 83).unwrap()).unwrap();
+    let cfg = LossConfig {
+        teacher: TeacherRule::Ensemble,
+        ..LossConfig::default()
+    };
+    let mut obj = Objective::new(cfg, 3).unwrap();
+    let terms = obj
+        .assemble(&IterationInput {
+            a: NetOutputs {
+                logits: la.as_tensor(),
+                features: f.as_tensor(),
+            },
+            b: NetOutputs {
+                logits: lb.as_tensor(),
+                features: f.as_tensor(),
+            },
+            labels: &y,
+            iteration: 40,
+            total_iterations: 100,
+            seed: 9,
+            teacher_logits: None,
+        })
+        .unwrap();
+    assert_eq!(terms.teacher, Teacher::Ensemble);
+    assert_eq!(terms.scalars().unwrap()["teacher_is_a"], 0.5);
+    // by hand: pseudo-labels and reliable voxels of the mean softmax, CE + Dice of both nets against them
+    let (ua, ub) = (
+        la.as_tensor().narrow(0, 1, 1).unwrap(),
+        lb.as_tensor().narrow(0, 1, 1).unwrap(),
+    );
+    let (pa, pb) = (
+        candle_nn::ops::softmax(&ua, 1).unwrap(),
+        candle_nn::ops::softmax(&ub, 1).unwrap(),
+    );
+    let mean = ((&pa + &pb).unwrap() * 0.5).unwrap();
+    let yhat = pseudo_labels(&mean).unwrap();
+    let reliable = select_reliable(&entropy(&mean).unwrap(), terms.alpha).unwrap();
+    // 64 voxels, alpha_t = 0.2 * (1 - 40 / 100) = 0.12: floor(7.68) = 7 unreliable
+    assert_eq!((terms.n_reliable, terms.n_unreliable), (57, 7));
+    let student = |logits: &Tensor, probs: &Tensor| {
+        scalar(&cross_entropy(logits, &yhat, Some(&reliable)).unwrap())
+            + scalar(&dice_loss(probs, &yhat, Some(&reliable)).unwrap())
+    };
+    let expected = student(&ua, &pa) + student(&ub, &pb);
+    assert!((scalar(&terms.unsup) - expected).abs() < 1e-12);
+    // the pseudo-labels differ from either net's own somewhere, or the test shows nothing
+    for own in [&pa, &pb] {
+        let differ = pseudo_labels(own).unwrap().ne(&yhat).unwrap();
+        assert!(scalar(&differ.to_dtype(DType::F64).unwrap().sum_all().unwrap()) > 0.0);
+    }
+    // both nets get a gradient from L_u alone, through their own logits only
+    let grads = terms.unsup.backward().unwrap();
+    for v in [&la, &lb] {
+        let g = grads
+            .get(v.as_tensor())
+            .expect("a student without gradient");
+        let norm = scalar(&g.sqr().unwrap().sum_all().unwrap());
+        assert!(norm > 0.0);
+    }
 }

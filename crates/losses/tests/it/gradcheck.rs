@@ -147,14 +147,28 @@ fn assembled_total_gradient() {
     let fa = rand_f64(&[3, 4, 3, 2, 2], 1.0, 22).unwrap();
     let fb = rand_f64(&[3, 4, 3, 2, 2], 1.0, 23).unwrap();
     let y = rand_labels(&[1, 3, 2, 2], 2, 24).unwrap();
-    for (preset, student) in [
-        (Preset::Paper, StudentRule::Other),
-        (Preset::Paper, StudentRule::Both),
-        (Preset::ReferenceCode, StudentRule::Other),
+    for (preset, student, teacher) in [
+        (
+            Preset::Paper,
+            StudentRule::Other,
+            TeacherRule::LowerSupervised,
+        ),
+        (
+            Preset::Paper,
+            StudentRule::Both,
+            TeacherRule::LowerSupervised,
+        ),
+        (Preset::Paper, StudentRule::Other, TeacherRule::Ensemble),
+        (
+            Preset::ReferenceCode,
+            StudentRule::Other,
+            TeacherRule::LowerSupervised,
+        ),
     ] {
         let cfg = LossConfig {
             preset,
             student,
+            teacher,
             threshold: ThresholdRule::Fixed { value: 0.5 },
             contrastive: ContrastiveConfig {
                 margin: 3.0,

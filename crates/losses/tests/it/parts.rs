@@ -60,16 +60,27 @@ fn threshold_rules() {
 fn teacher_rule() {
     assert_eq!(
         choose_teacher(TeacherRule::LowerSupervised, (0.5, 0.3), (0.2, 0.5)),
-        Net::B
+        Teacher::Net(Net::B)
     );
     assert_eq!(
         choose_teacher(TeacherRule::LowerDice, (0.5, 0.3), (0.2, 0.5)),
-        Net::A
+        Teacher::Net(Net::A)
     );
     assert_eq!(
         choose_teacher(TeacherRule::LowerSupervised, (0.4, 0.4), (0.4, 0.4)),
-        Net::A
+        Teacher::Net(Net::A)
     );
+    assert_eq!(
+        choose_teacher(TeacherRule::Ensemble, (0.1, 0.1), (0.9, 0.9)),
+        Teacher::Ensemble
+    );
+    let shares = [
+        Teacher::Net(Net::A),
+        Teacher::Net(Net::B),
+        Teacher::Ensemble,
+    ]
+    .map(Teacher::share_of_a);
+    assert_eq!(shares, [1.0, 0.0, 0.5]);
 }
 
 #[test]
