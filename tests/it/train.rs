@@ -107,7 +107,7 @@ fn train_writes_the_whole_run_folder() {
         .collect();
     assert_eq!(left, vec![3]);
     // the final weights reload with their config
-    let (back, _nets) =
+    let (back, nets) =
         trainer::load_nets(&dir.join("final.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(back, cfg);
     let saved: TrainConfig =
@@ -140,6 +140,54 @@ fn train_writes_the_whole_run_folder() {
     assert_eq!(a.shape, test.shape);
     assert_eq!(a.data, b.data);
     assert!(dir.join("infer/phantom_004_prob1.nii.gz").is_file());
+    // `duoseg evaluate --run` scores the final model again: the same report as summary.json, and with
+    // `--nets a` the same as evaluating net A alone in process
+    let evaluate_run = |nets: &[&str], json: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+            .arg("evaluate")
+            .arg("--run")
+            .arg(&dir)
+            .args(nets)
+            .arg("--json")
+            .arg(json)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap()).unwrap()
+    };
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(evaluate_run(&[], &dir.join("again.json")), summary);
+    let net_a = evaluate_run(&["--nets", "a"], &dir.join("summary-a.json"));
+    let mut cfg_a = cfg.clone();
+    cfg_a.eval.nets = duoseg_train::config::EvalNets::A;
+    let test_cases = data::load(&cfg.data, None).unwrap().test;
+    let (report_a, _) = trainer::evaluate(
+        &cfg_a,
+        &nets,
+        &test_cases,
+        &candle_core::Device::Cpu,
+        &mut Silent,
+    )
+    .unwrap();
+    // both sides through JSON text: serde_json's float parsing is not always exact to the last bit
+    let text_a = serde_json::to_string(&report_a).unwrap();
+    assert_eq!(
+        net_a,
+        serde_json::from_str::<serde_json::Value>(&text_a).unwrap()
+    );
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .args(["evaluate", "--run"])
+        .arg(dir.join("no-such-run"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("no-such-run"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -3,13 +3,16 @@
 //! `bench/sweep-<name>.md`.
 //!
 //! Usage: `cargo xtask sweep --config FILE --seeds 1,2,3 [--name NAME] [--iters N] [--data DIR]
-//! [--set key=value]... [--variant LABEL:key=value,key=value]...`
+//! [--set key=value]... [--variant LABEL:key=value,key=value]... [--per-net]`
 //! `--set` applies to every run; each `--variant` adds one row (besides `supervised` and `duoseg`,
 //! which always run). Runs go to `runs/sweep-<name>/<variant>-s<seed>`; a run whose `summary.json`
 //! exists is reused, so an interrupted sweep continues where it stopped. Each run records the code
 //! version that trained it (`code-version.txt`), and the table lists them, so reused runs name their code.
 //! A second table pairs each variant with supervised-only on the same seed and test cases (mean per-case
 //! Dice difference, its standard error, cases better / worse), so a seed's win can be told from noise.
+//! `--per-net` also scores each subnetwork alone (`duoseg evaluate --run RUN --nets a|b`, written to
+//! `RUN/summary-a.json` and `RUN/summary-b.json`) and pairs each with supervised-only's same net: the
+//! averaged result can hide that the method helps one net and hurts the other.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +59,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut name = None;
     let mut common: Vec<String> = Vec::new();
     let mut extra: Vec<String> = Vec::new();
+    let mut per_net = false;
     let mut variants = vec![
         Variant {
             label: "supervised".into(),
@@ -80,6 +84,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--set" => common.push(val()?),
             "--iters" => extra.extend(["--iters".to_string(), val()?]),
             "--data" => extra.extend(["--data".to_string(), val()?]),
+            "--per-net" => per_net = true,
             "--variant" => {
                 let v = val()?;
                 let Some((label, sets)) = v.split_once(':') else {
@@ -134,6 +139,31 @@ pub fn run(args: &[String]) -> Result<()> {
                 std::fs::write(&version_file, format!("{code}\n"))
                     .with_context(|| format!("cannot write {}", version_file.display()))?;
             }
+            let mut by_net = serde_json::Map::new();
+            for net in NETS.iter().filter(|_| per_net) {
+                let file = out.join(format!("summary-{net}.json"));
+                if !file.exists() {
+                    let mut cmd = Command::new(&bin);
+                    cmd.arg("evaluate")
+                        .arg("--run")
+                        .arg(&out)
+                        .args(["--nets", net])
+                        .arg("--json")
+                        .arg(&file);
+                    if let Some(i) = extra.iter().position(|a| a == "--data") {
+                        cmd.args(&extra[i..i + 2]);
+                    }
+                    util::run(&mut cmd)?;
+                }
+                let s: Value = serde_json::from_str(
+                    &std::fs::read_to_string(&file)
+                        .with_context(|| format!("{}", file.display()))?,
+                )?;
+                let Some((dice, ..)) = headline(&s) else {
+                    bail!("{}: no summary numbers", file.display())
+                };
+                by_net.insert(format!("dice_{net}"), json!(dice));
+            }
             let version = std::fs::read_to_string(&version_file)
                 .map(|v| v.trim().to_string())
                 .unwrap_or_else(|_| "unrecorded".into());
@@ -144,7 +174,9 @@ pub fn run(args: &[String]) -> Result<()> {
             let Some((dice, jac, hd, asd)) = headline(&s) else {
                 bail!("{}: no summary numbers", summary.display())
             };
-            per_seed.push(json!({ "seed": seed, "dice": dice, "jaccard": jac, "hd95_vox": hd, "asd_vox": asd, "run": out, "code": version }));
+            let mut row = json!({ "seed": seed, "dice": dice, "jaccard": jac, "hd95_vox": hd, "asd_vox": asd, "run": out, "code": version });
+            row.as_object_mut().expect("a JSON object").extend(by_net);
+            per_seed.push(row);
         }
         let col = |k: &str| -> Vec<f64> { per_seed.iter().filter_map(|r| r[k].as_f64()).collect() };
         let stats: Value = ["dice", "jaccard", "hd95_vox", "asd_vox"]
@@ -157,18 +189,73 @@ pub fn run(args: &[String]) -> Result<()> {
             .into();
         rows.push(json!({ "variant": v.label, "sets": common.iter().chain(&v.sets).collect::<Vec<_>>(), "seeds": per_seed, "summary": stats }));
     }
-    let paired = paired(&rows)?;
-    let md = format!(
-        "{}\n{}\n{}",
+    let paired_both = paired(&rows, "summary.json")?;
+    let mut md = format!(
+        "{}\n{}\n",
         table(&rows, &seeds),
-        paired_table(&paired),
-        provenance(&rows)
+        paired_table(
+            "Paired with supervised-only (same seed, same test cases; per-case Dice difference in points):",
+            &paired_both
+        )
     );
+    let mut out = json!({ "config": config, "seeds": seeds, "extra_args": extra, "variants": rows, "paired_vs_supervised": paired_both });
+    if per_net {
+        md.push_str(&net_table(&rows, &seeds));
+        for (net, title) in NETS.iter().zip(NET_TITLES) {
+            let p = paired(&rows, &format!("summary-{net}.json"))?;
+            md.push('\n');
+            md.push_str(&paired_table(title, &p));
+            out[format!("paired_vs_supervised_net_{net}")] = json!(p);
+        }
+        md.push('\n');
+    }
+    md.push_str(&provenance(&rows));
     println!("{md}");
-    let out = json!({ "config": config, "seeds": seeds, "extra_args": extra, "variants": rows, "paired_vs_supervised": paired });
     util::write_json(&root.join("bench").join(format!("sweep-{name}.json")), &out)?;
     write_md(&root.join("bench").join(format!("sweep-{name}.md")), &md)?;
     Ok(())
+}
+
+/// The subnetworks `--per-net` scores, as `duoseg evaluate --nets` names them.
+const NETS: [&str; 2] = ["a", "b"];
+const NET_TITLES: [&str; 2] = [
+    "Net A (V-Net) alone, paired with supervised-only's net A (per-case Dice difference in points):",
+    "Net B (ResNet-34 V-Net) alone, paired with supervised-only's net B (per-case Dice difference in points):",
+];
+
+/// Each subnetwork's Dice alone, per seed, beside the averaged result.
+fn net_table(rows: &[Value], seeds: &[u64]) -> String {
+    let mut s = String::from(
+        "Each net alone (`duoseg evaluate --run RUN --nets a|b`), Dice:\n\n| variant | net |",
+    );
+    for seed in seeds {
+        s.push_str(&format!(" s{seed} |"));
+    }
+    s.push_str(" mean ± std |\n|---|---|");
+    for _ in seeds {
+        s.push_str("---|");
+    }
+    s.push_str("---|\n");
+    for r in rows {
+        for (key, net) in [("dice_a", "A"), ("dice_b", "B"), ("dice", "both")] {
+            let dice: Vec<f64> = r["seeds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x[key].as_f64())
+                .collect();
+            s.push_str(&format!(
+                "| {} | {net} |",
+                r["variant"].as_str().unwrap_or("?")
+            ));
+            for d in &dice {
+                s.push_str(&format!(" {:.2} |", d * 100.0));
+            }
+            let (m, sd) = mean_std(&dice);
+            s.push_str(&format!(" {:.2} ± {:.2} |\n", m * 100.0, sd * 100.0));
+        }
+    }
+    s
 }
 
 fn table(rows: &[Value], seeds: &[u64]) -> String {
@@ -231,9 +318,9 @@ fn table(rows: &[Value], seeds: &[u64]) -> String {
     s
 }
 
-/// Per-case headline Dice of a run (class "mean" when present, else class "1"), by case name.
-fn case_dice(run: &Path) -> Result<std::collections::BTreeMap<String, f64>> {
-    let path = run.join("summary.json");
+/// Per-case headline Dice of a run's summary `file` (class "mean" when present, else class "1"), by case name.
+fn case_dice(run: &Path, file: &str) -> Result<std::collections::BTreeMap<String, f64>> {
+    let path = run.join(file);
     let s: Value = serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?,
     )?;
@@ -252,7 +339,7 @@ fn case_dice(run: &Path) -> Result<std::collections::BTreeMap<String, f64>> {
 /// Each variant against supervised-only on the same seed and the same test cases: the mean per-case
 /// Dice difference, its standard error (sample std / sqrt(n)) and on how many cases the variant is
 /// better. Separates a seed's real difference from test-set noise, which the means alone cannot.
-fn paired(rows: &[Value]) -> Result<Vec<Value>> {
+fn paired(rows: &[Value], file: &str) -> Result<Vec<Value>> {
     let run_of = |r: &Value, seed: &Value| -> Option<PathBuf> {
         r["seeds"]
             .as_array()?
@@ -275,7 +362,7 @@ fn paired(rows: &[Value]) -> Result<Vec<Value>> {
             let (Some(a), Some(b)) = (run_of(r, seed), run_of(sup, seed)) else {
                 continue;
             };
-            let (a, b) = (case_dice(&a)?, case_dice(&b)?);
+            let (a, b) = (case_dice(&a, file)?, case_dice(&b, file)?);
             let diffs: Vec<f64> = a
                 .iter()
                 .filter_map(|(k, x)| b.get(k).map(|y| x - y))
@@ -301,12 +388,12 @@ fn paired(rows: &[Value]) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-fn paired_table(paired: &[Value]) -> String {
+fn paired_table(title: &str, paired: &[Value]) -> String {
     if paired.is_empty() {
         return String::new();
     }
-    let mut s = String::from(
-        "Paired with supervised-only (same seed, same test cases; per-case Dice difference in points):\n\n\
+    let mut s = format!(
+        "{title}\n\n\
          | variant | seed | cases | Dice diff | SE | diff / SE | better / worse cases |\n|---|---|---|---|---|---|---|\n",
     );
     for p in paired {

@@ -8,6 +8,8 @@ use duoseg_metrics::{
     evaluate_labels, foreground_classes, summarize, EmptyRule, EvaluationReport,
     HausdorffDefinition, MetricDefinition,
 };
+use duoseg_train::run::RunDir;
+use duoseg_train::trainer::{self, Silent};
 
 /// Score predicted label maps against reference labels (medpy-exact Dice, Jaccard, HD95, ASD).
 ///
@@ -19,18 +21,34 @@ use duoseg_metrics::{
 /// skipped (so `--label` can be a whole `labelsTr` folder). Prints one row per case and class, then
 /// mean +- std (population std, undefined values skipped) per class. An empty prediction or label
 /// leaves HD95/ASD undefined: counted, listed, written as null, never 0.
+///
+/// `--run DIR` instead evaluates a training run's `final.safetensors` again on the test cases of its
+/// config, by default with the config's net(s); `--nets a` or `--nets b` scores one subnetwork alone.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   duoseg evaluate --pred runs/la/pred --label ../shared/data/la2018/labelsTr
   duoseg evaluate --pred runs/la/pred --label labelsTr --json runs/la/metrics.json --lcc
-  duoseg evaluate --pred case.nii.gz --label case_gt.nii.gz --spacing 1,1,2.5")]
+  duoseg evaluate --pred case.nii.gz --label case_gt.nii.gz --spacing 1,1,2.5
+  duoseg evaluate --run runs/hippocampus-duoseg --nets a --json runs/hippocampus-duoseg/summary-a.json")]
 pub struct EvaluateArgs {
     /// Predicted label map (.nii / .nii.gz) or a folder of them.
-    #[arg(long, value_name = "DIR_OR_FILE")]
-    pub pred: PathBuf,
+    #[arg(long, value_name = "DIR_OR_FILE", required_unless_present = "run")]
+    pub pred: Option<PathBuf>,
     /// Reference label map or a folder of them.
-    #[arg(long, value_name = "DIR_OR_FILE")]
-    pub label: PathBuf,
+    #[arg(long, value_name = "DIR_OR_FILE", required_unless_present = "run")]
+    pub label: Option<PathBuf>,
+    /// A training run folder: evaluate its final model on its config's test cases (medpy definitions).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["pred", "label", "spacing", "classes", "nsd_tolerance", "hausdorff", "reference_zeros", "lcc"])]
+    pub run: Option<PathBuf>,
+    /// With `--run`: which net(s) predict, both (average), a (V-Net) or b (ResNet-34 V-Net) [default: the config's].
+    #[arg(long, value_parser = ["both", "a", "b"], requires = "run")]
+    pub nets: Option<String>,
+    /// With `--run`: dataset folder instead of the one in the run's config.
+    #[arg(long, value_name = "DIR", requires = "run")]
+    pub data: Option<PathBuf>,
+    /// With `--run`: where the networks run.
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
     /// Also write every number, the summary and the definitions used as JSON (atomically).
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
@@ -72,6 +90,12 @@ struct Pair {
 }
 
 pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
+    if let Some(dir) = &args.run {
+        return run_again(&args, dir);
+    }
+    let (Some(pred_path), Some(label_path)) = (&args.pred, &args.label) else {
+        bail!("give --pred and --label, or --run");
+    };
     let definition = MetricDefinition {
         hausdorff: match args.hausdorff {
             Hausdorff::Medpy => HausdorffDefinition::MedpyPooled,
@@ -93,7 +117,7 @@ pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
         Some(&[x, y, z]) => Some([x, y, z]),
         Some(other) => bail!("--spacing takes one or three values, got {}", other.len()),
     };
-    let pairs = pair_files(&args.pred, &args.label)?;
+    let pairs = pair_files(pred_path, label_path)?;
 
     // Load everything first: the default classes are those found in any file.
     let mut loaded = Vec::with_capacity(pairs.len());
@@ -137,6 +161,28 @@ pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
     }
     let report = summarize(definition, cases);
     print!("{}", table(&report));
+    if let Some(path) = &args.json {
+        write_json_atomic(path, &report)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(crate::Outcome::Ok)
+}
+
+/// `--run`: the run's final model on its test cases.
+fn run_again(args: &EvaluateArgs, dir: &Path) -> Result<crate::Outcome> {
+    let device = args.device.open()?;
+    let run = RunDir::create(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let nets = args.nets.as_deref().map(crate::infer::parse_nets);
+    let (cfg, report) =
+        trainer::reevaluate_run(&run, nets, args.data.as_deref(), &device, &mut Silent)
+            .with_context(|| format!("cannot evaluate {}", dir.display()))?;
+    print!("{}", table(&report));
+    eprintln!(
+        "{}: final model, nets {:?}, {} test cases",
+        dir.display(),
+        cfg.eval.nets,
+        report.cases.len()
+    );
     if let Some(path) = &args.json {
         write_json_atomic(path, &report)?;
         eprintln!("wrote {}", path.display());

@@ -39,6 +39,15 @@ pub struct InferArgs {
     pub nets: Option<String>,
 }
 
+/// A `--nets` value (clap has checked it is one of both, a, b).
+pub fn parse_nets(s: &str) -> EvalNets {
+    match s {
+        "a" => EvalNets::A,
+        "b" => EvalNets::B,
+        _ => EvalNets::Both,
+    }
+}
+
 fn is_nifti(p: &Path) -> bool {
     let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
     n.ends_with(".nii") || n.ends_with(".nii.gz")
@@ -58,11 +67,7 @@ pub fn run(args: InferArgs) -> Result<crate::Outcome> {
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
     cfg.eval.largest_component |= args.lcc;
     if let Some(n) = &args.nets {
-        cfg.eval.nets = match n.as_str() {
-            "a" => EvalNets::A,
-            "b" => EvalNets::B,
-            _ => EvalNets::Both,
-        };
+        cfg.eval.nets = parse_nets(n);
     }
     let inputs: Vec<PathBuf> = if args.input.is_dir() {
         let mut v: Vec<PathBuf> = std::fs::read_dir(&args.input)

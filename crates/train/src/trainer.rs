@@ -678,6 +678,31 @@ pub fn apply_override(
     Ok(out)
 }
 
+/// Evaluates a finished run's `final.safetensors` again on its test cases, optionally with other net(s)
+/// than its config's `eval.nets` (e.g. to see which subnetwork carries the averaged result). Loads the
+/// data the run's config names (or `data_root`); writes nothing. Returns the config used and the report.
+pub fn reevaluate_run(
+    run: &RunDir,
+    nets: Option<EvalNets>,
+    data_root: Option<&Path>,
+    device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<(TrainConfig, EvaluationReport)> {
+    let (mut cfg, loaded) = load_nets(&run.final_weights(), device)?;
+    if let Some(n) = nets {
+        cfg.eval.nets = n;
+    }
+    let data = crate::data::load(&cfg.data, data_root)?;
+    if data.test.is_empty() {
+        bail!(
+            "{}: the run's split has no test case",
+            run.config().display()
+        );
+    }
+    let (report, _) = evaluate(&cfg, &loaded, &data.test, device, observer)?;
+    Ok((cfg, report))
+}
+
 /// Everything `duoseg train` does: load the data, train (or resume), then evaluate the final model.
 /// The report is `None` when the run was interrupted.
 pub fn run_training(
