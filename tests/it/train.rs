@@ -48,6 +48,16 @@ fn opts<'a>(dir: &Path, resume: bool, stop: bool, observer: &'a mut Silent) -> T
     }
 }
 
+/// Runs a `duoseg` command and fails the test with its stderr unless it succeeds.
+fn duoseg_ok(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn train_writes_the_whole_run_folder() {
     let cfg = tiny_config(3, true);
@@ -119,21 +129,16 @@ fn train_writes_the_whole_run_folder() {
     let input = dir.join("input").join("phantom_004.nii.gz");
     std::fs::create_dir_all(input.parent().unwrap()).unwrap();
     duoseg_io::write_probabilities(&input, test.shape, &test.image, &img).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
-        .arg("infer")
-        .arg("--checkpoint")
-        .arg(dir.join("final.safetensors"))
-        .arg("--input")
-        .arg(input.parent().unwrap())
-        .arg("--out")
-        .arg(dir.join("infer"))
-        .arg("--probs")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    duoseg_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+            .arg("infer")
+            .arg("--checkpoint")
+            .arg(dir.join("final.safetensors"))
+            .arg("--input")
+            .arg(input.parent().unwrap())
+            .arg("--out")
+            .arg(dir.join("infer"))
+            .arg("--probs"),
     );
     let a = duoseg_io::read_volume(dir.join("infer/phantom_004.nii.gz")).unwrap();
     let b = duoseg_io::read_volume(dir.join("predictions/phantom_004.nii.gz")).unwrap();
@@ -143,19 +148,14 @@ fn train_writes_the_whole_run_folder() {
     // `duoseg evaluate --run` scores the final model again: the same report as summary.json, and with
     // `--nets a` the same as evaluating net A alone in process
     let evaluate_run = |nets: &[&str], json: &Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
-            .arg("evaluate")
-            .arg("--run")
-            .arg(&dir)
-            .args(nets)
-            .arg("--json")
-            .arg(json)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        duoseg_ok(
+            std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+                .arg("evaluate")
+                .arg("--run")
+                .arg(&dir)
+                .args(nets)
+                .arg("--json")
+                .arg(json),
         );
         serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap()).unwrap()
     };

@@ -446,6 +446,30 @@ fn alpha_floor_keeps_the_most_uncertain_voxels_out_late_in_training() {
     }
 }
 
+/// One iteration's input: 1 labeled + 1 unlabeled item, the nets' logits, shared features, t of 100.
+fn two_nets<'a>(
+    logits: [&'a candle_core::Var; 2],
+    features: &'a candle_core::Var,
+    y: &'a Tensor,
+    iteration: usize,
+    seed: u64,
+    teacher_logits: Option<[&'a Tensor; 2]>,
+) -> IterationInput<'a> {
+    let net = |l: &'a candle_core::Var| NetOutputs {
+        logits: l.as_tensor(),
+        features: features.as_tensor(),
+    };
+    IterationInput {
+        a: net(logits[0]),
+        b: net(logits[1]),
+        labels: y,
+        iteration,
+        total_iterations: 100,
+        seed,
+        teacher_logits,
+    }
+}
+
 #[test]
 fn smoothed_teacher_logits_give_the_pseudo_labels() {
     let y = rand_labels(&[1, 4, 4, 4], 2, 70).unwrap();
@@ -454,21 +478,7 @@ fn smoothed_teacher_logits_give_the_pseudo_labels() {
     let f = candle_core::Var::from_tensor(&rand_f64(&[2, 4, 4, 4, 4], 1.0, 73).unwrap()).unwrap();
     let run = |teacher: Option<[&Tensor; 2]>| -> candle_core::Result<LossTerms> {
         let mut obj = Objective::new(LossConfig::default(), 2)?;
-        obj.assemble(&IterationInput {
-            a: NetOutputs {
-                logits: la.as_tensor(),
-                features: f.as_tensor(),
-            },
-            b: NetOutputs {
-                logits: lb.as_tensor(),
-                features: f.as_tensor(),
-            },
-            labels: &y,
-            iteration: 10,
-            total_iterations: 100,
-            seed: 3,
-            teacher_logits: teacher,
-        })
+        obj.assemble(&two_nets([&la, &lb], &f, &y, 10, 3, teacher))
     };
     let (ua, ub) = (
         la.as_tensor().narrow(0, 1, 1).unwrap(),
@@ -511,21 +521,7 @@ fn ensemble_teacher_labels_from_the_mean_and_teaches_both_nets() {
     };
     let mut obj = Objective::new(cfg, 3).unwrap();
     let terms = obj
-        .assemble(&IterationInput {
-            a: NetOutputs {
-                logits: la.as_tensor(),
-                features: f.as_tensor(),
-            },
-            b: NetOutputs {
-                logits: lb.as_tensor(),
-                features: f.as_tensor(),
-            },
-            labels: &y,
-            iteration: 40,
-            total_iterations: 100,
-            seed: 9,
-            teacher_logits: None,
-        })
+        .assemble(&two_nets([&la, &lb], &f, &y, 40, 9, None))
         .unwrap();
     assert_eq!(terms.teacher, Teacher::Ensemble);
     assert_eq!(terms.scalars().unwrap()["teacher_is_a"], 0.5);
