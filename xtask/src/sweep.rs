@@ -3,9 +3,10 @@
 //! `bench/sweep-<name>.md`.
 //!
 //! Usage: `cargo xtask sweep --config FILE --seeds 1,2,3 [--name NAME] [--iters N] [--data DIR]
-//! [--set key=value]... [--variant LABEL:key=value,key=value]... [--per-net]`
+//! [--set key=value]... [--variant LABEL:key=value,key=value]... [--per-net] [--no-default]`
 //! `--set` applies to every run; each `--variant` adds one row (besides `supervised` and `duoseg`,
-//! which always run). Runs go to `runs/sweep-<name>/<variant>-s<seed>`; a run whose `summary.json`
+//! which always run; `--no-default` leaves out the `duoseg` row, for a variant measured against
+//! supervised-only alone when the defaults' runs already exist in another sweep). Runs go to `runs/sweep-<name>/<variant>-s<seed>`; a run whose `summary.json`
 //! exists is reused, so an interrupted sweep continues where it stopped. Each run records the code
 //! version that trained it (`code-version.txt`), and the table lists them, so reused runs name their code.
 //! A second table pairs each variant with supervised-only on the same seed and test cases (mean per-case
@@ -60,6 +61,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut common: Vec<String> = Vec::new();
     let mut extra: Vec<String> = Vec::new();
     let mut per_net = false;
+    let mut with_default = true;
     let mut variants = vec![
         Variant {
             label: "supervised".into(),
@@ -85,6 +87,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--iters" => extra.extend(["--iters".to_string(), val()?]),
             "--data" => extra.extend(["--data".to_string(), val()?]),
             "--per-net" => per_net = true,
+            "--no-default" => with_default = false,
             "--variant" => {
                 let v = val()?;
                 let Some((label, sets)) = v.split_once(':') else {
@@ -98,8 +101,12 @@ pub fn run(args: &[String]) -> Result<()> {
             other => bail!("unknown sweep argument {other:?}"),
         }
     }
+    if !with_default {
+        // The built-in `duoseg` row, second after `supervised`; a user variant of that label stays.
+        variants.remove(1);
+    }
     let Some(config) = config else {
-        bail!("usage: cargo xtask sweep --config FILE --seeds 1,2,3 [--variant LABEL:k=v,...]...")
+        bail!("usage: cargo xtask sweep --config FILE --seeds 1,2,3 [--variant LABEL:k=v,...]... [--per-net] [--no-default]")
     };
     let name = name.unwrap_or_else(|| {
         config
