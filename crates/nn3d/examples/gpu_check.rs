@@ -11,7 +11,8 @@
 //! `--bench` also times, on the GPU, the full-size ops of the issue (input `(2, 16, 112, 112, 80)`):
 //! conv3d 16 -> 16, 3^3, padding 1 (forward, forward + backward; f32 and TF32) and batch norm in
 //! training mode (forward + backward), median of 10 runs after 3 warm-ups, and prints them as one
-//! JSON line.
+//! JSON line, with the two parts of those figures that are not the op itself: the harness
+//! `sum(y * r)` with its backward, and the convolution's bias gradient.
 //!
 //! Built on CPU-only machines too (it then reports that no CUDA device exists and exits 2);
 //! `--self-test` runs every case with the CPU in place of the GPU (all errors 0), which checks the
@@ -413,10 +414,26 @@ fn bench(gpu: &Device) -> Result<()> {
     let tf32_fwd_bwd = time_ms(gpu, 3, 10, &conv_fwd_bwd)?;
     cuda::set_allow_tf32(false);
     let bn = time_ms(gpu, 3, 10, &bn_fwd_bwd)?;
+    // What the forward + backward figures spend outside the op itself: the harness
+    // `sum(y * r)` and its backward on a tensor of the output's shape, and the conv's bias
+    // gradient (the same candle ops as `ops::conv3d`'s backward: last-axis sum, then batch sum).
+    let y0 = Var::from_tensor(&Tensor::randn(0f32, 1.0, &shape[..], gpu)?)?;
+    let harness = || -> Result<()> {
+        (y0.as_tensor() * &r)?.sum_all()?.backward()?;
+        Ok(())
+    };
+    let harness_ms = time_ms(gpu, 3, 10, &harness)?;
+    let bias_grad = || -> Result<()> {
+        let [n, c, d, h, w] = shape;
+        r.reshape((n, c, d * h * w))?.sum(2)?.sum(0)?;
+        Ok(())
+    };
+    let bias_grad_ms = time_ms(gpu, 3, 10, &bias_grad)?;
     println!(
         "{{\"bench\": \"nn3d_cuda\", \"shape\": {shape:?}, \"conv3d_f32_k3_fwd_ms\": {f32_fwd:.3}, \
          \"conv3d_f32_k3_fwd_bwd_ms\": {f32_fwd_bwd:.3}, \"conv3d_tf32_k3_fwd_ms\": {tf32_fwd:.3}, \
-         \"conv3d_tf32_k3_fwd_bwd_ms\": {tf32_fwd_bwd:.3}, \"batch_norm_train_fwd_bwd_ms\": {bn:.3}}}"
+         \"conv3d_tf32_k3_fwd_bwd_ms\": {tf32_fwd_bwd:.3}, \"batch_norm_train_fwd_bwd_ms\": {bn:.3}, \
+         \"harness_sum_y_r_fwd_bwd_ms\": {harness_ms:.3}, \"conv_bias_grad_ms\": {bias_grad_ms:.3}}}"
     );
     Ok(())
 }
