@@ -60,6 +60,8 @@ fn main() -> ExitCode {
     // Training allocates the same large activation buffers every step: keep freed memory for reuse
     // instead of paying page faults for each new buffer (measured in duoseg_nn3d::memory).
     duoseg_nn3d::retain_freed_memory();
+    // Candle's CPU workers otherwise spin long enough to slow the convolutions that follow them.
+    duoseg_nn3d::calm_candle_workers();
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),

@@ -63,6 +63,7 @@ impl Sgd {
 fn main() -> Res<()> {
     // As the `duoseg` binary does: reuse freed activation buffers instead of faulting in new ones.
     duoseg_nn3d::retain_freed_memory();
+    duoseg_nn3d::calm_candle_workers();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut crop = [64usize, 64, 48];
     let (mut iters, mut warmup) = (5usize, 1usize);

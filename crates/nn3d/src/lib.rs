@@ -15,6 +15,7 @@ pub use conv::{
 mod batch_norm;
 mod dropout;
 mod memory;
+mod threads;
 pub use batch_norm::{
     batch_norm3d, is_batch_norm_buffer, trainable_vars, BatchNorm3d, BatchNorm3dConfig,
     BATCH_NORM_BUFFERS,
@@ -22,3 +23,4 @@ pub use batch_norm::{
 pub use dropout::Dropout3d;
 pub use memory::retain_freed_memory;
 pub use ops::Epilogue;
+pub use threads::{calm_candle_workers, CANDLE_WORKER_SPIN_LIMIT};
