@@ -181,7 +181,13 @@ pub fn run(args: &[String]) -> Result<()> {
             let Some((dice, jac, hd, asd)) = headline(&s) else {
                 bail!("{}: no summary numbers", summary.display())
             };
-            let mut row = json!({ "seed": seed, "dice": dice, "jaccard": jac, "hd95_vox": hd, "asd_vox": asd, "run": out, "code": version });
+            // the run's resolved schedule, so that a table stays readable after the config's defaults move
+            let resolved: Value = std::fs::read_to_string(out.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            let mut row = json!({ "seed": seed, "dice": dice, "jaccard": jac, "hd95_vox": hd, "asd_vox": asd, "run": out, "code": version,
+                "iterations": resolved["iterations"], "lr_step": resolved["optim"]["lr_step"] });
             row.as_object_mut().expect("a JSON object").extend(by_net);
             per_seed.push(row);
         }
@@ -441,15 +447,30 @@ fn provenance(rows: &[Value]) -> String {
             .collect();
         codes.sort_unstable();
         codes.dedup();
+        let mut schedules: Vec<String> = r["seeds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(
+                |x| match (x["iterations"].as_u64(), x["lr_step"].as_u64()) {
+                    (Some(it), Some(step)) => format!("{it} iterations (lr step at {step})"),
+                    (Some(it), None) => format!("{it} iterations"),
+                    _ => "iterations unrecorded".to_string(),
+                },
+            )
+            .collect();
+        schedules.sort_unstable();
+        schedules.dedup();
         let sets = if sets.is_empty() {
             "the config's defaults".to_string()
         } else {
             format!("`{}`", sets.join(" "))
         };
         s.push_str(&format!(
-            "- {}: {}; code {}\n",
+            "- {}: {}; {}; code {}\n",
             r["variant"].as_str().unwrap_or("?"),
             sets,
+            schedules.join(", "),
             codes.join(", ")
         ));
     }
