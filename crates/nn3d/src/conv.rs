@@ -26,17 +26,19 @@ impl Default for Conv3dConfig {
     }
 }
 
-/// A 3D convolution layer, `[N, C_in, D, H, W] -> [N, C_out, OD, OH, OW]`.
+/// A convolution layer: a weight, an optional bias and the op's settings `P`. Used as [`Conv3d`]
+/// and [`ConvTranspose3d`], which differ only in `P` and in the op their `forward` runs.
 #[derive(Clone, Debug)]
-pub struct Conv3d {
+pub struct ConvLayer<P> {
     weight: Tensor,
     bias: Option<Tensor>,
-    params: Conv3dParams,
+    params: P,
 }
 
-impl Conv3d {
-    /// A layer from existing tensors: `weight [C_out, C_in, kd, kh, kw]`, `bias [C_out]`.
-    pub fn new(weight: Tensor, bias: Option<Tensor>, params: Conv3dParams) -> Self {
+impl<P: Copy> ConvLayer<P> {
+    /// A layer from existing tensors: `weight [C_out, C_in, kd, kh, kw]` ([`Conv3d`]) or
+    /// `[C_in, C_out, kd, kh, kw]` ([`ConvTranspose3d`]), `bias [C_out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, params: P) -> Self {
         Self {
             weight,
             bias,
@@ -52,10 +54,14 @@ impl Conv3d {
         self.bias.as_ref()
     }
 
-    pub fn params(&self) -> Conv3dParams {
+    pub fn params(&self) -> P {
         self.params
     }
 }
+
+/// A 3D convolution layer, `[N, C_in, D, H, W] -> [N, C_out, OD, OH, OW]`, weight
+/// `[C_out, C_in, kd, kh, kw]`.
+pub type Conv3d = ConvLayer<Conv3dParams>;
 
 impl Module for Conv3d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -87,11 +93,7 @@ fn conv3d_impl(
         None
     };
     let params = Conv3dParams::uniform(cfg.stride, cfg.padding, cfg.dilation);
-    Ok(Conv3d {
-        weight,
-        bias,
-        params,
-    })
+    Ok(Conv3d::new(weight, bias, params))
 }
 
 /// A cubic `k^3` convolution with bias: variables `weight [c_out, c_in, k, k, k]` and `bias [c_out]`.
@@ -137,35 +139,7 @@ impl Default for ConvTranspose3dConfig {
 }
 
 /// A transposed 3D convolution layer (PyTorch `ConvTranspose3d`), weight `[C_in, C_out, k, k, k]`.
-#[derive(Clone, Debug)]
-pub struct ConvTranspose3d {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    params: ConvTranspose3dParams,
-}
-
-impl ConvTranspose3d {
-    /// A layer from existing tensors: `weight [C_in, C_out, kd, kh, kw]`, `bias [C_out]`.
-    pub fn new(weight: Tensor, bias: Option<Tensor>, params: ConvTranspose3dParams) -> Self {
-        Self {
-            weight,
-            bias,
-            params,
-        }
-    }
-
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-
-    pub fn params(&self) -> ConvTranspose3dParams {
-        self.params
-    }
-}
+pub type ConvTranspose3d = ConvLayer<ConvTranspose3dParams>;
 
 impl Module for ConvTranspose3d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -186,11 +160,7 @@ pub fn conv_transpose3d(
     let bias = Some(vb.get_with_hints(c_out, "bias", Init::Const(0.))?);
     let params =
         ConvTranspose3dParams::uniform(cfg.stride, cfg.padding, cfg.output_padding, cfg.dilation);
-    Ok(ConvTranspose3d {
-        weight,
-        bias,
-        params,
-    })
+    Ok(ConvTranspose3d::new(weight, bias, params))
 }
 
 #[cfg(test)]

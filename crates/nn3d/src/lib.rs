@@ -2,8 +2,11 @@
 //! kernels (slab im2col + GEMM, rayon) and, behind the `cuda` feature, cuDNN kernels.
 //!
 //! Architecture invariant: depends only on candle; layout is always `[N, C, D, H, W]`, f32.
+//! Inside, `ops` calls the CUDA kernels of `cuda`, never the other way; both take the convolution's
+//! shape from `geometry`, which uses nothing of the crate.
 
 pub mod cuda;
+mod geometry;
 pub mod ops;
 
 mod conv;

@@ -1,6 +1,10 @@
 //! cuDNN 3D convolution: forward, backward-data and backward-filter for the ops of
 //! `ops/conv3d.rs`, in terms of the forward convolution's [`Geometry`].
 //!
+//! All three directions run through one routine, [`convolve`]; a direction ([`Op`]: [`Forward`],
+//! [`BackwardData`], [`BackwardFilter`]) only names which of the tensors `x`, `w`, `y` it reads and
+//! writes and its four legacy cuDNN calls ([`conv_op!`]).
+//!
 //! Algorithm choice, once per thread, device, shape and precision setting (then cached): cuDNN
 //! times every algorithm on the call's own buffers (`cudnnFind*AlgorithmEx`, what PyTorch does
 //! under `cudnn.benchmark`) and the fastest that launches is kept. Where the search itself fails,
@@ -17,27 +21,27 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt::Debug;
+use std::rc::Rc;
 
 use candle_core::cuda::cudarc::cudnn::sys;
+use candle_core::cuda::DeviceId;
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result};
 
 use super::graph::{self, ConvShape, Direction, PlanCache};
-use super::handle::{check, const_ptr, cudnn, f32_view, is_not_supported, mut_ptr};
-use super::handle::{ConvDesc, Cudnn, FilterDesc, TensorDesc};
-use crate::ops::cpu_gemm::Geometry;
-
-/// Largest workspace a convolution algorithm may ask for (2 GiB).
-pub(crate) const MAX_WORKSPACE: usize = 2 << 30;
+use super::handle::{check, const_ptr, f32_view, is_not_supported, mut_ptr, with_workspace};
+use super::handle::{ConvDesc, Cudnn, FilterDesc, TensorDesc, MAX_WORKSPACE};
+use crate::geometry::Geometry;
 
 /// Workspace sizes offered to the algorithm search, largest first (the first that can be
 /// allocated is used; algorithms needing more are not timed).
 const SEARCH_WORKSPACE: [usize; 3] = [1 << 30, 256 << 20, 0];
 
 type Math = sys::cudnnMathType_t;
+type Status = sys::cudnnStatus_t;
 
 /// What a cached algorithm choice depends on: the whole geometry and the precision setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ConvKey {
+struct ConvKey {
     shape: [usize; 21],
     tf32: bool,
 }
@@ -56,7 +60,7 @@ impl ConvKey {
 
 /// Algorithms chosen per shape, one map per direction.
 #[derive(Default)]
-pub(crate) struct AlgoCache {
+struct AlgoCache {
     fwd: RefCell<HashMap<ConvKey, (sys::cudnnConvolutionFwdAlgo_t, Math)>>,
     bwd_data: RefCell<HashMap<ConvKey, (sys::cudnnConvolutionBwdDataAlgo_t, Math)>>,
     bwd_filter: RefCell<HashMap<ConvKey, (sys::cudnnConvolutionBwdFilterAlgo_t, Math)>>,
@@ -64,9 +68,52 @@ pub(crate) struct AlgoCache {
     graph: PlanCache,
 }
 
+/// A cuDNN handle plus the convolution algorithms and plans chosen on it (dropped after the
+/// handle, in field order).
+struct Handle {
+    cudnn: Cudnn,
+    algos: AlgoCache,
+}
+
+thread_local! {
+    static HANDLES: RefCell<HashMap<DeviceId, Rc<Handle>>> = RefCell::new(HashMap::new());
+}
+
+/// The calling thread's cuDNN handle for `dev` (created on first use), with the device's context
+/// made current on this thread.
+fn handle(dev: &CudaDevice) -> Result<Rc<Handle>> {
+    let stream = dev.cuda_stream();
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(candle_core::Error::wrap)?;
+    let id = dev.id();
+    if let Some(h) = HANDLES.with(|m| m.borrow().get(&id).cloned()) {
+        return Ok(h);
+    }
+    let handle = Rc::new(Handle {
+        cudnn: Cudnn::new(stream)?,
+        algos: AlgoCache::default(),
+    });
+    HANDLES.with(|m| m.borrow_mut().insert(id, handle.clone()));
+    Ok(handle)
+}
+
+/// One value per tensor of the convolution, in the forward direction's terms: input `x`,
+/// filter `w`, output `y` (for the backward directions: `dx`, `dw`, `dy`).
+#[derive(Clone, Copy, Debug)]
+struct Xwy<T> {
+    x: T,
+    w: T,
+    y: T,
+}
+
+/// Device pointers of the three tensors of one call.
+type Ptrs = Xwy<*mut c_void>;
+
 /// Descriptors of one convolution: input `x`, filter `w`, output `y` of the forward direction.
 struct Setup {
-    h: std::rc::Rc<Cudnn>,
+    h: Rc<Handle>,
     x: TensorDesc,
     w: FilterDesc,
     y: TensorDesc,
@@ -74,9 +121,8 @@ struct Setup {
     key: ConvKey,
     shape: ConvShape,
     tf32: bool,
-    x_len: usize,
-    w_len: usize,
-    y_len: usize,
+    /// Elements of each tensor.
+    len: Xwy<usize>,
 }
 
 fn setup(dev: &CudaDevice, g: &Geometry) -> Result<Setup> {
@@ -93,7 +139,7 @@ fn setup(dev: &CudaDevice, g: &Geometry) -> Result<Setup> {
     let x_dims = [g.batch, g.c_in, d, h, w];
     let w_dims = [g.c_out, g.c_in, kd, kh, kw];
     let y_dims = [g.batch, g.c_out, od, oh, ow];
-    let handle = cudnn(dev)?;
+    let handle = handle(dev)?;
     let tf32 = super::allow_tf32();
     let s = Setup {
         x: TensorDesc::new(&x_dims)?,
@@ -111,9 +157,11 @@ fn setup(dev: &CudaDevice, g: &Geometry) -> Result<Setup> {
             dilation: g.dilation,
         },
         tf32,
-        x_len: x_dims.iter().product(),
-        w_len: w_dims.iter().product(),
-        y_len: y_dims.iter().product(),
+        len: Xwy {
+            x: x_dims.iter().product(),
+            w: w_dims.iter().product(),
+            y: y_dims.iter().product(),
+        },
     };
     // cuDNN must agree on the output size (catches geometry mistakes with a clear message).
     let mut out = [0i32; 5];
@@ -152,13 +200,10 @@ fn search_math(tf32: bool) -> Math {
 
 /// Candidates from a search or heuristic list `(algo, status, math)`: successful ones, in order, without
 /// repeats, with the math type forced to FMA unless TF32 is allowed.
-fn candidates<A: Copy + PartialEq>(
-    perf: &[(A, sys::cudnnStatus_t, Math)],
-    tf32: bool,
-) -> Vec<(A, Math)> {
+fn candidates<A: Copy + PartialEq>(perf: &[(A, Status, Math)], tf32: bool) -> Vec<(A, Math)> {
     let mut out: Vec<(A, Math)> = Vec::new();
     for &(algo, status, math) in perf {
-        if status != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        if status != Status::CUDNN_STATUS_SUCCESS {
             continue;
         }
         let math = if tf32 { math } else { Math::CUDNN_FMA_MATH };
@@ -169,27 +214,252 @@ fn candidates<A: Copy + PartialEq>(
     out
 }
 
+/// One direction of the convolution: the tensors it reads and writes and its legacy-API calls
+/// (each impl written by [`conv_op!`]).
+trait Op {
+    /// The same operation in the graph API.
+    const DIRECTION: Direction;
+    /// Its name in errors.
+    const WHAT: &'static str;
+    /// Names of its two arguments in errors.
+    const ARGS: [&'static str; 2];
+    /// Its legacy algorithm enum.
+    type Algo: Copy + PartialEq + Debug;
+    /// The lengths of its two arguments and of its output.
+    fn lens(len: &Xwy<usize>) -> [usize; 3];
+    /// The pointers of its two arguments and of its output, in forward terms.
+    fn place(a: *mut c_void, b: *mut c_void, out: *mut c_void) -> Ptrs;
+    /// Its map of chosen algorithms.
+    fn cache(algos: &AlgoCache) -> &RefCell<HashMap<ConvKey, (Self::Algo, Math)>>;
+    /// `cudnnFind*AlgorithmEx` with workspace `(ws, bytes)` (writes the output buffer).
+    fn find(s: &Setup, p: &Ptrs, ws: *mut c_void, bytes: usize) -> Result<Perf<Self::Algo>>;
+    /// `cudnnGet*Algorithm_v7`: the heuristic order.
+    fn heuristics(s: &Setup) -> Result<Perf<Self::Algo>>;
+    /// `cudnnGet*WorkspaceSize`: the status and size of the workspace `algo` needs.
+    fn workspace(s: &Setup, algo: Self::Algo) -> (Status, usize);
+    /// The convolution itself (`alpha = 1`, `beta = 0`).
+    fn launch(s: &Setup, p: &Ptrs, algo: Self::Algo, ws: *mut c_void, bytes: usize) -> Status;
+}
+
+/// A search or heuristic list: `(algo, status, math)` per algorithm.
+type Perf<A> = Vec<(A, Status, Math)>;
+
+/// The `(algo, status, math)` of the entries a `cudnnFind*` / `cudnnGet*_v7` call
+/// `call(n, &mut got, perf)` wrote into `n` zeroed perf structs (the first `got`).
+///
+/// # Safety
+/// All-zero bytes must be a valid `P` (true of cuDNN's plain-data perf structs: enum value 0
+/// exists), and `call` must write at most `n` of them.
+unsafe fn perf_list<P, A>(
+    n: usize,
+    what: &str,
+    call: impl FnOnce(i32, &mut i32, *mut P) -> Status,
+    entry: impl Fn(&P) -> (A, Status, Math),
+) -> Result<Perf<A>> {
+    let mut perf: Vec<P> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut got = 0i32;
+    check(call(n as i32, &mut got, perf.as_mut_ptr()), what)?;
+    let got = (got.max(0) as usize).min(n);
+    Ok(perf[..got].iter().map(entry).collect())
+}
+
+/// `impl Op for $op` from its parts: `$what` and the names of its arguments `$arg_a`, `$arg_b`,
+/// which of `x`, `w`, `y` they and the output are, its algorithm and perf types, algorithm count
+/// and cache field, its four cuDNN calls and the order in which they take the tensors (two inputs,
+/// then the output).
+macro_rules! conv_op {
+    (
+        $op:ident: $what:literal,
+        ($arg_a:literal $a:ident, $arg_b:literal $b:ident) -> $out:ident,
+        $algo:ident, $perf:ident, $count:ident, $cache:ident,
+        $find:ident, $heuristics:ident, $workspace:ident, $launch:ident,
+        ($i:ident, $j:ident -> $o:ident)
+    ) => {
+        impl Op for $op {
+            const DIRECTION: Direction = Direction::$op;
+            const WHAT: &'static str = $what;
+            const ARGS: [&'static str; 2] = [$arg_a, $arg_b];
+            type Algo = sys::$algo;
+
+            fn lens(len: &Xwy<usize>) -> [usize; 3] {
+                [len.$a, len.$b, len.$out]
+            }
+
+            fn place(a: *mut c_void, b: *mut c_void, out: *mut c_void) -> Ptrs {
+                Xwy {
+                    $a: a,
+                    $b: b,
+                    $out: out,
+                }
+            }
+
+            fn cache(algos: &AlgoCache) -> &RefCell<HashMap<ConvKey, (Self::Algo, Math)>> {
+                &algos.$cache
+            }
+
+            fn find(
+                s: &Setup,
+                p: &Ptrs,
+                ws: *mut c_void,
+                bytes: usize,
+            ) -> Result<Perf<Self::Algo>> {
+                let n = sys::$algo::$count as usize;
+                let entry = |e: &sys::$perf| (e.algo, e.status, e.mathType);
+                let h = s.h.cudnn.raw();
+                let (i, j) = (p.$i as *const c_void, p.$j as *const c_void);
+                // Safety: cuDNN's perf structs are plain data; the call writes at most `n`.
+                unsafe {
+                    perf_list(
+                        n,
+                        concat!($what, " algorithm search"),
+                        |n, got, perf| {
+                            sys::$find(
+                                h,
+                                s.$i.raw(),
+                                i,
+                                s.$j.raw(),
+                                j,
+                                s.conv.raw(),
+                                s.$o.raw(),
+                                p.$o,
+                                n,
+                                got,
+                                perf,
+                                ws,
+                                bytes,
+                            )
+                        },
+                        entry,
+                    )
+                }
+            }
+
+            fn heuristics(s: &Setup) -> Result<Perf<Self::Algo>> {
+                let n = sys::$algo::$count as usize;
+                let entry = |e: &sys::$perf| (e.algo, e.status, e.mathType);
+                let h = s.h.cudnn.raw();
+                // Safety: as in `find`.
+                unsafe {
+                    perf_list(
+                        n,
+                        concat!($what, " algorithm query"),
+                        |n, got, perf| {
+                            sys::$heuristics(
+                                h,
+                                s.$i.raw(),
+                                s.$j.raw(),
+                                s.conv.raw(),
+                                s.$o.raw(),
+                                n,
+                                got,
+                                perf,
+                            )
+                        },
+                        entry,
+                    )
+                }
+            }
+
+            fn workspace(s: &Setup, algo: Self::Algo) -> (Status, usize) {
+                let mut bytes = 0usize;
+                let h = s.h.cudnn.raw();
+                let status = unsafe {
+                    sys::$workspace(
+                        h,
+                        s.$i.raw(),
+                        s.$j.raw(),
+                        s.conv.raw(),
+                        s.$o.raw(),
+                        algo,
+                        &mut bytes,
+                    )
+                };
+                (status, bytes)
+            }
+
+            fn launch(
+                s: &Setup,
+                p: &Ptrs,
+                algo: Self::Algo,
+                ws: *mut c_void,
+                bytes: usize,
+            ) -> Status {
+                let (one, zero) = (1f32, 0f32);
+                let h = s.h.cudnn.raw();
+                let (i, j) = (p.$i as *const c_void, p.$j as *const c_void);
+                unsafe {
+                    sys::$launch(
+                        h,
+                        f32_ptr(&one),
+                        s.$i.raw(),
+                        i,
+                        s.$j.raw(),
+                        j,
+                        s.conv.raw(),
+                        algo,
+                        ws,
+                        bytes,
+                        f32_ptr(&zero),
+                        s.$o.raw(),
+                        p.$o,
+                    )
+                }
+            }
+        }
+    };
+}
+
+/// `y = conv(x, w)`.
+struct Forward;
+/// `dx = conv_backward_data(dy, w)`.
+struct BackwardData;
+/// `dw = conv_backward_filter(x, dy)`.
+struct BackwardFilter;
+
+conv_op! {
+    Forward: "forward",
+    ("cuda conv3d input" x, "cuda conv3d weight" w) -> y,
+    cudnnConvolutionFwdAlgo_t, cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, fwd,
+    cudnnFindConvolutionForwardAlgorithmEx, cudnnGetConvolutionForwardAlgorithm_v7,
+    cudnnGetConvolutionForwardWorkspaceSize, cudnnConvolutionForward,
+    (x, w -> y)
+}
+
+conv_op! {
+    BackwardData: "backward-data",
+    ("cuda conv3d backward-data grad" y, "cuda conv3d backward-data weight" w) -> x,
+    cudnnConvolutionBwdDataAlgo_t, cudnnConvolutionBwdDataAlgoPerf_t,
+    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, bwd_data,
+    cudnnFindConvolutionBackwardDataAlgorithmEx, cudnnGetConvolutionBackwardDataAlgorithm_v7,
+    cudnnGetConvolutionBackwardDataWorkspaceSize, cudnnConvolutionBackwardData,
+    (w, y -> x)
+}
+
+conv_op! {
+    BackwardFilter: "backward-filter",
+    ("cuda conv3d backward-filter input" x, "cuda conv3d backward-filter grad" y) -> w,
+    cudnnConvolutionBwdFilterAlgo_t, cudnnConvolutionBwdFilterAlgoPerf_t,
+    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, bwd_filter,
+    cudnnFindConvolutionBackwardFilterAlgorithmEx, cudnnGetConvolutionBackwardFilterAlgorithm_v7,
+    cudnnGetConvolutionBackwardFilterWorkspaceSize, cudnnConvolutionBackwardFilter,
+    (x, y -> w)
+}
+
 /// Candidate order for a shape not yet cached: the measured search when it succeeds, else the
-/// heuristic list. `find(workspace, bytes)` runs `cudnnFind*AlgorithmEx` (which writes the
-/// output buffer, later overwritten by the real launch).
-fn search<A: Copy + PartialEq>(
-    s: &Setup,
-    dev: &CudaDevice,
-    find: impl Fn(*mut c_void, usize) -> Result<Vec<(A, sys::cudnnStatus_t, Math)>>,
-    heuristics: impl Fn() -> Result<Vec<(A, sys::cudnnStatus_t, Math)>>,
-) -> Result<Vec<(A, Math)>> {
+/// heuristic list. The search writes the output buffer, later overwritten by the real launch.
+fn search<D: Op>(s: &Setup, dev: &CudaDevice, p: &Ptrs) -> Result<Vec<(D::Algo, Math)>> {
     s.conv.set_math(search_math(s.tf32))?;
     let mut found = None;
     for bytes in SEARCH_WORKSPACE {
         let result = if bytes == 0 {
-            find(std::ptr::null_mut(), 0)
+            D::find(s, p, std::ptr::null_mut(), 0)
         } else {
             // Safety: cuDNN only writes the workspace; its contents need no initialisation.
             let Ok(mut ws) = (unsafe { dev.alloc::<u8>(bytes) }) else {
                 continue;
             };
-            let (ptr, _guard) = mut_ptr(&mut ws, s.h.stream());
-            find(ptr, bytes)
+            let (ptr, _guard) = mut_ptr(&mut ws, s.h.cudnn.stream());
+            D::find(s, p, ptr, bytes)
         };
         found = Some(result);
         break;
@@ -203,33 +473,24 @@ fn search<A: Copy + PartialEq>(
             return Ok(list);
         }
     }
-    Ok(candidates(&heuristics()?, s.tf32))
+    Ok(candidates(&D::heuristics(s)?, s.tf32))
 }
 
-/// Runs `launch` with the cached algorithm for `s.key`, or with the first candidate of [`search`]
-/// that works, and caches it. `workspace(algo)` returns the status and size of the workspace
-/// query; `launch(algo, workspace, bytes)` the status of the call.
-#[allow(clippy::too_many_arguments)]
-fn run_with_algo<A: Copy + PartialEq + Debug>(
-    s: &Setup,
-    dev: &CudaDevice,
-    cache: &RefCell<HashMap<ConvKey, (A, Math)>>,
-    what: &str,
-    find: impl Fn(*mut c_void, usize) -> Result<Vec<(A, sys::cudnnStatus_t, Math)>>,
-    heuristics: impl Fn() -> Result<Vec<(A, sys::cudnnStatus_t, Math)>>,
-    workspace: impl Fn(A) -> (sys::cudnnStatus_t, usize),
-    mut launch: impl FnMut(A, *mut c_void, usize) -> sys::cudnnStatus_t,
-) -> Result<()> {
+/// Runs direction `D` through the legacy API with the cached algorithm for `s.key`, or with the
+/// first candidate of [`search`] that works, and caches it.
+fn run_legacy<D: Op>(s: &Setup, dev: &CudaDevice, p: &Ptrs) -> Result<()> {
+    let cache = D::cache(&s.h.algos);
+    let what = D::WHAT;
     let cached = cache.borrow().get(&s.key).copied();
     let list = match cached {
         Some(choice) => vec![choice],
-        None => search(s, dev, find, heuristics)?,
+        None => search::<D>(s, dev, p)?,
     };
     let mut tried = Vec::new();
     for (algo, math) in list {
         s.conv.set_math(math)?;
-        let (status, bytes) = workspace(algo);
-        if status != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        let (status, bytes) = D::workspace(s, algo);
+        if status != Status::CUDNN_STATUS_SUCCESS {
             tried.push(format!("{algo:?}: workspace query {status:?}"));
             continue;
         }
@@ -237,15 +498,10 @@ fn run_with_algo<A: Copy + PartialEq + Debug>(
             tried.push(format!("{algo:?}: needs {bytes} bytes of workspace"));
             continue;
         }
-        let status = if bytes > 0 {
-            // Safety: cuDNN only writes the workspace; its contents need no initialisation.
-            let mut ws = unsafe { dev.alloc::<u8>(bytes) }?;
-            let (ptr, _guard) = mut_ptr(&mut ws, s.h.stream());
-            launch(algo, ptr, bytes)
-        } else {
-            launch(algo, std::ptr::null_mut(), 0)
-        };
-        if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        let status = with_workspace(dev, s.h.cudnn.stream(), bytes, |ws, bytes| {
+            D::launch(s, p, algo, ws, bytes)
+        })?;
+        if status == Status::CUDNN_STATUS_SUCCESS {
             cache.borrow_mut().insert(s.key, (algo, math));
             return Ok(());
         }
@@ -258,6 +514,48 @@ fn run_with_algo<A: Copy + PartialEq + Debug>(
         "cudnn convolution {what}: no usable algorithm for key {:?}; tried {tried:?}",
         s.key
     )
+}
+
+/// Direction `D` of the convolution `g` on its two arguments `a`, `b` (contiguous f32): the
+/// graph API's plan, else the legacy API ([`super::conv_api`] chooses). `epilogue(s, out)` then
+/// runs on the output while its pointer is held.
+fn convolve<D: Op>(
+    g: &Geometry,
+    (a, la): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    epilogue: impl FnOnce(&Setup, *mut c_void) -> Result<()>,
+) -> Result<CudaStorage> {
+    let dev = &a.device;
+    let s = setup(dev, g)?;
+    let [what_a, what_b] = D::ARGS;
+    let [len_a, len_b, len_out] = D::lens(&s.len);
+    let av = f32_view(a, la, what_a)?;
+    let bv = f32_view(b, lb, what_b)?;
+    expect_len(what_a, av.len(), len_a)?;
+    expect_len(what_b, bv.len(), len_b)?;
+    let mut out = dev.alloc_zeros::<f32>(len_out)?;
+    {
+        let stream = s.h.cudnn.stream();
+        let (ap, _ga) = const_ptr(&av, stream);
+        let (bp, _gb) = const_ptr(&bv, stream);
+        let (op, _go) = mut_ptr(&mut out, stream);
+        let p = D::place(ap as *mut c_void, bp as *mut c_void, op);
+        let by_graph = super::conv_api() == super::ConvApi::Graph
+            && graph::run(
+                &s.h.cudnn,
+                dev,
+                &s.h.algos.graph,
+                s.shape,
+                D::DIRECTION,
+                s.tf32,
+                [p.x, p.w, p.y],
+            )?;
+        if !by_graph {
+            run_legacy::<D>(&s, dev, &p)?;
+        }
+        epilogue(&s, op)?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
 
 fn f32_ptr(v: &f32) -> *const c_void {
@@ -274,154 +572,30 @@ pub(crate) fn conv_forward(
     lw: &Layout,
     bias: Option<(&CudaStorage, &Layout)>,
 ) -> Result<CudaStorage> {
-    let dev = &x.device;
-    let s = setup(dev, g)?;
-    let xv = f32_view(x, lx, "cuda conv3d input")?;
-    let wv = f32_view(w, lw, "cuda conv3d weight")?;
-    expect_len("cuda conv3d input", xv.len(), s.x_len)?;
-    expect_len("cuda conv3d weight", wv.len(), s.w_len)?;
-    let mut y = dev.alloc_zeros::<f32>(s.y_len)?;
-    {
-        let stream = s.h.stream();
-        let (xp, _gx) = const_ptr(&xv, stream);
-        let (wp, _gw) = const_ptr(&wv, stream);
-        let (yp, _gy) = mut_ptr(&mut y, stream);
-        let (one, zero) = (1f32, 0f32);
-        let h = s.h.raw();
-        let ptrs = [xp as *mut c_void, wp as *mut c_void, yp];
-        let by_graph = super::conv_api() == super::ConvApi::Graph
-            && graph::run(
-                &s.h,
-                dev,
-                &s.h.algos.graph,
-                s.shape,
-                Direction::Forward,
-                s.tf32,
-                ptrs,
-            )?;
-        if !by_graph {
-            run_with_algo(
-                &s,
-                dev,
-                &s.h.algos.fwd,
-                "forward",
-                |ws, bytes| {
-                    let n =
-                        sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
-                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                    let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
-                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                    let mut got = 0i32;
-                    check(
-                        unsafe {
-                            sys::cudnnFindConvolutionForwardAlgorithmEx(
-                                h,
-                                s.x.raw(),
-                                xp,
-                                s.w.raw(),
-                                wp,
-                                s.conv.raw(),
-                                s.y.raw(),
-                                yp,
-                                n as i32,
-                                &mut got,
-                                perf.as_mut_ptr(),
-                                ws,
-                                bytes,
-                            )
-                        },
-                        "forward algorithm search",
-                    )?;
-                    let got = (got.max(0) as usize).min(n);
-                    Ok(perf[..got]
-                        .iter()
-                        .map(|p| (p.algo, p.status, p.mathType))
-                        .collect())
-                },
-                || {
-                    let n =
-                        sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
-                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                    let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
-                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                    let mut got = 0i32;
-                    check(
-                        unsafe {
-                            sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                                h,
-                                s.x.raw(),
-                                s.w.raw(),
-                                s.conv.raw(),
-                                s.y.raw(),
-                                n as i32,
-                                &mut got,
-                                perf.as_mut_ptr(),
-                            )
-                        },
-                        "forward algorithm query",
-                    )?;
-                    let got = (got.max(0) as usize).min(n);
-                    Ok(perf[..got]
-                        .iter()
-                        .map(|p| (p.algo, p.status, p.mathType))
-                        .collect())
-                },
-                |algo| {
-                    let mut bytes = 0usize;
-                    let status = unsafe {
-                        sys::cudnnGetConvolutionForwardWorkspaceSize(
-                            h,
-                            s.x.raw(),
-                            s.w.raw(),
-                            s.conv.raw(),
-                            s.y.raw(),
-                            algo,
-                            &mut bytes,
-                        )
-                    };
-                    (status, bytes)
-                },
-                |algo, ws, bytes| unsafe {
-                    sys::cudnnConvolutionForward(
-                        h,
-                        f32_ptr(&one),
-                        s.x.raw(),
-                        xp,
-                        s.w.raw(),
-                        wp,
-                        s.conv.raw(),
-                        algo,
-                        ws,
-                        bytes,
-                        f32_ptr(&zero),
-                        s.y.raw(),
-                        yp,
-                    )
-                },
-            )?;
-        }
-        if let Some((b, lb)) = bias {
-            let bv = f32_view(b, lb, "cuda conv3d bias")?;
-            expect_len("cuda conv3d bias", bv.len(), g.c_out)?;
-            let bdesc = TensorDesc::new(&[1, g.c_out, 1, 1, 1])?;
-            let (bp, _gb) = const_ptr(&bv, stream);
-            check(
-                unsafe {
-                    sys::cudnnAddTensor(
-                        h,
-                        f32_ptr(&one),
-                        bdesc.raw(),
-                        bp,
-                        f32_ptr(&one),
-                        s.y.raw(),
-                        yp,
-                    )
-                },
-                "bias add",
-            )?;
-        }
-    }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    convolve::<Forward>(g, (x, lx), (w, lw), |s, yp| {
+        let Some((b, lb)) = bias else {
+            return Ok(());
+        };
+        let bv = f32_view(b, lb, "cuda conv3d bias")?;
+        expect_len("cuda conv3d bias", bv.len(), g.c_out)?;
+        let bdesc = TensorDesc::new(&[1, g.c_out, 1, 1, 1])?;
+        let (bp, _gb) = const_ptr(&bv, s.h.cudnn.stream());
+        let one = 1f32;
+        check(
+            unsafe {
+                sys::cudnnAddTensor(
+                    s.h.cudnn.raw(),
+                    f32_ptr(&one),
+                    bdesc.raw(),
+                    bp,
+                    f32_ptr(&one),
+                    s.y.raw(),
+                    yp,
+                )
+            },
+            "bias add",
+        )
+    })
 }
 
 /// `dx = conv3d_backward_data(dy, w)`: `dy [N, C_out, out_dims]`, `w [C_out, C_in, kernel]`,
@@ -433,136 +607,7 @@ pub(crate) fn conv_backward_data(
     w: &CudaStorage,
     lw: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = &dy.device;
-    let s = setup(dev, g)?;
-    let dyv = f32_view(dy, ldy, "cuda conv3d backward-data grad")?;
-    let wv = f32_view(w, lw, "cuda conv3d backward-data weight")?;
-    expect_len("cuda conv3d backward-data grad", dyv.len(), s.y_len)?;
-    expect_len("cuda conv3d backward-data weight", wv.len(), s.w_len)?;
-    let mut dx = dev.alloc_zeros::<f32>(s.x_len)?;
-    {
-        let stream = s.h.stream();
-        let (dyp, _gy) = const_ptr(&dyv, stream);
-        let (wp, _gw) = const_ptr(&wv, stream);
-        let (dxp, _gx) = mut_ptr(&mut dx, stream);
-        let (one, zero) = (1f32, 0f32);
-        let h = s.h.raw();
-        let ptrs = [dxp, wp as *mut c_void, dyp as *mut c_void];
-        let by_graph = super::conv_api() == super::ConvApi::Graph
-            && graph::run(
-                &s.h,
-                dev,
-                &s.h.algos.graph,
-                s.shape,
-                Direction::BackwardData,
-                s.tf32,
-                ptrs,
-            )?;
-        if !by_graph {
-            run_with_algo(
-                &s,
-                dev,
-                &s.h.algos.bwd_data,
-                "backward-data",
-                |ws, bytes| {
-                    let n =
-                        sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
-                            as usize;
-                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                    let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
-                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                    let mut got = 0i32;
-                    check(
-                        unsafe {
-                            sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
-                                h,
-                                s.w.raw(),
-                                wp,
-                                s.y.raw(),
-                                dyp,
-                                s.conv.raw(),
-                                s.x.raw(),
-                                dxp,
-                                n as i32,
-                                &mut got,
-                                perf.as_mut_ptr(),
-                                ws,
-                                bytes,
-                            )
-                        },
-                        "backward-data algorithm search",
-                    )?;
-                    let got = (got.max(0) as usize).min(n);
-                    Ok(perf[..got]
-                        .iter()
-                        .map(|p| (p.algo, p.status, p.mathType))
-                        .collect())
-                },
-                || {
-                    let n =
-                        sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
-                            as usize;
-                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                    let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
-                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                    let mut got = 0i32;
-                    check(
-                        unsafe {
-                            sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                                h,
-                                s.w.raw(),
-                                s.y.raw(),
-                                s.conv.raw(),
-                                s.x.raw(),
-                                n as i32,
-                                &mut got,
-                                perf.as_mut_ptr(),
-                            )
-                        },
-                        "backward-data algorithm query",
-                    )?;
-                    let got = (got.max(0) as usize).min(n);
-                    Ok(perf[..got]
-                        .iter()
-                        .map(|p| (p.algo, p.status, p.mathType))
-                        .collect())
-                },
-                |algo| {
-                    let mut bytes = 0usize;
-                    let status = unsafe {
-                        sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
-                            h,
-                            s.w.raw(),
-                            s.y.raw(),
-                            s.conv.raw(),
-                            s.x.raw(),
-                            algo,
-                            &mut bytes,
-                        )
-                    };
-                    (status, bytes)
-                },
-                |algo, ws, bytes| unsafe {
-                    sys::cudnnConvolutionBackwardData(
-                        h,
-                        f32_ptr(&one),
-                        s.w.raw(),
-                        wp,
-                        s.y.raw(),
-                        dyp,
-                        s.conv.raw(),
-                        algo,
-                        ws,
-                        bytes,
-                        f32_ptr(&zero),
-                        s.x.raw(),
-                        dxp,
-                    )
-                },
-            )?;
-        }
-    }
-    Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
+    convolve::<BackwardData>(g, (dy, ldy), (w, lw), |_, _| Ok(()))
 }
 
 /// `dw = conv3d_backward_filter(x, dy)`: `x [N, C_in, in_dims]`, `dy [N, C_out, out_dims]`,
@@ -574,136 +619,7 @@ pub(crate) fn conv_backward_filter(
     dy: &CudaStorage,
     ldy: &Layout,
 ) -> Result<CudaStorage> {
-    let dev = &x.device;
-    let s = setup(dev, g)?;
-    let xv = f32_view(x, lx, "cuda conv3d backward-filter input")?;
-    let dyv = f32_view(dy, ldy, "cuda conv3d backward-filter grad")?;
-    expect_len("cuda conv3d backward-filter input", xv.len(), s.x_len)?;
-    expect_len("cuda conv3d backward-filter grad", dyv.len(), s.y_len)?;
-    let mut dw = dev.alloc_zeros::<f32>(s.w_len)?;
-    {
-        let stream = s.h.stream();
-        let (xp, _gx) = const_ptr(&xv, stream);
-        let (dyp, _gy) = const_ptr(&dyv, stream);
-        let (dwp, _gw) = mut_ptr(&mut dw, stream);
-        let (one, zero) = (1f32, 0f32);
-        let h = s.h.raw();
-        let ptrs = [xp as *mut c_void, dwp, dyp as *mut c_void];
-        let by_graph = super::conv_api() == super::ConvApi::Graph
-            && graph::run(
-                &s.h,
-                dev,
-                &s.h.algos.graph,
-                s.shape,
-                Direction::BackwardFilter,
-                s.tf32,
-                ptrs,
-            )?;
-        if !by_graph {
-            run_with_algo(
-                &s,
-                dev,
-                &s.h.algos.bwd_filter,
-                "backward-filter",
-                |ws, bytes| {
-                    let n =
-                        sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
-                            as usize;
-                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                    let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
-                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                    let mut got = 0i32;
-                    check(
-                        unsafe {
-                            sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
-                                h,
-                                s.x.raw(),
-                                xp,
-                                s.y.raw(),
-                                dyp,
-                                s.conv.raw(),
-                                s.w.raw(),
-                                dwp,
-                                n as i32,
-                                &mut got,
-                                perf.as_mut_ptr(),
-                                ws,
-                                bytes,
-                            )
-                        },
-                        "backward-filter algorithm search",
-                    )?;
-                    let got = (got.max(0) as usize).min(n);
-                    Ok(perf[..got]
-                        .iter()
-                        .map(|p| (p.algo, p.status, p.mathType))
-                        .collect())
-                },
-                || {
-                    let n =
-                        sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
-                            as usize;
-                    // Safety: all-zero bytes are valid for these plain-data structs (enum value 0 exists).
-                    let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
-                        (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
-                    let mut got = 0i32;
-                    check(
-                        unsafe {
-                            sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                                h,
-                                s.x.raw(),
-                                s.y.raw(),
-                                s.conv.raw(),
-                                s.w.raw(),
-                                n as i32,
-                                &mut got,
-                                perf.as_mut_ptr(),
-                            )
-                        },
-                        "backward-filter algorithm query",
-                    )?;
-                    let got = (got.max(0) as usize).min(n);
-                    Ok(perf[..got]
-                        .iter()
-                        .map(|p| (p.algo, p.status, p.mathType))
-                        .collect())
-                },
-                |algo| {
-                    let mut bytes = 0usize;
-                    let status = unsafe {
-                        sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
-                            h,
-                            s.x.raw(),
-                            s.y.raw(),
-                            s.conv.raw(),
-                            s.w.raw(),
-                            algo,
-                            &mut bytes,
-                        )
-                    };
-                    (status, bytes)
-                },
-                |algo, ws, bytes| unsafe {
-                    sys::cudnnConvolutionBackwardFilter(
-                        h,
-                        f32_ptr(&one),
-                        s.x.raw(),
-                        xp,
-                        s.y.raw(),
-                        dyp,
-                        s.conv.raw(),
-                        algo,
-                        ws,
-                        bytes,
-                        f32_ptr(&zero),
-                        s.w.raw(),
-                        dwp,
-                    )
-                },
-            )?;
-        }
-    }
-    Ok(CudaStorage::wrap_cuda_slice(dw, dev.clone()))
+    convolve::<BackwardFilter>(g, (x, lx), (dy, ldy), |_, _| Ok(()))
 }
 
 fn expect_len(what: &str, got: usize, want: usize) -> Result<()> {

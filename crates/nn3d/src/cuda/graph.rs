@@ -6,7 +6,7 @@
 //! Per thread, device, shape, direction, pointer alignment and precision setting, the first time:
 //! the operation graph of the one convolution is built, the engine configurations of heuristics
 //! mode A are turned into execution plans (configurations that fail to finalize, need more than
-//! [`super::conv::MAX_WORKSPACE`] bytes, or carry a numerical note the precision setting forbids are
+//! [`MAX_WORKSPACE`] bytes, or carry a numerical note the precision setting forbids are
 //! skipped), up to [`MAX_TIMED`] of them are timed on the call's own buffers and the fastest is
 //! cached (what PyTorch does under `cudnn.benchmark`). A shape for which nothing works is cached as "use the legacy path", so the graph API
 //! never makes a convolution fail that the legacy API can run.
@@ -25,7 +25,7 @@ use std::time::Instant;
 use candle_core::cuda::cudarc::cudnn::sys;
 use candle_core::{bail, CudaDevice, Result};
 
-use super::handle::{check, mut_ptr, Cudnn};
+use super::handle::{check, with_workspace, Cudnn, MAX_WORKSPACE};
 
 use sys::cudnnBackendAttributeName_t as Attr;
 use sys::cudnnBackendAttributeType_t as Ty;
@@ -405,13 +405,7 @@ fn execute_with_workspace(
     bytes: usize,
     ptrs: [*mut c_void; 3],
 ) -> Result<()> {
-    if bytes == 0 {
-        return execute(h, plan, ptrs, std::ptr::null_mut());
-    }
-    // Safety: cuDNN only writes the workspace; its contents need no initialisation.
-    let mut ws = unsafe { dev.alloc::<u8>(bytes) }?;
-    let (wp, _guard) = mut_ptr(&mut ws, h.stream());
-    execute(h, plan, ptrs, wp)
+    with_workspace(dev, h.stream(), bytes, |wp, _| execute(h, plan, ptrs, wp))?
 }
 
 fn log_enabled() -> bool {
@@ -460,9 +454,7 @@ fn search(
             continue;
         }
         match execution_plan(h, config) {
-            Ok((plan, bytes)) if bytes <= super::conv::MAX_WORKSPACE => {
-                plans.push((plan, bytes, index))
-            }
+            Ok((plan, bytes)) if bytes <= MAX_WORKSPACE => plans.push((plan, bytes, index)),
             Ok(_) => {}
             Err(e) => {
                 if log {

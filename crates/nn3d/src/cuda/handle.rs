@@ -1,18 +1,15 @@
-//! The per-thread cuDNN handle, descriptor wrappers that free themselves, and device-memory
-//! helpers shared by the CUDA ops.
+//! The cuDNN handle, descriptor wrappers that free themselves, and device-memory helpers shared
+//! by the CUDA ops (the lowest layer of `cuda`: it uses none of the other modules).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::c_void;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use candle_core::cuda::cudarc::cudnn::sys;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, CudaView, SyncOnDrop};
-use candle_core::cuda::DeviceId;
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result};
 
-use super::conv::AlgoCache;
+/// Largest workspace a convolution algorithm or execution plan may ask for (2 GiB).
+pub(crate) const MAX_WORKSPACE: usize = 2 << 30;
 
 /// Fails with `what` and the status unless `status` is success.
 pub(crate) fn check(status: sys::cudnnStatus_t, what: &str) -> Result<()> {
@@ -29,15 +26,26 @@ pub(crate) fn is_not_supported(status: sys::cudnnStatus_t) -> bool {
     (status as u32) / 1000 == 3
 }
 
-/// A cuDNN handle bound to one candle CUDA device's stream, plus the convolution algorithms
-/// chosen on it.
+/// A cuDNN handle bound to one candle CUDA device's stream.
 pub(crate) struct Cudnn {
     raw: sys::cudnnHandle_t,
     stream: Arc<CudaStream>,
-    pub(crate) algos: AlgoCache,
 }
 
 impl Cudnn {
+    /// A new handle on `stream` (whose context must be current on this thread).
+    pub(crate) fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        let mut raw: sys::cudnnHandle_t = std::ptr::null_mut();
+        check(unsafe { sys::cudnnCreate(&mut raw) }, "create handle")?;
+        let handle = Self { raw, stream };
+        let cu_stream = handle.stream.cu_stream() as sys::cudaStream_t;
+        check(
+            unsafe { sys::cudnnSetStream(handle.raw, cu_stream) },
+            "set stream",
+        )?;
+        Ok(handle)
+    }
+
     pub(crate) fn raw(&self) -> sys::cudnnHandle_t {
         self.raw
     }
@@ -55,38 +63,6 @@ impl Drop for Cudnn {
             let _ = unsafe { sys::cudnnDestroy(self.raw) };
         }
     }
-}
-
-thread_local! {
-    static HANDLES: RefCell<HashMap<DeviceId, Rc<Cudnn>>> = RefCell::new(HashMap::new());
-}
-
-/// The calling thread's cuDNN handle for `dev` (created on first use), with the device's context
-/// made current on this thread.
-pub(crate) fn cudnn(dev: &CudaDevice) -> Result<Rc<Cudnn>> {
-    let stream = dev.cuda_stream();
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(candle_core::Error::wrap)?;
-    let id = dev.id();
-    if let Some(h) = HANDLES.with(|m| m.borrow().get(&id).cloned()) {
-        return Ok(h);
-    }
-    let mut raw: sys::cudnnHandle_t = std::ptr::null_mut();
-    check(unsafe { sys::cudnnCreate(&mut raw) }, "create handle")?;
-    let handle = Rc::new(Cudnn {
-        raw,
-        stream,
-        algos: AlgoCache::default(),
-    });
-    let cu_stream = handle.stream.cu_stream() as sys::cudaStream_t;
-    check(
-        unsafe { sys::cudnnSetStream(handle.raw, cu_stream) },
-        "set stream",
-    )?;
-    HANDLES.with(|m| m.borrow_mut().insert(id, handle.clone()));
-    Ok(handle)
 }
 
 /// `dims` as the `i32` cuDNN wants, or an error naming `what`.
@@ -286,4 +262,21 @@ pub(crate) fn mut_ptr<'a, T>(
     use candle_core::cuda::cudarc::driver::DevicePtrMut;
     let (ptr, guard) = v.device_ptr_mut(stream);
     (ptr as usize as *mut c_void, guard)
+}
+
+/// Runs `f(workspace, bytes)` with a freshly allocated workspace of `bytes` bytes (a null pointer
+/// when `bytes` is 0), freed after `f` returns.
+pub(crate) fn with_workspace<R>(
+    dev: &CudaDevice,
+    stream: &CudaStream,
+    bytes: usize,
+    f: impl FnOnce(*mut c_void, usize) -> R,
+) -> Result<R> {
+    if bytes == 0 {
+        return Ok(f(std::ptr::null_mut(), 0));
+    }
+    // Safety: cuDNN only writes the workspace; its contents need no initialisation.
+    let mut ws = unsafe { dev.alloc::<u8>(bytes) }?;
+    let (ptr, _guard) = mut_ptr(&mut ws, stream);
+    Ok(f(ptr, bytes))
 }

@@ -25,6 +25,11 @@
 //! on the legacy path), the same numbers as the CPU kernels up to summation order. [`set_allow_tf32`] lets cuDNN use TF32 tensor cores (as
 //! PyTorch does by default for cuDNN convolutions): faster, about 1e-3 relative error.
 //!
+//! Layers, each using only those before it: `handle` (the cuDNN handle, descriptors, device
+//! pointers), `graph` (graph API plans), `conv` (the three directions, the per-thread handles and
+//! algorithm caches); `batch_norm` uses `handle`. Nothing here uses `crate::ops` (which calls in
+//! here): shapes arrive as `crate::geometry::Geometry`.
+//!
 //! The whole module is compiled by `cargo xtask gpu-build` on a machine without a GPU and checked
 //! on the GPU machine by `cargo xtask gpu-check` (CUDA vs CPU on every op and gradient).
 

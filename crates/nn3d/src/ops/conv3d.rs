@@ -12,7 +12,8 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::cpu_gemm::{self, Geometry};
+use super::cpu_gemm;
+use crate::geometry::Geometry;
 
 /// Stride, padding and dilation of a 3D convolution, per spatial axis `(D, H, W)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,6 +338,55 @@ pub(crate) fn bias_grad(grad: &Tensor) -> Result<Tensor> {
         .sum(0)
 }
 
+/// `impl CustomOp2` for a backward op (`$op`: [`Conv3dBwdData`], [`Conv3dBwdFilter`]), which differ
+/// only in these parts: the op's `name`, its two arguments' names in errors, its CPU kernel
+/// (`cpu_gemm`) and CUDA kernel (`crate::cuda::conv`), both run on the shapes checked by
+/// `$op::geometry`; `bwd` is `$op::grads`.
+macro_rules! backward_op2 {
+    ($op:ident, $name:literal, [$what_a:literal, $what_b:literal], $cpu:path, $cuda:path) => {
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                sa: &CpuStorage,
+                la: &Layout,
+                sb: &CpuStorage,
+                lb: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let (g, shape) = self.geometry(la, lb)?;
+                let a = slice($what_a, sa, la)?;
+                let b = slice($what_b, sb, lb)?;
+                Ok((CpuStorage::F32($cpu(&g, a, b)), shape))
+            }
+
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                sa: &candle_core::CudaStorage,
+                la: &Layout,
+                sb: &candle_core::CudaStorage,
+                lb: &Layout,
+            ) -> Result<(candle_core::CudaStorage, Shape)> {
+                let (g, shape) = self.geometry(la, lb)?;
+                Ok(($cuda(&g, sa, la, sb, lb)?, shape))
+            }
+
+            fn bwd(
+                &self,
+                a: &Tensor,
+                b: &Tensor,
+                _res: &Tensor,
+                grad: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+                self.grads(a, b, grad)
+            }
+        }
+    };
+}
+
 /// Input gradient of a convolution, `dx = conv3d_backward_data(dy, w)` with spatial size
 /// `input_dims`; also the forward of `conv_transpose3d`. See the module table.
 #[derive(Clone, Copy, Debug)]
@@ -363,69 +413,31 @@ impl Conv3dBwdData {
         let [d, h, w] = self.input_dims;
         Ok((g, Shape::from(vec![n, c_in, d, h, w])))
     }
-}
 
-impl CustomOp2 for Conv3dBwdData {
-    fn name(&self) -> &'static str {
-        "conv3d-backward-data"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sdy: &CpuStorage,
-        ldy: &Layout,
-        sw: &CpuStorage,
-        lw: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, shape) = self.geometry(ldy, lw)?;
-        let dy = slice("conv3d backward-data grad", sdy, ldy)?;
-        let w = slice("conv3d backward-data weight", sw, lw)?;
-        Ok((
-            CpuStorage::F32(cpu_gemm::conv_backward_data(&g, dy, w)),
-            shape,
-        ))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        sdy: &candle_core::CudaStorage,
-        ldy: &Layout,
-        sw: &candle_core::CudaStorage,
-        lw: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (g, shape) = self.geometry(ldy, lw)?;
-        Ok((
-            crate::cuda::conv::conv_backward_data(&g, sdy, ldy, sw, lw)?,
-            shape,
-        ))
-    }
-
-    fn bwd(
+    /// `(d dy, dw)`: `d dy` by [`Conv3dFwd`] of `grad` with `w`, `dw` by [`Conv3dBwdFilter`] of
+    /// `grad` (in the input's place) with `dy`.
+    fn grads(
         &self,
         dy: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, kernel) = dims5("conv3d weight", w)?;
-        let d_dy = grad.apply_op2(
-            w,
-            Conv3dFwd {
-                params: self.params,
-            },
-        )?;
-        let dw = grad.apply_op2(
-            dy,
-            Conv3dBwdFilter {
-                params: self.params,
-                kernel,
-            },
-        )?;
+        let params = self.params;
+        let d_dy = grad.apply_op2(w, Conv3dFwd { params })?;
+        let dw = grad.apply_op2(dy, Conv3dBwdFilter { params, kernel })?;
         Ok((Some(d_dy), Some(dw)))
     }
 }
+
+backward_op2!(
+    Conv3dBwdData,
+    "conv3d-backward-data",
+    ["conv3d backward-data grad", "conv3d backward-data weight"],
+    cpu_gemm::conv_backward_data,
+    crate::cuda::conv::conv_backward_data
+);
 
 /// Weight gradient of a convolution, `dw = conv3d_backward_filter(x, dy)`. See the module table.
 #[derive(Clone, Copy, Debug)]
@@ -452,66 +464,31 @@ impl Conv3dBwdFilter {
         let [kd, kh, kw] = self.kernel;
         Ok((g, Shape::from(vec![c_out, c_in, kd, kh, kw])))
     }
-}
 
-impl CustomOp2 for Conv3dBwdFilter {
-    fn name(&self) -> &'static str {
-        "conv3d-backward-filter"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sx: &CpuStorage,
-        lx: &Layout,
-        sdy: &CpuStorage,
-        ldy: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, shape) = self.geometry(lx, ldy)?;
-        let x = slice("conv3d backward-filter input", sx, lx)?;
-        let dy = slice("conv3d backward-filter grad", sdy, ldy)?;
-        Ok((
-            CpuStorage::F32(cpu_gemm::conv_backward_filter(&g, x, dy)),
-            shape,
-        ))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        sx: &candle_core::CudaStorage,
-        lx: &Layout,
-        sdy: &candle_core::CudaStorage,
-        ldy: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (g, shape) = self.geometry(lx, ldy)?;
-        Ok((
-            crate::cuda::conv::conv_backward_filter(&g, sx, lx, sdy, ldy)?,
-            shape,
-        ))
-    }
-
-    fn bwd(
+    /// `(dx, d dy)`: `dx` by [`Conv3dBwdData`] of `dy` with `grad` (in the weight's place),
+    /// `d dy` by [`Conv3dFwd`] of `x` with `grad`.
+    fn grads(
         &self,
         x: &Tensor,
         dy: &Tensor,
-        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, input_dims) = dims5("conv3d input", x)?;
-        let dx = dy.apply_op2(
-            &grad,
-            Conv3dBwdData {
-                params: self.params,
-                input_dims,
-            },
-        )?;
-        let d_dy = x.apply_op2(
-            &grad,
-            Conv3dFwd {
-                params: self.params,
-            },
-        )?;
+        let params = self.params;
+        let dx = dy.apply_op2(&grad, Conv3dBwdData { params, input_dims })?;
+        let d_dy = x.apply_op2(&grad, Conv3dFwd { params })?;
         Ok((Some(dx), Some(d_dy)))
     }
 }
+
+backward_op2!(
+    Conv3dBwdFilter,
+    "conv3d-backward-filter",
+    [
+        "conv3d backward-filter input",
+        "conv3d backward-filter grad"
+    ],
+    cpu_gemm::conv_backward_filter,
+    crate::cuda::conv::conv_backward_filter
+);

@@ -1,6 +1,6 @@
 //! CPU kernels of the 3D convolutions: tile-wise im2col + `gemm`, parallel over tiles with rayon.
 //!
-//! Everything is expressed through one [`Geometry`], a *gather* convolution
+//! Everything is expressed through one [`Geometry`] (`crate::geometry`), a *gather* convolution
 //! `out[n, o, q] = sum_{c, a} w[o, c, a] * x[n, c, q * stride - pad + a * dilation]`
 //! (zero outside the input), over contiguous f32 buffers in `[N, C, D, H, W]` order.
 //!
@@ -33,59 +33,32 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use crate::geometry::Geometry;
+
 /// Target number of output voxels per tile: big enough for an efficient GEMM, small enough that the
 /// column buffer stays in the L2 cache.
 const TILE_COLUMNS: usize = 1024;
 
-/// Shape of a gather convolution (see the module docs). `pad` may be negative (a crop).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Geometry {
-    pub(crate) batch: usize,
-    pub(crate) c_in: usize,
-    pub(crate) c_out: usize,
-    pub(crate) in_dims: [usize; 3],
-    pub(crate) out_dims: [usize; 3],
-    pub(crate) kernel: [usize; 3],
-    pub(crate) stride: [usize; 3],
-    pub(crate) pad: [isize; 3],
-    pub(crate) dilation: [usize; 3],
-}
-
-impl Geometry {
-    fn in_volume(&self) -> usize {
-        self.in_dims.iter().product()
+/// Tiles `(n, first row, end row)` over the output rows `r = od * OH + oh` of each sample.
+fn tiles(g: &Geometry) -> Vec<(usize, usize, usize)> {
+    let [od, oh, ow] = g.out_dims;
+    let rows = od * oh;
+    let mut per_tile = (TILE_COLUMNS / ow.max(1)).max(1);
+    // keep at least a few tiles per thread so that rayon can balance the work
+    let min_tiles = 4 * rayon::current_num_threads();
+    while per_tile > 1 && g.batch * rows.div_ceil(per_tile) < min_tiles {
+        per_tile = per_tile.div_ceil(2);
     }
-
-    fn out_volume(&self) -> usize {
-        self.out_dims.iter().product()
-    }
-
-    /// Rows of the column matrix: `C_in * kd * kh * kw`.
-    fn k_len(&self) -> usize {
-        self.c_in * self.kernel.iter().product::<usize>()
-    }
-
-    /// Tiles `(n, first row, end row)` over the output rows `r = od * OH + oh` of each sample.
-    fn tiles(&self) -> Vec<(usize, usize, usize)> {
-        let [od, oh, ow] = self.out_dims;
-        let rows = od * oh;
-        let mut per_tile = (TILE_COLUMNS / ow.max(1)).max(1);
-        // keep at least a few tiles per thread so that rayon can balance the work
-        let min_tiles = 4 * rayon::current_num_threads();
-        while per_tile > 1 && self.batch * rows.div_ceil(per_tile) < min_tiles {
-            per_tile = per_tile.div_ceil(2);
+    let mut tiles = Vec::with_capacity(g.batch * rows.div_ceil(per_tile));
+    for n in 0..g.batch {
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + per_tile).min(rows);
+            tiles.push((n, r0, r1));
+            r0 = r1;
         }
-        let mut tiles = Vec::with_capacity(self.batch * rows.div_ceil(per_tile));
-        for n in 0..self.batch {
-            let mut r0 = 0;
-            while r0 < rows {
-                let r1 = (r0 + per_tile).min(rows);
-                tiles.push((n, r0, r1));
-                r0 = r1;
-            }
-        }
-        tiles
     }
+    tiles
 }
 
 /// A raw pointer that rayon tasks may share; every use writes a region no other task touches.
@@ -202,7 +175,7 @@ pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f3
     let folded = g.stride[2] == 1 && g.kernel[2] > 1;
     let bufs = || (Vec::new(), Vec::new());
     for_each_chunked(
-        &g.tiles(),
+        &tiles(g),
         bufs,
         |(col, tmp): &mut (Vec<f32>, Vec<f32>), &(n, r0, r1)| {
             let x_n = &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in];
@@ -393,7 +366,7 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
     }
     let folded = g.stride[2] == 1 && g.kernel[2] > 1;
     let parts = for_each_chunked(
-        &g.tiles(),
+        &tiles(g),
         || (vec![0f32; len], Vec::new(), Vec::new()),
         |(dw_t, col, dy_pad): &mut (Vec<f32>, Vec<f32>, Vec<f32>), &(n, r0, r1)| {
             let dy_n = &dy[n * g.c_out * s_out..(n + 1) * g.c_out * s_out];
