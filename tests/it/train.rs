@@ -9,7 +9,7 @@ use duoseg_train::checkpoint;
 use duoseg_train::config::TrainConfig;
 use duoseg_train::data::{self, TrainData};
 use duoseg_train::run::{read_log, RunDir};
-use duoseg_train::trainer::{self, Finish, Silent, TrainOptions};
+use duoseg_train::{Finish, Nets, Silent, TrainOptions};
 
 fn tiny_config(iterations: usize, dropout: bool) -> TrainConfig {
     let json = serde_json::json!({
@@ -63,7 +63,7 @@ fn train_writes_the_whole_run_folder() {
     let cfg = tiny_config(3, true);
     let dir = tmp("full");
     let (finish, report) =
-        trainer::run_training(&cfg, None, opts(&dir, false, false, &mut Silent)).unwrap();
+        duoseg_train::run_training(&cfg, None, opts(&dir, false, false, &mut Silent)).unwrap();
     assert_eq!(finish, Finish::Completed);
     let report = report.unwrap();
     assert_eq!(report.cases.len(), 1);
@@ -118,7 +118,7 @@ fn train_writes_the_whole_run_folder() {
     assert_eq!(left, vec![3]);
     // the final weights reload with their config
     let (back, nets) =
-        trainer::load_nets(&dir.join("final.safetensors"), &candle_core::Device::Cpu).unwrap();
+        Nets::load(&dir.join("final.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(back, cfg);
     let saved: TrainConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -166,7 +166,7 @@ fn train_writes_the_whole_run_folder() {
     let mut cfg_a = cfg.clone();
     cfg_a.eval.nets = duoseg_train::config::EvalNets::A;
     let test_cases = data::load(&cfg.data, None).unwrap().test;
-    let (report_a, _) = trainer::evaluate(
+    let (report_a, _) = duoseg_train::evaluate(
         &cfg_a,
         &nets,
         &test_cases,
@@ -212,18 +212,18 @@ fn resume_matches(cfg: &TrainConfig, tag: &str) {
     let data: TrainData = data::load(&cfg.data, None).unwrap();
     let a = tmp(&format!("resume-{tag}-a"));
     assert_eq!(
-        trainer::train(&cfg, &data, opts(&a, false, false, &mut Silent)).unwrap(),
+        duoseg_train::train(&cfg, &data, opts(&a, false, false, &mut Silent)).unwrap(),
         Finish::Completed
     );
     let b = tmp(&format!("resume-{tag}-b"));
     // a stop request is honoured after the first iteration, with a checkpoint
     assert_eq!(
-        trainer::train(&cfg, &data, opts(&b, false, true, &mut Silent)).unwrap(),
+        duoseg_train::train(&cfg, &data, opts(&b, false, true, &mut Silent)).unwrap(),
         Finish::Interrupted(1)
     );
     assert!(!b.join("final.safetensors").exists());
     assert_eq!(
-        trainer::train(&cfg, &data, opts(&b, true, false, &mut Silent)).unwrap(),
+        duoseg_train::train(&cfg, &data, opts(&b, true, false, &mut Silent)).unwrap(),
         Finish::Completed
     );
     let dev = candle_core::Device::Cpu;
@@ -279,7 +279,7 @@ fn non_finite_loss_stops_naming_iteration_and_term() {
     cfg.checkpoint.keep_last = 0;
     let data = data::load(&cfg.data, None).unwrap();
     let dir = tmp("nan");
-    let err = trainer::train(&cfg, &data, opts(&dir, false, false, &mut Silent))
+    let err = duoseg_train::train(&cfg, &data, opts(&dir, false, false, &mut Silent))
         .unwrap_err()
         .to_string();
     let it: usize = err

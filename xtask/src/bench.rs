@@ -7,19 +7,21 @@
 
 use anyhow::{bail, Result};
 
+mod demo;
 mod hippocampus;
 mod io;
 mod metrics;
 mod nn3d;
 mod step;
 
-const BENCHES: &str = "hippocampus, io, metrics, nn3d, step";
+const BENCHES: &str = "demo, hippocampus, io, metrics, nn3d, step";
 
 pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
         bail!("usage: cargo xtask bench <name>; benchmarks: {BENCHES}");
     };
     match name.as_str() {
+        "demo" => demo::run(&args[1..]),
         "hippocampus" => hippocampus::run(&args[1..]),
         "io" => io::run(&args[1..]),
         "metrics" => metrics::run(&args[1..]),

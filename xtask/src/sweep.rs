@@ -478,8 +478,5 @@ fn provenance(rows: &[Value]) -> String {
 }
 
 fn write_md(path: &Path, md: &str) -> Result<()> {
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, md).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
-    Ok(())
+    Ok(duoseg_io::fs::write_atomic(path, md.as_bytes())?)
 }

@@ -31,11 +31,8 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(&tmp, text + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
-    Ok(())
+    Ok(duoseg_io::fs::write_atomic(path, (text + "\n").as_bytes())?)
 }
 
 /// Parses the comma-separated numbers given to `flag` (`--folds 0,1,2`, `--seeds 1,2,3`).

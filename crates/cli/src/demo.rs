@@ -4,10 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use duoseg_train::run::{
-    summary_markdown, table_rows, write_atomic, write_json, RunDir, TABLE_HEADER,
-};
-use duoseg_train::trainer::{self, Finish, TrainOptions};
+use duoseg_metrics::{summary_markdown, table_rows, TABLE_HEADER};
+use duoseg_train::run::{write_atomic, write_json, RunDir};
+use duoseg_train::{Finish, TrainOptions};
 use duoseg_train::{Method, TrainConfig};
 
 use crate::train::{stop_flag, Progress};
@@ -84,7 +83,7 @@ pub fn run(args: DemoArgs) -> Result<crate::Outcome> {
             stop: stop.clone(),
             observer: &mut progress,
         };
-        let (finish, report) = trainer::run_training(&cfg, None, opts)?;
+        let (finish, report) = duoseg_train::run_training(&cfg, None, opts)?;
         if let Finish::Interrupted(n) = finish {
             eprintln!("interrupted after {n} iterations of {}", method.name());
             return Ok(crate::Outcome::Ok);

@@ -9,7 +9,7 @@ use duoseg_metrics::{
     HausdorffDefinition, MetricDefinition,
 };
 use duoseg_train::run::RunDir;
-use duoseg_train::trainer::{self, Silent};
+use duoseg_train::Silent;
 
 /// Score predicted label maps against reference labels (medpy-exact Dice, Jaccard, HD95, ASD).
 ///
@@ -49,6 +49,10 @@ pub struct EvaluateArgs {
     /// With `--run`: where the networks run.
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
+    /// Fail (exit code 1) when the mean Dice over cases and foreground classes is below this value
+    /// (0-1), e.g. to gate a pipeline on a model's quality.
+    #[arg(long, value_name = "DICE", value_parser = parse_fraction)]
+    pub min_dice: Option<f64>,
     /// Also write every number, the summary and the definitions used as JSON (atomically).
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
@@ -165,7 +169,42 @@ pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
         write_json_atomic(path, &report)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(crate::Outcome::Ok)
+    check_min_dice(&report, args.min_dice)
+}
+
+/// `--min-dice` values: a fraction in [0, 1].
+fn parse_fraction(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a Dice value between 0 and 1")),
+    }
+}
+
+/// The mean Dice of a report: the "mean" row when there are several classes, else the one class's.
+fn mean_dice(report: &EvaluationReport) -> Option<f64> {
+    let row = report
+        .summary
+        .get("mean")
+        .or_else(|| report.summary.values().next())?;
+    row.get("dice")?.mean
+}
+
+/// Checks `--min-dice`: a failed check is exit code 1, with one line saying by how much.
+fn check_min_dice(report: &EvaluationReport, min: Option<f64>) -> Result<crate::Outcome> {
+    let Some(min) = min else {
+        return Ok(crate::Outcome::Ok);
+    };
+    match mean_dice(report) {
+        Some(d) if d >= min => Ok(crate::Outcome::Ok),
+        Some(d) => {
+            eprintln!("check failed: mean Dice {d:.4} < --min-dice {min}");
+            Ok(crate::Outcome::CheckFailed)
+        }
+        None => {
+            eprintln!("check failed: no Dice value to compare with --min-dice {min}");
+            Ok(crate::Outcome::CheckFailed)
+        }
+    }
 }
 
 /// `--run`: the run's final model on its test cases.
@@ -174,7 +213,7 @@ fn run_again(args: &EvaluateArgs, dir: &Path) -> Result<crate::Outcome> {
     let run = RunDir::create(dir).with_context(|| format!("cannot open {}", dir.display()))?;
     let nets = args.nets.as_deref().map(crate::infer::parse_nets);
     let (cfg, report) =
-        trainer::reevaluate_run(&run, nets, args.data.as_deref(), &device, &mut Silent)
+        duoseg_train::reevaluate_run(&run, nets, args.data.as_deref(), &device, &mut Silent)
             .with_context(|| format!("cannot evaluate {}", dir.display()))?;
     print!("{}", table(&report));
     eprintln!(
@@ -187,7 +226,7 @@ fn run_again(args: &EvaluateArgs, dir: &Path) -> Result<crate::Outcome> {
         write_json_atomic(path, &report)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(crate::Outcome::Ok)
+    check_min_dice(&report, args.min_dice)
 }
 
 /// The case name of a label file: the file name without `.nii.gz` / `.nii` and without an
@@ -363,17 +402,7 @@ fn table(report: &EvaluationReport) -> String {
 }
 
 fn write_json_atomic(path: &Path, report: &EvaluationReport) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(report)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    Ok(duoseg_train::run::write_json(path, report)?)
 }
 
 #[cfg(test)]

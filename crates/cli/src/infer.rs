@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use duoseg_train::config::EvalNets;
-use duoseg_train::data::Case;
-use duoseg_train::trainer;
+use duoseg_train::Nets;
 
 /// Predict label maps for new volumes with the two trained nets (sliding window as in SPEC section 4:
 /// patch, stride and classes come from the checkpoint's config; both nets' softmax averaged by default).
@@ -63,7 +62,7 @@ fn stem(p: &Path) -> String {
 /// Runs `duoseg infer`.
 pub fn run(args: InferArgs) -> Result<crate::Outcome> {
     let device = args.device.open()?;
-    let (mut cfg, nets) = trainer::load_nets(&args.checkpoint, &device)
+    let (mut cfg, nets) = Nets::load(&args.checkpoint, &device)
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
     cfg.eval.largest_component |= args.lcc;
     if let Some(n) = &args.nets {
@@ -92,9 +91,9 @@ pub fn run(args: InferArgs) -> Result<crate::Outcome> {
             data: Vec::new(),
             ..vol.clone()
         };
-        let case = Case::prepare(stem(path), vol, None, &cfg.data)?;
+        let case = duoseg_train::data::prepare(stem(path), vol, None, &cfg.data)?;
         let t0 = std::time::Instant::now();
-        let pred = trainer::predict_case(&cfg, &nets, &case, &device, args.probs)?;
+        let pred = duoseg_train::predict_case(&cfg, &nets, &case, &device, args.probs)?;
         let name = path
             .file_name()
             .map(|n| n.to_os_string())

@@ -40,8 +40,21 @@ enum Command {
 /// What a subcommand reports back to `main`: success, or a failed check (exit code 1).
 enum Outcome {
     Ok,
-    #[allow(dead_code)]
     CheckFailed,
+}
+
+/// The error and its causes on one line, each cause once: typed errors already carry their cause
+/// in their message, so a cause whose text is already there is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
@@ -66,7 +79,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_line(&err));
             ExitCode::from(2)
         }
     }

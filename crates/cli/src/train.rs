@@ -7,8 +7,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use duoseg_train::run::{table_rows, LogRecord, RunDir, TABLE_HEADER};
-use duoseg_train::trainer::{self, Finish, Observer, TrainOptions};
+use duoseg_metrics::{table_rows, TABLE_HEADER};
+use duoseg_train::run::{LogRecord, RunDir};
+use duoseg_train::{Finish, Observer, TrainOptions};
 use duoseg_train::{Method, TrainConfig};
 
 /// Train the dual-stream method (V-Net + ResNet-34 V-Net) on labeled and unlabeled volumes.
@@ -167,7 +168,7 @@ pub fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
         cfg.seed = s;
     }
     for a in &args.set {
-        cfg = trainer::apply_override(&cfg, a).map_err(anyhow::Error::msg)?;
+        cfg = cfg.with_override(a)?;
     }
     cfg.validate()?;
     Ok(cfg)
@@ -193,7 +194,7 @@ pub fn run(args: TrainArgs) -> Result<crate::Outcome> {
         stop: stop_flag()?,
         observer: &mut progress,
     };
-    let (finish, report) = trainer::run_training(&cfg, args.data.as_deref(), opts)?;
+    let (finish, report) = duoseg_train::run_training(&cfg, args.data.as_deref(), opts)?;
     match (finish, report) {
         (Finish::Interrupted(n), _) => {
             eprintln!(

@@ -169,3 +169,113 @@ pub fn flip(patch: Patch, axis: usize) -> Patch {
         label: patch.label.map(|l| go(&l, patch.shape, axis)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    // import numpy as np; m = np.arange(6).reshape(2, 3, 1)
+    // [np.rot90(m, k).ravel() for k in range(4)], np.flip(m, 0).ravel(), np.flip(m, 1).ravel()
+    #[test]
+    fn rot90_and_flip_match_numpy() {
+        let p = Patch::new(
+            [2, 3, 1],
+            (0..6).map(|v| v as f32).collect(),
+            Some((0..6).collect()),
+        )
+        .unwrap();
+        let want: [&[f32]; 4] = [
+            &[0., 1., 2., 3., 4., 5.],
+            &[2., 5., 1., 4., 0., 3.],
+            &[5., 4., 3., 2., 1., 0.],
+            &[3., 0., 4., 1., 5., 2.],
+        ];
+        for k in 0..4u8 {
+            let r = rot90(p.clone(), k);
+            assert_eq!(r.shape, if k % 2 == 1 { [3, 2, 1] } else { [2, 3, 1] });
+            assert_eq!(r.image, want[k as usize]);
+            assert_eq!(
+                r.label.unwrap(),
+                want[k as usize]
+                    .iter()
+                    .map(|&v| v as u8)
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(flip(p.clone(), 0).image, vec![3., 4., 5., 0., 1., 2.]);
+        assert_eq!(flip(p.clone(), 1).image, vec![2., 1., 0., 5., 4., 3.]);
+        let q = Patch::new([1, 1, 3], vec![1., 2., 3.], None).unwrap();
+        assert_eq!(flip(q, 2).image, vec![3., 2., 1.]);
+    }
+
+    #[test]
+    fn uamt_padding_rule() {
+        // 190x142x88 vs 112x112x80: no side <= crop, no padding.
+        assert_eq!(uamt_padding([190, 142, 88], [112, 112, 80]), [0, 0, 0]);
+        // One side equal to the crop pads every axis: (80-80)//2+3 = 3, (112-190)//2+3 < 0 -> 0.
+        assert_eq!(uamt_padding([190, 142, 80], [112, 112, 80]), [0, 0, 3]);
+        assert_eq!(uamt_padding([100, 142, 88], [112, 112, 80]), [9, 0, 0]);
+        // Python floor division of odd negatives: (112-115)//2 = -2 -> +3 = 1.
+        assert_eq!(uamt_padding([115, 100, 88], [112, 112, 80]), [1, 9, 0]);
+    }
+
+    #[test]
+    fn rand_crop_is_seeded_and_keeps_image_and_label_aligned() {
+        let shape = [12, 9, 7];
+        let n = 12 * 9 * 7;
+        let image: Vec<f32> = (0..n).map(|v| v as f32).collect();
+        let label: Vec<u8> = (0..n).map(|v| (v % 251) as u8).collect();
+        let p = Patch::new(shape, image, Some(label)).unwrap();
+        let crop = RandCrop { size: [5, 5, 7] };
+        let a = crop.apply(&mut Rng::seed_from_u64(3), p.clone()).unwrap();
+        let b = crop.apply(&mut Rng::seed_from_u64(3), p.clone()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.shape, [5, 5, 7]);
+        for (v, l) in a.image.iter().zip(a.label.as_ref().unwrap()) {
+            // Padded voxels are zero in both; others keep the label of their intensity.
+            assert_eq!(
+                *l,
+                if *v == 0.0 {
+                    0
+                } else {
+                    (*v as usize % 251) as u8
+                }
+            );
+        }
+        // Offsets cover [0, side - size) over many seeds: never the last position (numpy randint).
+        let mut firsts = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let c = RandCrop {
+                size: [5, 9 - 1, 1],
+            }
+            .apply(&mut Rng::seed_from_u64(seed), p.clone())
+            .unwrap();
+            firsts.insert(c.image[0] as usize / (9 * 7));
+        }
+        assert_eq!(firsts, (0..7).collect());
+        let rf = RandRot90Flip
+            .apply(&mut Rng::seed_from_u64(1), a.clone())
+            .unwrap();
+        assert_eq!(rf.image.len(), a.image.len());
+        let mut sorted_a = a.image.clone();
+        let mut sorted_r = rf.image.clone();
+        sorted_a.sort_by(f32::total_cmp);
+        sorted_r.sort_by(f32::total_cmp);
+        assert_eq!(sorted_a, sorted_r);
+        assert!(RandCrop { size: [0, 1, 1] }
+            .apply(&mut Rng::seed_from_u64(0), p)
+            .is_err());
+    }
+
+    #[test]
+    fn rng_state_serialises_for_resume() {
+        use rand::Rng as _;
+        let mut rng = Rng::seed_from_u64(9);
+        let _: u64 = rng.random();
+        let saved = serde_json::to_string(&rng).unwrap();
+        let mut restored: Rng = serde_json::from_str(&saved).unwrap();
+        assert_eq!(rng.random::<u64>(), restored.random::<u64>());
+    }
+}

@@ -12,8 +12,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::{read_labels, read_volume};
 use crate::h5::read_h5_image_labels;
-use crate::volume::{read_labels, read_volume, Volume};
+use crate::volume::Volume;
 
 /// Folder name of the UA-MT LA distribution.
 pub const LA_H5_DIR: &str = "2018LA_Seg_Training Set";
@@ -526,5 +527,174 @@ impl Dataset {
             image,
             label,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{scratch, synthetic_h5};
+    use crate::{write_labels, write_probabilities};
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Writes a tiny labeled NIfTI pair (labels `i % 3`) under `dir` with the given file names.
+    fn write_pair(img: &Path, lab: &Path) {
+        let shape = [4, 3, 2];
+        let image =
+            Volume::from_data(shape, [1.0, 1.0, 2.0], (0..24).map(|i| i as f32).collect()).unwrap();
+        write_probabilities(img, shape, &image.data, &image).unwrap();
+        let labels: Vec<u8> = (0..24).map(|i| (i % 3) as u8).collect();
+        write_labels(lab, shape, &labels, &image).unwrap();
+    }
+
+    #[test]
+    fn msd_layout_with_channel_suffix_and_missing_files() {
+        let root = scratch("msd");
+        std::fs::create_dir_all(root.join("imagesTr")).unwrap();
+        std::fs::create_dir_all(root.join("labelsTr")).unwrap();
+        write_pair(
+            &root.join("imagesTr/a_0000.nii.gz"),
+            &root.join("labelsTr/a.nii.gz"),
+        );
+        write_pair(
+            &root.join("imagesTr/b.nii.gz"),
+            &root.join("labelsTr/b.nii.gz"),
+        );
+        let json = r#"{"labels": {"0": "background", "1": "x", "2": "y"}, "training": [
+            {"image": "./imagesTr/b.nii.gz", "label": "./labelsTr/b.nii.gz"},
+            {"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}],
+            "test": ["./imagesTs/c.nii.gz"]}"#;
+        std::fs::write(root.join("dataset.json"), json).unwrap();
+        let ds = Dataset::open(&root).unwrap();
+        assert_eq!(ds.layout, Layout::Msd);
+        assert_eq!(ds.ids(), ids(&["a", "b"]));
+        assert_eq!(ds.label_names["y"], 2);
+        assert!(ds.split.is_none());
+        assert!(ds.case("a").unwrap().image.ends_with("a_0000.nii.gz"));
+        let s = ds.load("a").unwrap();
+        assert_eq!(s.label.unwrap()[5], 2);
+        assert_eq!(s.image.data[5], 5.0);
+        // nnU-Net v2 (no "training" list): cases come from labelsTr.
+        std::fs::write(root.join("dataset.json"), r#"{"file_ending": ".nii.gz"}"#).unwrap();
+        std::fs::rename(
+            root.join("imagesTr/b.nii.gz"),
+            root.join("imagesTr/b_0000.nii.gz"),
+        )
+        .unwrap();
+        assert_eq!(Dataset::open(&root).unwrap().ids(), ids(&["a", "b"]));
+        std::fs::rename(
+            root.join("imagesTr/b_0000.nii.gz"),
+            root.join("imagesTr/b.nii.gz"),
+        )
+        .unwrap();
+        assert!(matches!(
+            Dataset::open(&root),
+            Err(Error::MissingFile { .. })
+        ));
+        // A missing label named in dataset.json.
+        std::fs::write(
+            root.join("dataset.json"),
+            json.replace("labelsTr/b.nii.gz", "labelsTr/zz.nii.gz"),
+        )
+        .unwrap();
+        let e = Dataset::open(&root).unwrap_err();
+        assert!(
+            matches!(&e, Error::MissingFile { .. }) && e.to_string().contains("zz.nii.gz"),
+            "{e}"
+        );
+        std::fs::write(root.join("dataset.json"), "{not json").unwrap();
+        assert!(matches!(Dataset::open(&root), Err(Error::Dataset { .. })));
+    }
+
+    #[test]
+    fn mismatched_label_geometry_is_refused() {
+        let root = scratch("pairs");
+        std::fs::create_dir_all(root.join("images")).unwrap();
+        std::fs::create_dir_all(root.join("labels")).unwrap();
+        write_pair(&root.join("images/p.nii"), &root.join("labels/p.nii"));
+        write_pair(&root.join("images/q.nii"), &root.join("labels/other.nii"));
+        let other = Volume::from_data([4, 3, 2], [1.0, 1.0, 3.0], vec![0.0; 24]).unwrap();
+        write_labels(root.join("labels/r.nii"), [4, 3, 2], &[0; 24], &other).unwrap();
+        write_pair(&root.join("images/r.nii"), &root.join("scratch.nii"));
+        std::fs::write(root.join("train.list"), "p\nq\n").unwrap();
+        std::fs::write(root.join("test.list"), "r\n").unwrap();
+        let ds = Dataset::open(&root).unwrap();
+        assert_eq!(ds.layout, Layout::Pairs);
+        assert_eq!(ds.ids(), ids(&["p", "q", "r"]));
+        assert!(ds.load("p").unwrap().label.is_some());
+        assert!(ds.load("q").unwrap().label.is_none());
+        assert!(matches!(ds.load("r"), Err(Error::GeometryMismatch { .. })));
+        assert_eq!(ds.split.clone().unwrap().test, ids(&["r"]));
+        std::fs::write(root.join("test.list"), "nope\n").unwrap();
+        assert!(matches!(
+            Dataset::open(&root),
+            Err(Error::MissingFile { .. })
+        ));
+    }
+
+    #[test]
+    fn h5_layout_from_synthetic_files() {
+        let root = scratch("h5layout");
+        for id in ["X1", "X2"] {
+            let dir = root.join(LA_H5_DIR).join(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(LA_H5_FILE), synthetic_h5([4, 4, 3]).0).unwrap();
+        }
+        std::fs::write(root.join("train.list"), "X2\n").unwrap();
+        std::fs::write(
+            root.join("test.list"),
+            "../data/2018LA_Seg_Training Set/X1/mri_norm2.h5\n",
+        )
+        .unwrap();
+        let ds = Dataset::open(&root).unwrap();
+        assert_eq!(ds.layout, Layout::H5);
+        assert_eq!(
+            ds.split.clone().unwrap(),
+            Split {
+                train: ids(&["X2"]),
+                test: ids(&["X1"])
+            }
+        );
+        let s = ds.load("X1").unwrap();
+        assert_eq!(s.image.shape, [4, 4, 3]);
+        assert_eq!(s.label.unwrap().len(), 48);
+    }
+
+    #[test]
+    fn k_folds_partition_and_are_seeded() {
+        let all: Vec<String> = (0..23).map(|i| format!("c{i}")).collect();
+        let folds = k_folds(&all, 5, 7).unwrap();
+        let mut tests: Vec<String> = folds.iter().flat_map(|f| f.test.clone()).collect();
+        tests.sort();
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(tests, sorted);
+        for f in &folds {
+            assert_eq!(f.train.len() + f.test.len(), 23);
+            assert!((4..=5).contains(&f.test.len()));
+            assert!(f.test.iter().all(|t| !f.train.contains(t)));
+        }
+        assert_eq!(folds, k_folds(&all, 5, 7).unwrap());
+        assert_ne!(folds, k_folds(&all, 5, 8).unwrap());
+        assert!(k_folds(&all, 1, 0).is_err());
+        assert!(k_folds(&all, 24, 0).is_err());
+    }
+
+    #[test]
+    fn labeled_splits_by_count_and_by_list() {
+        let train = ids(&["a", "b", "c", "d"]);
+        let s = split_labeled_by_count(&train, 1).unwrap();
+        assert_eq!(
+            (s.labeled, s.unlabeled),
+            (ids(&["a"]), ids(&["b", "c", "d"]))
+        );
+        assert!(split_labeled_by_count(&train, 5).is_err());
+        assert!(split_labeled_by_count(&train, 0).is_err());
+        let s = split_labeled_by_list(&train, &ids(&["c"])).unwrap();
+        assert_eq!(s.unlabeled, ids(&["a", "b", "d"]));
+        assert!(split_labeled_by_list(&train, &ids(&["z"])).is_err());
     }
 }

@@ -12,6 +12,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The path exists but is not a regular file (a FIFO, a device, a directory, a symbolic link to
+    /// one): it is neither read (a FIFO would block forever) nor replaced by an atomic write.
+    #[error("{path}: not a regular file (it is a {kind})")]
+    NotRegularFile { path: PathBuf, kind: String },
     /// The gzip stream is truncated or corrupt.
     #[error("{path}: truncated or corrupt gzip stream: {source}")]
     Gzip {

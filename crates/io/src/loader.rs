@@ -1,5 +1,6 @@
 //! Background batch loader: N labeled + M unlabeled random crops per batch (default 2 + 2), made by
-//! worker threads into bounded queues, from volumes decoded once and kept in memory.
+//! worker threads into bounded queues, from [`PreparedCase`]s decoded and prepared once, shared with
+//! the caller (never copied).
 //!
 //! Determinism: batch `t` depends only on `(seed, t)`: its RNG is ChaCha8 seeded with `seed` on
 //! stream `t`, and the cases it uses are positions `t * N .. (t + 1) * N` of an endless sequence of
@@ -17,6 +18,7 @@ use rayon::prelude::*;
 use crate::augment::{Patch, RandCrop, RandRot90Flip, Rng};
 use crate::dataset::{Dataset, Sample};
 use crate::error::{Error, Result};
+use crate::prepared::PreparedCase;
 
 /// Loader settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -82,8 +84,8 @@ fn case_at(seed: u64, stream: u64, n: usize, position: u64) -> usize {
 
 /// Builds batch `t` (pure function of its inputs).
 pub fn make_batch(
-    labeled: &[Sample],
-    unlabeled: &[Sample],
+    labeled: &[PreparedCase],
+    unlabeled: &[PreparedCase],
     cfg: &LoaderConfig,
     t: u64,
 ) -> Result<Batch> {
@@ -108,16 +110,16 @@ pub fn make_batch(
     for (pool, per_batch, stream) in pools {
         for s in 0..per_batch {
             let position = t * per_batch as u64 + s as u64;
-            let sample = &pool[case_at(cfg.seed, stream, pool.len(), position)];
+            let case = &pool[case_at(cfg.seed, stream, pool.len(), position)];
             let want_label = stream == 0;
             let label = if want_label {
-                Some(sample.label.clone().ok_or_else(|| {
-                    Error::Invalid(format!("loader: labeled case {:?} has no label", sample.id))
+                Some(case.label.clone().ok_or_else(|| {
+                    Error::Invalid(format!("loader: labeled case {:?} has no label", case.name))
                 })?)
             } else {
                 None
             };
-            let mut patch = Patch::new(sample.image.shape, sample.image.data.clone(), label)?;
+            let mut patch = Patch::new(case.shape, case.image.clone(), label)?;
             if cfg.rot_flip {
                 patch = RandRot90Flip.apply(&mut rng, patch)?;
             }
@@ -126,7 +128,7 @@ pub fn make_batch(
             if let Some(l) = patch.label {
                 batch.label.extend_from_slice(&l);
             }
-            batch.ids.push(sample.id.clone());
+            batch.ids.push(case.name.clone());
         }
     }
     Ok(batch)
@@ -142,10 +144,10 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts the workers over in-memory cases.
+    /// Starts the workers over prepared cases (unlabeled cases' labels, if any, are never read).
     pub fn new(
-        labeled: Arc<Vec<Sample>>,
-        unlabeled: Arc<Vec<Sample>>,
+        labeled: Arc<[PreparedCase]>,
+        unlabeled: Arc<[PreparedCase]>,
         cfg: LoaderConfig,
         start_iteration: u64,
     ) -> Result<Self> {
@@ -222,5 +224,98 @@ impl Drop for Loader {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn samples(n: usize, labeled: bool) -> Arc<[PreparedCase]> {
+        (0..n)
+            .map(|c| {
+                let shape = [10 + c, 9, 6];
+                let len = shape.iter().product::<usize>();
+                PreparedCase::in_memory(
+                    format!("case{c}"),
+                    shape,
+                    [1.0; 3],
+                    (0..len).map(|v| (v + 1000 * c) as f32).collect(),
+                    labeled.then(|| (0..len).map(|v| (v % 2) as u8).collect()),
+                )
+            })
+            .collect()
+    }
+
+    fn cfg(workers: usize) -> LoaderConfig {
+        LoaderConfig {
+            patch: [8, 8, 8],
+            labeled_per_batch: 2,
+            unlabeled_per_batch: 2,
+            rot_flip: true,
+            seed: 5,
+            workers,
+            prefetch: 3,
+        }
+    }
+
+    #[test]
+    fn batches_are_deterministic_whatever_the_thread_count_and_resume_point() {
+        let (lab, unl) = (samples(3, true), samples(4, false));
+        let one: Vec<Batch> = Loader::new(lab.clone(), unl.clone(), cfg(1), 0)
+            .unwrap()
+            .take(8)
+            .map(|b| b.unwrap())
+            .collect();
+        let three: Vec<Batch> = Loader::new(lab.clone(), unl.clone(), cfg(3), 0)
+            .unwrap()
+            .take(8)
+            .map(|b| b.unwrap())
+            .collect();
+        assert!(one == three, "thread count changed the batches");
+        let resumed: Vec<Batch> = Loader::new(lab.clone(), unl.clone(), cfg(2), 5)
+            .unwrap()
+            .take(3)
+            .map(|b| b.unwrap())
+            .collect();
+        assert!(one[5..] == resumed[..], "resuming at 5 changed the batches");
+        let b = &one[0];
+        assert_eq!((b.image.len(), b.label.len()), (4 * 512, 2 * 512));
+        assert_eq!(b.iteration, 0);
+        assert_eq!(
+            one.iter().map(|b| b.iteration).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
+        // Labeled cases come first and each labeled case appears once per epoch (3 cases, 2 per batch).
+        let epoch: Vec<&String> = one[..3].iter().flat_map(|b| &b.ids[..2]).collect();
+        let mut first = epoch[..3].to_vec();
+        first.sort();
+        assert_eq!(first, vec!["case0", "case1", "case2"]);
+        assert!(one
+            .iter()
+            .all(|b| b.ids[2..].iter().all(|id| id.starts_with("case"))));
+        // Another seed gives other batches.
+        let mut c = cfg(1);
+        c.seed = 6;
+        let other = Loader::new(lab, unl, c, 0)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(other != one[0]);
+    }
+
+    #[test]
+    fn loader_errors_are_typed() {
+        let (lab, unl) = (samples(2, true), samples(2, false));
+        assert!(Loader::new(Arc::from(vec![]), unl.clone(), cfg(1), 0).is_err());
+        let mut c = cfg(1);
+        c.workers = 0;
+        assert!(Loader::new(lab.clone(), unl.clone(), c, 0).is_err());
+        // A "labeled" pool without labels fails when a batch is made, as an Err item.
+        let mut l = Loader::new(unl.clone(), unl, cfg(2), 0).unwrap();
+        assert!(l.next().unwrap().is_err());
     }
 }

@@ -9,532 +9,14 @@
 //! and writing transpose.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::dtype::DataType;
 use crate::error::{Error, Result};
-use crate::volume::{DataType, Volume};
-
-/// Size of the NIfTI-1 header in bytes.
-pub const HEADER_SIZE: usize = 348;
-/// Offset of the voxel data in files we write (header + 4 empty extension bytes).
-const WRITE_VOX_OFFSET: usize = 352;
-
-/// The NIfTI-1 header fields, parsed into native values (endianness already resolved).
-#[derive(Debug, Clone, PartialEq)]
-pub struct NiftiHeader {
-    pub dim_info: u8,
-    pub dim: [i16; 8],
-    pub intent_p: [f32; 3],
-    pub intent_code: i16,
-    pub datatype: i16,
-    pub bitpix: i16,
-    pub slice_start: i16,
-    pub pixdim: [f32; 8],
-    pub vox_offset: f32,
-    pub scl_slope: f32,
-    pub scl_inter: f32,
-    pub slice_end: i16,
-    pub slice_code: u8,
-    pub xyzt_units: u8,
-    pub cal_max: f32,
-    pub cal_min: f32,
-    pub slice_duration: f32,
-    pub toffset: f32,
-    pub descrip: [u8; 80],
-    pub aux_file: [u8; 24],
-    pub qform_code: i16,
-    pub sform_code: i16,
-    pub quatern: [f32; 3],
-    pub qoffset: [f32; 3],
-    pub srow: [[f32; 4]; 3],
-    pub intent_name: [u8; 16],
-    /// Whether the source file was big-endian (we always write little-endian).
-    pub big_endian: bool,
-}
-
-impl NiftiHeader {
-    /// A fresh header for a 3-D volume of `datatype`, with the given spacing and affine (sform and
-    /// qform both set, code 1 = scanner anatomical).
-    pub fn new_3d(
-        shape: [usize; 3],
-        spacing: [f64; 3],
-        affine: &[[f64; 4]; 4],
-        dtype: DataType,
-    ) -> Result<Self> {
-        let mut dim = [1i16; 8];
-        dim[0] = 3;
-        for a in 0..3 {
-            dim[a + 1] = i16::try_from(shape[a]).map_err(|_| {
-                Error::Invalid(format!(
-                    "shape {shape:?} too large for NIfTI-1 (max 32767 per axis)"
-                ))
-            })?;
-        }
-        let mut pixdim = [1f32; 8];
-        for a in 0..3 {
-            pixdim[a + 1] = spacing[a] as f32;
-        }
-        let mut srow = [[0f32; 4]; 3];
-        for (r, row) in srow.iter_mut().enumerate() {
-            for (c, v) in row.iter_mut().enumerate() {
-                *v = affine[r][c] as f32;
-            }
-        }
-        let (quatern, qoffset, qfac) = affine_to_quatern(affine);
-        pixdim[0] = qfac;
-        let (code, bitpix) = dtype.nifti_code();
-        Ok(Self {
-            dim_info: 0,
-            dim,
-            intent_p: [0.0; 3],
-            intent_code: 0,
-            datatype: code,
-            bitpix,
-            slice_start: 0,
-            pixdim,
-            vox_offset: WRITE_VOX_OFFSET as f32,
-            scl_slope: 1.0,
-            scl_inter: 0.0,
-            slice_end: 0,
-            slice_code: 0,
-            xyzt_units: 2 | 8, // mm, s
-            cal_max: 0.0,
-            cal_min: 0.0,
-            slice_duration: 0.0,
-            toffset: 0.0,
-            descrip: [0; 80],
-            aux_file: [0; 24],
-            qform_code: 1,
-            sform_code: 1,
-            quatern,
-            qoffset,
-            srow,
-            intent_name: [0; 16],
-            big_endian: false,
-        })
-    }
-
-    /// Parses the first 348 bytes of a `.nii` file.
-    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
-        if bytes.len() < HEADER_SIZE {
-            return Err(Error::Truncated {
-                path: path.to_path_buf(),
-                expected: HEADER_SIZE as u64,
-                found: bytes.len() as u64,
-            });
-        }
-        let b = &bytes[..HEADER_SIZE];
-        let le = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let big_endian = match (le, i32::from_be_bytes([b[0], b[1], b[2], b[3]])) {
-            (348, _) => false,
-            (_, 348) => true,
-            _ => {
-                return Err(Error::BadMagic {
-                    path: path.to_path_buf(),
-                    found: String::from_utf8_lossy(&b[344..348]).into_owned(),
-                    sizeof_hdr: le,
-                })
-            }
-        };
-        let magic = &b[344..348];
-        if magic != b"n+1\0" {
-            let found = String::from_utf8_lossy(magic).into_owned();
-            return Err(if magic == b"ni1\0" {
-                Error::Header {
-                    path: path.to_path_buf(),
-                    reason:
-                        "two-file NIfTI (.hdr/.img, magic ni1) is not supported; convert to .nii"
-                            .into(),
-                }
-            } else {
-                Error::BadMagic {
-                    path: path.to_path_buf(),
-                    found,
-                    sizeof_hdr: 348,
-                }
-            });
-        }
-        let r = Fields { b, big_endian };
-        let mut h = Self {
-            dim_info: b[39],
-            dim: [0; 8],
-            intent_p: [r.f32(56), r.f32(60), r.f32(64)],
-            intent_code: r.i16(68),
-            datatype: r.i16(70),
-            bitpix: r.i16(72),
-            slice_start: r.i16(74),
-            pixdim: [0.0; 8],
-            vox_offset: r.f32(108),
-            scl_slope: r.f32(112),
-            scl_inter: r.f32(116),
-            slice_end: r.i16(120),
-            slice_code: b[122],
-            xyzt_units: b[123],
-            cal_max: r.f32(124),
-            cal_min: r.f32(128),
-            slice_duration: r.f32(132),
-            toffset: r.f32(136),
-            descrip: [0; 80],
-            aux_file: [0; 24],
-            qform_code: r.i16(252),
-            sform_code: r.i16(254),
-            quatern: [r.f32(256), r.f32(260), r.f32(264)],
-            qoffset: [r.f32(268), r.f32(272), r.f32(276)],
-            srow: [[0.0; 4]; 3],
-            intent_name: [0; 16],
-            big_endian,
-        };
-        for i in 0..8 {
-            h.dim[i] = r.i16(40 + 2 * i);
-            h.pixdim[i] = r.f32(76 + 4 * i);
-        }
-        for (row, srow) in h.srow.iter_mut().enumerate() {
-            for (c, v) in srow.iter_mut().enumerate() {
-                *v = r.f32(280 + 16 * row + 4 * c);
-            }
-        }
-        h.descrip.copy_from_slice(&b[148..228]);
-        h.aux_file.copy_from_slice(&b[228..252]);
-        h.intent_name.copy_from_slice(&b[328..344]);
-        Ok(h)
-    }
-
-    /// Serialises the header (little-endian, magic `n+1`, 348 bytes).
-    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
-        let mut b = [0u8; HEADER_SIZE];
-        let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
-        put(0, &348i32.to_le_bytes());
-        put(38, b"r");
-        put(39, &[self.dim_info]);
-        for i in 0..8 {
-            put(40 + 2 * i, &self.dim[i].to_le_bytes());
-            put(76 + 4 * i, &self.pixdim[i].to_le_bytes());
-        }
-        for i in 0..3 {
-            put(56 + 4 * i, &self.intent_p[i].to_le_bytes());
-        }
-        put(68, &self.intent_code.to_le_bytes());
-        put(70, &self.datatype.to_le_bytes());
-        put(72, &self.bitpix.to_le_bytes());
-        put(74, &self.slice_start.to_le_bytes());
-        put(108, &self.vox_offset.to_le_bytes());
-        put(112, &self.scl_slope.to_le_bytes());
-        put(116, &self.scl_inter.to_le_bytes());
-        put(120, &self.slice_end.to_le_bytes());
-        put(122, &[self.slice_code, self.xyzt_units]);
-        put(124, &self.cal_max.to_le_bytes());
-        put(128, &self.cal_min.to_le_bytes());
-        put(132, &self.slice_duration.to_le_bytes());
-        put(136, &self.toffset.to_le_bytes());
-        put(148, &self.descrip);
-        put(228, &self.aux_file);
-        put(252, &self.qform_code.to_le_bytes());
-        put(254, &self.sform_code.to_le_bytes());
-        for i in 0..3 {
-            put(256 + 4 * i, &self.quatern[i].to_le_bytes());
-            put(268 + 4 * i, &self.qoffset[i].to_le_bytes());
-        }
-        for (row, srow) in self.srow.iter().enumerate() {
-            for (c, v) in srow.iter().enumerate() {
-                put(280 + 16 * row + 4 * c, &v.to_le_bytes());
-            }
-        }
-        put(328, &self.intent_name);
-        put(344, b"n+1\0");
-        b
-    }
-
-    /// The 3-D shape, checking that any axes beyond the third have length 1.
-    pub fn shape(&self, path: &Path) -> Result<[usize; 3]> {
-        let nd = self.dim[0];
-        if !(1..=7).contains(&nd) {
-            return Err(header_err(path, format!("dim[0] = {nd} is not in 1..=7")));
-        }
-        let nd = nd as usize;
-        let dims: Vec<i64> = (1..=nd).map(|a| i64::from(self.dim[a])).collect();
-        if dims.iter().any(|&d| d <= 0) {
-            return Err(Error::Empty {
-                path: path.to_path_buf(),
-                shape: dims,
-            });
-        }
-        if dims.iter().skip(3).any(|&d| d != 1) {
-            return Err(header_err(
-                path,
-                format!("dim {dims:?}: only 3-D volumes are supported"),
-            ));
-        }
-        let mut shape = [1usize; 3];
-        for (a, s) in shape.iter_mut().enumerate().take(nd.min(3)) {
-            *s = dims[a] as usize;
-        }
-        Ok(shape)
-    }
-
-    /// Voxel spacing in mm, from `pixdim[1..4]` and the spatial unit of `xyzt_units`.
-    pub fn spacing(&self) -> [f64; 3] {
-        let unit = match self.xyzt_units & 0x07 {
-            1 => 1000.0, // metre
-            3 => 0.001,  // micron
-            _ => 1.0,    // mm or unknown
-        };
-        let mut s = [1.0; 3];
-        for (a, v) in s.iter_mut().enumerate() {
-            let p = f64::from(self.pixdim[a + 1]).abs();
-            *v = if p.is_finite() && p > 0.0 {
-                p * unit
-            } else {
-                1.0
-            };
-        }
-        s
-    }
-
-    /// Voxel-to-world affine: the sform if `sform_code > 0`, else the qform if `qform_code > 0`,
-    /// else `diag(pixdim)` (NIfTI method 1).
-    pub fn affine(&self) -> [[f64; 4]; 4] {
-        let mut m = [[0.0; 4]; 4];
-        m[3][3] = 1.0;
-        if self.sform_code > 0 {
-            for (r, row) in self.srow.iter().enumerate() {
-                for (c, v) in row.iter().enumerate() {
-                    m[r][c] = f64::from(*v);
-                }
-            }
-        } else if self.qform_code > 0 {
-            let [b, c, d] = self.quatern.map(f64::from);
-            let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
-            let rot = [
-                [
-                    a * a + b * b - c * c - d * d,
-                    2.0 * (b * c - a * d),
-                    2.0 * (b * d + a * c),
-                ],
-                [
-                    2.0 * (b * c + a * d),
-                    a * a + c * c - b * b - d * d,
-                    2.0 * (c * d - a * b),
-                ],
-                [
-                    2.0 * (b * d - a * c),
-                    2.0 * (c * d + a * b),
-                    a * a + d * d - c * c - b * b,
-                ],
-            ];
-            let qfac = if self.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-            let zoom = [
-                f64::from(self.pixdim[1]),
-                f64::from(self.pixdim[2]),
-                f64::from(self.pixdim[3]) * qfac,
-            ];
-            for r in 0..3 {
-                for c in 0..3 {
-                    m[r][c] = rot[r][c] * zoom[c];
-                }
-                m[r][3] = f64::from(self.qoffset[r]);
-            }
-        } else {
-            for a in 0..3 {
-                m[a][a] = f64::from(self.pixdim[a + 1]);
-            }
-        }
-        m
-    }
-
-    /// `(slope, inter)` as nibabel applies them: none (1, 0) when the slope is 0 or not finite.
-    pub fn scaling(&self) -> (f64, f64) {
-        let slope = f64::from(self.scl_slope);
-        if slope == 0.0 || !slope.is_finite() {
-            return (1.0, 0.0);
-        }
-        let inter = f64::from(self.scl_inter);
-        (slope, if inter.is_finite() { inter } else { 0.0 })
-    }
-}
-
-fn header_err(path: &Path, reason: String) -> Error {
-    Error::Header {
-        path: path.to_path_buf(),
-        reason,
-    }
-}
-
-struct Fields<'a> {
-    b: &'a [u8],
-    big_endian: bool,
-}
-
-impl Fields<'_> {
-    fn arr<const N: usize>(&self, off: usize) -> [u8; N] {
-        let mut a = [0u8; N];
-        a.copy_from_slice(&self.b[off..off + N]);
-        if self.big_endian {
-            a.reverse();
-        }
-        a
-    }
-    fn i16(&self, off: usize) -> i16 {
-        i16::from_le_bytes(self.arr(off))
-    }
-    fn f32(&self, off: usize) -> f32 {
-        f32::from_le_bytes(self.arr(off))
-    }
-}
-
-/// Quaternion parameters (b, c, d), offset and qfac of an affine (the NIfTI reference algorithm,
-/// `nifti_mat44_to_quatern`, simplified: the rotation is orthonormalised by column normalisation).
-fn affine_to_quatern(m: &[[f64; 4]; 4]) -> ([f32; 3], [f32; 3], f32) {
-    let mut r = [[0.0f64; 3]; 3];
-    for c in 0..3 {
-        let norm = (0..3).map(|i| m[i][c] * m[i][c]).sum::<f64>().sqrt();
-        for i in 0..3 {
-            r[i][c] = if norm > 0.0 {
-                m[i][c] / norm
-            } else if i == c {
-                1.0
-            } else {
-                0.0
-            };
-        }
-    }
-    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
-        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
-        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
-    let qfac = if det < 0.0 {
-        for row in r.iter_mut() {
-            row[2] = -row[2];
-        }
-        -1.0
-    } else {
-        1.0
-    };
-    let trace = r[0][0] + r[1][1] + r[2][2] + 1.0;
-    let (a, b, c, d);
-    if trace > 0.5 {
-        a = 0.5 * trace.sqrt();
-        b = 0.25 * (r[2][1] - r[1][2]) / a;
-        c = 0.25 * (r[0][2] - r[2][0]) / a;
-        d = 0.25 * (r[1][0] - r[0][1]) / a;
-    } else {
-        let xd = 1.0 + r[0][0] - (r[1][1] + r[2][2]);
-        let yd = 1.0 + r[1][1] - (r[0][0] + r[2][2]);
-        let zd = 1.0 + r[2][2] - (r[0][0] + r[1][1]);
-        if xd > 1.0 {
-            let bb = 0.5 * xd.sqrt();
-            b = bb;
-            c = 0.25 * (r[0][1] + r[1][0]) / bb;
-            d = 0.25 * (r[0][2] + r[2][0]) / bb;
-            a = 0.25 * (r[2][1] - r[1][2]) / bb;
-        } else if yd > 1.0 {
-            let cc = 0.5 * yd.sqrt();
-            c = cc;
-            b = 0.25 * (r[0][1] + r[1][0]) / cc;
-            d = 0.25 * (r[1][2] + r[2][1]) / cc;
-            a = 0.25 * (r[0][2] - r[2][0]) / cc;
-        } else {
-            let dd = 0.5 * zd.max(0.0).sqrt();
-            d = dd;
-            b = if dd > 0.0 {
-                0.25 * (r[0][2] + r[2][0]) / dd
-            } else {
-                0.0
-            };
-            c = if dd > 0.0 {
-                0.25 * (r[1][2] + r[2][1]) / dd
-            } else {
-                0.0
-            };
-            a = if dd > 0.0 {
-                0.25 * (r[1][0] - r[0][1]) / dd
-            } else {
-                1.0
-            };
-        }
-    }
-    let s = if a < 0.0 { -1.0 } else { 1.0 };
-    (
-        [(s * b) as f32, (s * c) as f32, (s * d) as f32],
-        [m[0][3] as f32, m[1][3] as f32, m[2][3] as f32],
-        qfac,
-    )
-}
-
-/// Whether `bytes` start with the gzip magic.
-fn is_gzip(bytes: &[u8]) -> bool {
-    bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
-}
-
-/// Reads a whole file, decompressing it when it is gzip (detected by content, not name).
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !is_gzip(&raw) {
-        return Ok(raw);
-    }
-    gunzip(&raw, path)
-}
-
-/// Decompresses a (possibly multi-member) gzip buffer in one call per member, straight into an
-/// output buffer sized from the ISIZE trailer (CRC-32 and length of every member are checked).
-pub(crate) fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
-    let gz_err = |kind: std::io::ErrorKind, msg: String| Error::Gzip {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(kind, msg),
-    };
-    // ISIZE (last 4 bytes) is the uncompressed size mod 2^32 (of the last member): a good capacity
-    // hint, capped so that a corrupt trailer cannot make us allocate gigabytes up front.
-    let hint = match raw.len().checked_sub(4) {
-        Some(at) => u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]) as usize,
-        None => 0,
-    };
-    // +1: a full buffer would cost one more call (and a reallocation) just to see the stream end.
-    let cap = hint.min(raw.len().saturating_mul(1032)).min(1 << 30) + 1;
-    let mut out = Vec::with_capacity(cap);
-    let mut input = raw;
-    loop {
-        let mut inflate = flate2::Decompress::new_gzip(15);
-        loop {
-            if out.len() == out.capacity() {
-                out.reserve(out.capacity().max(1 << 16));
-            }
-            let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
-            let consumed = usize::try_from(before_in).unwrap_or(usize::MAX);
-            let status = inflate
-                .decompress_vec(
-                    input.get(consumed..).unwrap_or_default(),
-                    &mut out,
-                    flate2::FlushDecompress::Finish,
-                )
-                .map_err(|e| gz_err(std::io::ErrorKind::InvalidData, e.to_string()))?;
-            if status == flate2::Status::StreamEnd {
-                break;
-            }
-            if inflate.total_in() == before_in && inflate.total_out() == before_out {
-                // Room left in `out` and nothing consumed: the input ended inside the member.
-                return Err(gz_err(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "gzip stream ends before its end marker".into(),
-                ));
-            }
-        }
-        let consumed = usize::try_from(inflate.total_in()).unwrap_or(usize::MAX);
-        input = input.get(consumed..).unwrap_or_default();
-        if input.is_empty() {
-            return Ok(out);
-        }
-        if !is_gzip(input) {
-            return Err(gz_err(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "{} bytes after the gzip stream are not another gzip member",
-                    input.len()
-                ),
-            ));
-        }
-    }
-}
+use crate::fs::{read_maybe_gz, write_atomic};
+use crate::header::{header_err, WRITE_VOX_OFFSET};
+pub use crate::header::{NiftiHeader, HEADER_SIZE};
+use crate::volume::Volume;
 
 /// The parts of a `.nii` byte buffer needed to decode its voxels.
 struct Layout<'a> {
@@ -941,24 +423,409 @@ fn io_err(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
-/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp: PathBuf = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path, source));
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::Path;
+
+    use rand::{Rng as _, SeedableRng};
+
+    use super::*;
+    use crate::fs::gunzip;
+    use crate::testutil::{
+        fortran_bytes, header, label_of, scratch, small_nii, synth, write_raw_nifti,
+    };
+    use crate::{read_volume, Rng};
+
+    fn expected_value(dtype: DataType, v: f64) -> f64 {
+        match dtype {
+            DataType::U8 => v.max(0.0).trunc(),
+            DataType::I8 => v.clamp(-128.0, 127.0).trunc(),
+            DataType::U16 | DataType::U32 | DataType::U64 => v.max(0.0).trunc(),
+            _ => v,
+        }
     }
-    Ok(())
+
+    const ALL_TYPES: [DataType; 10] = [
+        DataType::U8,
+        DataType::I8,
+        DataType::I16,
+        DataType::U16,
+        DataType::I32,
+        DataType::U32,
+        DataType::I64,
+        DataType::U64,
+        DataType::F32,
+        DataType::F64,
+    ];
+
+    /// A `.nii` buffer of `dtype` with voxel values `f(i, j, k)` and the given scaling.
+    fn label_nii(
+        shape: [usize; 3],
+        dtype: DataType,
+        big_endian: bool,
+        scaling: (f32, f32),
+        f: impl Fn(usize, usize, usize) -> f64,
+    ) -> Vec<u8> {
+        let mut h = header(shape, dtype);
+        (h.scl_slope, h.scl_inter) = scaling;
+        let mut bytes = h.to_bytes().to_vec();
+        if big_endian {
+            // Only the fields the decoder needs: sizeof_hdr, dim, datatype, bitpix, vox_offset, scaling.
+            let swap = |b: &mut [u8], off: usize, n: usize| b[off..off + n].reverse();
+            swap(&mut bytes, 0, 4);
+            for i in 0..8 {
+                swap(&mut bytes, 40 + 2 * i, 2);
+                swap(&mut bytes, 76 + 4 * i, 4);
+            }
+            for off in [70, 72, 252, 254] {
+                swap(&mut bytes, off, 2);
+            }
+            for off in [108, 112, 116] {
+                swap(&mut bytes, off, 4);
+            }
+            for off in (280..328).step_by(4) {
+                swap(&mut bytes, off, 4);
+            }
+        }
+        bytes.extend([0u8; 4]);
+        bytes.extend(fortran_bytes(shape, dtype, big_endian, f));
+        bytes
+    }
+
+    /// The direct label decoder and decode-to-f32-then-`to_labels` give the same labels or the same
+    /// error.
+    fn labels_both_ways(bytes: &[u8], p: &Path) -> Result<Vec<u8>> {
+        let direct = decode_nifti_labels(bytes, p).and_then(|l| l.labels);
+        let via_f32 = decode_nifti(bytes, p).and_then(|v| v.to_labels());
+        match (&direct, &via_f32) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{}", p.display()),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            _ => panic!("direct {direct:?} vs via f32 {via_f32:?}"),
+        }
+        direct
+    }
+
+    #[test]
+    fn every_dtype_round_trips_in_c_order_with_scaling() {
+        let dir = scratch("dtypes");
+        // The other shapes span several (full and partial) tiles of the transposing decoder.
+        for shape in [[5, 4, 3], [3, 2, 37], [35, 2, 33]] {
+            for dtype in ALL_TYPES {
+                for gz in [false, true] {
+                    let mut h = header(shape, dtype);
+                    h.scl_slope = 0.5;
+                    h.scl_inter = -3.0;
+                    let path = dir.join(format!("v_{dtype}.nii{}", if gz { ".gz" } else { "" }));
+                    write_raw_nifti(&path, &h, &fortran_bytes(shape, dtype, false, synth)).unwrap();
+                    let v = read_volume(&path).unwrap();
+                    assert_eq!(v.shape, shape);
+                    assert_eq!(v.dtype, dtype);
+                    assert_eq!(v.spacing, [0.5, 0.75, 2.0]);
+                    assert_eq!(v.affine[0][3], -10.0);
+                    let [_, ny, nz] = shape;
+                    for i in 0..shape[0] {
+                        for j in 0..ny {
+                            for k in 0..nz {
+                                let want = expected_value(dtype, synth(i, j, k)) * 0.5 - 3.0;
+                                let got = v.data[(i * ny + j) * nz + k];
+                                assert_eq!(got, want as f32, "{dtype} at ({i},{j},{k})");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn big_endian_files_read_like_little_endian_ones() {
+        let shape = [3, 2, 2];
+        for dtype in [DataType::I16, DataType::F32, DataType::F64] {
+            let h = header(shape, dtype);
+            let mut bytes = h.to_bytes().to_vec();
+            // Byte-swap every numeric header field we read by rebuilding from a swapped copy.
+            let swap = |b: &mut [u8], off: usize, n: usize| b[off..off + n].reverse();
+            swap(&mut bytes, 0, 4);
+            for i in 0..8 {
+                swap(&mut bytes, 40 + 2 * i, 2);
+                swap(&mut bytes, 76 + 4 * i, 4);
+            }
+            for off in [68, 70, 72, 74, 120, 252, 254] {
+                swap(&mut bytes, off, 2);
+            }
+            for off in [
+                56, 60, 64, 108, 112, 116, 124, 128, 132, 136, 256, 260, 264, 268, 272, 276,
+            ] {
+                swap(&mut bytes, off, 4);
+            }
+            for off in (280..328).step_by(4) {
+                swap(&mut bytes, off, 4);
+            }
+            bytes.extend([0u8; 4]);
+            bytes.extend(fortran_bytes(shape, dtype, true, synth));
+            let v = decode_nifti(&bytes, Path::new("be.nii")).unwrap();
+            assert!(v.nifti.as_ref().unwrap().big_endian);
+            assert_eq!(v.spacing, [0.5, 0.75, 2.0]);
+            assert_eq!(v.data[(2 * 2 + 1) * 2 + 1], synth(2, 1, 1) as f32);
+        }
+    }
+
+    #[test]
+    fn zero_or_nan_slope_means_no_scaling() {
+        let shape = [2, 2, 2];
+        for slope in [0.0, f32::NAN] {
+            let mut h = header(shape, DataType::U8);
+            h.scl_slope = slope;
+            h.scl_inter = 100.0;
+            let mut bytes = h.to_bytes().to_vec();
+            bytes.extend([0u8; 4]);
+            bytes.extend(fortran_bytes(shape, DataType::U8, false, synth));
+            let v = decode_nifti(&bytes, Path::new("s.nii")).unwrap();
+            assert_eq!(v.data[0], synth(0, 0, 0).max(0.0) as f32);
+        }
+    }
+
+    #[test]
+    fn labels_decode_directly_in_c_order_for_integer_and_float_files() {
+        let p = Path::new("lab.nii");
+        for shape in [[4, 3, 2], [37, 3, 35], [16, 1, 16]] {
+            let [_, ny, nz] = shape;
+            let want: Vec<u8> = (0..shape[0])
+                .flat_map(|i| {
+                    (0..ny).flat_map(move |j| (0..nz).map(move |k| label_of(i, j, k) as u8))
+                })
+                .collect();
+            for dtype in ALL_TYPES {
+                for big_endian in [false, true] {
+                    let bytes = label_nii(shape, dtype, big_endian, (1.0, 0.0), label_of);
+                    let got = labels_both_ways(&bytes, p).unwrap();
+                    assert_eq!(got, want, "{dtype} {shape:?} big-endian {big_endian}");
+                }
+            }
+            // Scaling is applied: stored 2v + 1 with slope 0.5, inter -0.5 gives v back.
+            for dtype in [DataType::U8, DataType::I16, DataType::F32] {
+                let bytes = label_nii(shape, dtype, false, (0.5, -0.5), |i, j, k| {
+                    2.0 * label_of(i, j, k) + 1.0
+                });
+                assert_eq!(labels_both_ways(&bytes, p).unwrap(), want, "{dtype} scaled");
+            }
+        }
+        // The whole uint8 range is valid, including 255.
+        let bytes = label_nii([4, 4, 16], DataType::U8, false, (1.0, 0.0), |i, j, k| {
+            ((i * 64 + j * 16 + k) % 256) as f64
+        });
+        let got = labels_both_ways(&bytes, p).unwrap();
+        assert_eq!(got.iter().copied().max(), Some(255));
+    }
+
+    #[test]
+    fn labels_reject_fractions_negatives_large_and_non_finite_values() {
+        let p = Path::new("bad_lab.nii");
+        let shape = [5, 3, 4];
+        // The first bad voxel in C order is (1, 2, 3) = index 23; another one later, at (4, 0, 0).
+        let bad_at = |bad: f64| {
+            move |i: usize, j: usize, k: usize| match (i, j, k) {
+                (1, 2, 3) | (4, 0, 0) => bad,
+                _ => label_of(i, j, k),
+            }
+        };
+        let cases: [(DataType, f64, f32); 6] = [
+            (DataType::F32, 0.5, 0.5),
+            (DataType::F64, 2.25, 2.25),
+            (DataType::I16, -1.0, -1.0),
+            (DataType::U16, 300.0, 300.0),
+            (DataType::I32, 256.0, 256.0),
+            (DataType::I8, -7.0, -7.0),
+        ];
+        for (dtype, bad, value) in cases {
+            let bytes = label_nii(shape, dtype, false, (1.0, 0.0), bad_at(bad));
+            let e = labels_both_ways(&bytes, p).unwrap_err();
+            match e {
+                Error::BadLabel {
+                    index, value: v, ..
+                } => {
+                    assert_eq!((index, v), (23, value), "{dtype}");
+                    assert!(e.to_string().contains("bad_lab.nii"), "{e}");
+                }
+                other => panic!("{dtype}: {other}"),
+            }
+        }
+        // NaN and infinity are non-finite errors, as when reading the volume.
+        for bad in [f64::NAN, f64::INFINITY] {
+            let bytes = label_nii(shape, DataType::F32, false, (1.0, 0.0), bad_at(bad));
+            let e = labels_both_ways(&bytes, p).unwrap_err();
+            assert!(matches!(e, Error::NonFinite { index: 23, .. }), "{e}");
+        }
+        // A scaling that makes integers fractional.
+        let bytes = label_nii(shape, DataType::U8, false, (0.5, 0.0), |i, j, k| {
+            label_of(i, j, k) + 1.0
+        });
+        assert!(matches!(
+            labels_both_ways(&bytes, p),
+            Err(Error::BadLabel { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_nifti_gives_typed_errors_naming_the_file() {
+        let p = Path::new("bad.nii");
+        let good = small_nii(DataType::F32);
+        // Wrong magic.
+        let mut b = good.clone();
+        b[344..348].copy_from_slice(b"abcd");
+        let e = decode_nifti(&b, p).unwrap_err();
+        assert!(
+            matches!(e, Error::BadMagic { .. }) && e.to_string().contains("bad.nii"),
+            "{e}"
+        );
+        // Not a header at all.
+        assert!(matches!(
+            decode_nifti(b"hello", p),
+            Err(Error::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_nifti(&[7u8; 400], p),
+            Err(Error::BadMagic { .. })
+        ));
+        // Unsupported data type (complex64 = 32).
+        let mut b = good.clone();
+        b[70..72].copy_from_slice(&32i16.to_le_bytes());
+        assert!(matches!(
+            decode_nifti(&b, p),
+            Err(Error::UnsupportedDataType { .. })
+        ));
+        // Truncated voxels.
+        let e = decode_nifti(&good[..good.len() - 1], p).unwrap_err();
+        assert!(matches!(e, Error::Truncated { .. }), "{e}");
+        // Empty volume.
+        let mut b = good.clone();
+        b[42..44].copy_from_slice(&0i16.to_le_bytes());
+        assert!(matches!(decode_nifti(&b, p), Err(Error::Empty { .. })));
+        // 4-D with more than one frame.
+        let mut b = good.clone();
+        b[40..42].copy_from_slice(&4i16.to_le_bytes());
+        b[48..50].copy_from_slice(&2i16.to_le_bytes());
+        assert!(matches!(decode_nifti(&b, p), Err(Error::Header { .. })));
+        // NaN intensity.
+        let mut b = good.clone();
+        b[352..356].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(matches!(
+            decode_nifti(&b, p),
+            Err(Error::NonFinite { index: 0, .. })
+        ));
+        // Infinity produced by scaling.
+        let mut b = good.clone();
+        b[112..116].copy_from_slice(&f32::MAX.to_le_bytes());
+        assert!(matches!(decode_nifti(&b, p), Err(Error::NonFinite { .. })));
+        // Bad vox_offset.
+        let mut b = good;
+        b[108..112].copy_from_slice(&(-5.0f32).to_le_bytes());
+        assert!(matches!(decode_nifti(&b, p), Err(Error::Header { .. })));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// One random mutation: flip bytes, overwrite a header field with an extreme value, truncate,
+    /// or extend.
+    fn mutate(rng: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {
+        for _ in 0..rng.random_range(1..4) {
+            if b.is_empty() {
+                break;
+            }
+            match rng.random_range(0..5) {
+                0 => {
+                    let i = rng.random_range(0..b.len());
+                    b[i] = rng.random();
+                }
+                1 => {
+                    // An extreme value into a 2- or 4-byte field of the header.
+                    let i = rng.random_range(0..b.len().min(348).saturating_sub(4).max(1));
+                    let extreme: [u8; 4] = match rng.random_range(0..6) {
+                        0 => [0xff; 4],
+                        1 => [0; 4],
+                        2 => f32::NAN.to_le_bytes(),
+                        3 => f32::INFINITY.to_le_bytes(),
+                        4 => i32::MIN.to_le_bytes(),
+                        _ => (-1i32).to_le_bytes(),
+                    };
+                    let n = if rng.random() { 2 } else { 4 };
+                    let end = (i + n).min(b.len());
+                    b[i..end].copy_from_slice(&extreme[..end - i]);
+                }
+                2 => {
+                    let n = rng.random_range(0..b.len());
+                    b.truncate(n);
+                }
+                3 => {
+                    let n = rng.random_range(0..64);
+                    b.extend((0..n).map(|_| rng.random::<u8>()));
+                }
+                _ => {
+                    let i = rng.random_range(0..b.len());
+                    b[i] ^= 1 << rng.random_range(0..8);
+                }
+            }
+        }
+        b
+    }
+
+    /// Seeded fuzzing of the NIfTI entry point with mutated and arbitrary bytes: every input must
+    /// give `Ok` or a typed error, never a panic. (Fast enough for every `cargo test`.)
+    #[test]
+    fn nifti_never_panics_on_mutated_or_random_bytes() {
+        let p = Path::new("fuzz.nii");
+        let seeds: Vec<Vec<u8>> = [
+            DataType::U8,
+            DataType::I16,
+            DataType::F32,
+            DataType::F64,
+            DataType::U64,
+        ]
+        .into_iter()
+        .map(small_nii)
+        .collect();
+        let mut rng = Rng::seed_from_u64(0xF022);
+        let (mut ok, mut err) = (0, 0);
+        for case in 0..50_000 {
+            let seed = &seeds[case % seeds.len()];
+            let bytes = match case % 10 {
+                0 => (0..rng.random_range(0..800))
+                    .map(|_| rng.random())
+                    .collect(),
+                _ => mutate(&mut rng, seed.clone()),
+            };
+            match decode_nifti(&bytes, p) {
+                Ok(v) => {
+                    assert_eq!(v.data.len(), v.shape.iter().product::<usize>());
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert!(
+                        e.to_string().contains("fuzz.nii") || e.to_string().contains("<memory>"),
+                        "{e}"
+                    );
+                    err += 1;
+                }
+            }
+        }
+        assert!(ok > 1000 && err > 1000, "ok {ok} err {err}");
+        // The direct label decoder gives the same labels or the same error as the f32 path.
+        for case in 0..5000 {
+            let bytes = mutate(&mut rng, seeds[case % seeds.len()].clone());
+            let _ = labels_both_ways(&bytes, p);
+        }
+        // Corrupted gzip streams: decompression errors are typed too.
+        for case in 0..3000 {
+            let gz = gzip(&seeds[case % seeds.len()]);
+            let bytes = mutate(&mut rng, gz);
+            if let Ok(raw) = gunzip(&bytes, p) {
+                let _ = decode_nifti(&raw, p);
+            }
+        }
+    }
 }

@@ -288,3 +288,131 @@ pub fn resize_nearest<T: Copy>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zscore_matches_numpy_definition_with_and_without_mask() {
+        let mut v = vec![1.0f32, 2.0, 3.0, 4.0];
+        zscore(&mut v, None).unwrap();
+        // numpy: (x - 2.5) / x.std() with std = sqrt(1.25).
+        let s = 1.25f32.sqrt();
+        assert!(v
+            .iter()
+            .zip([-1.5f32, -0.5, 0.5, 1.5])
+            .all(|(a, b)| (a - b / s).abs() < 1e-6));
+        let mut v = vec![1.0f32, 3.0, 100.0];
+        zscore(&mut v, Some(&[true, true, false])).unwrap();
+        assert_eq!(v, vec![-1.0, 1.0, 98.0]);
+        assert!(zscore(&mut v, Some(&[false; 3])).is_err());
+        let mut flat = vec![5.0f32; 4];
+        zscore(&mut flat, None).unwrap();
+        assert_eq!(flat, vec![0.0; 4]);
+    }
+
+    #[test]
+    fn ct_window_clips_and_rescales() {
+        let mut v = vec![-1000.0f32, -120.0, 60.0, 240.0, 3000.0];
+        ct_window(&mut v, CtWindow::default()).unwrap();
+        assert_eq!(v, vec![0.0, 0.0, 0.5, 1.0, 1.0]);
+        assert!(ct_window(&mut v, CtWindow { lo: 1.0, hi: 1.0 }).is_err());
+    }
+
+    #[test]
+    fn bbox_crop_grows_by_margin_and_to_min_size() {
+        let shape = [10, 10, 4];
+        let mut lab = vec![0u8; 400];
+        lab[(4 * 10 + 5) * 4 + 2] = 1;
+        lab[(5 * 10 + 6) * 4 + 2] = 1;
+        let bb = label_bbox(&lab, shape).unwrap().unwrap();
+        assert_eq!(
+            bb,
+            Crop3 {
+                start: [4, 5, 2],
+                size: [2, 2, 1]
+            }
+        );
+        let c = bbox_crop(&lab, shape, [1, 1, 0], [0, 0, 0]).unwrap();
+        assert_eq!(
+            c,
+            Crop3 {
+                start: [3, 4, 2],
+                size: [4, 4, 1]
+            }
+        );
+        // At least 6 in-plane, the whole z axis (min size 8 > 4 keeps the axis).
+        let c = bbox_crop(&lab, shape, [1, 1, 0], [6, 6, 8]).unwrap();
+        assert_eq!(
+            c,
+            Crop3 {
+                start: [2, 3, 0],
+                size: [6, 6, 4]
+            }
+        );
+        // Near the border the box shifts inwards.
+        let mut edge = vec![0u8; 400];
+        edge[(9 * 10 + 9) * 4 + 3] = 1;
+        let c = bbox_crop(&edge, shape, [0; 3], [4, 4, 2]).unwrap();
+        assert_eq!(
+            c,
+            Crop3 {
+                start: [6, 6, 2],
+                size: [4, 4, 2]
+            }
+        );
+        assert!(bbox_crop(&[0u8; 400], shape, [0; 3], [0; 3]).is_err());
+        let data: Vec<u16> = (0..400).collect();
+        let out = crop(
+            &data,
+            shape,
+            Crop3 {
+                start: [1, 2, 3],
+                size: [1, 1, 1],
+            },
+        )
+        .unwrap();
+        assert_eq!(out, vec![(10 + 2) * 4 + 3]);
+    }
+
+    #[test]
+    fn pad_center_puts_the_volume_in_the_middle() {
+        let (out, shape, before) = pad_center(&[1u8, 2], [1, 1, 2], [3, 2, 2]).unwrap();
+        assert_eq!((shape, before), ([3, 2, 2], [1, 0, 0]));
+        assert_eq!(out, vec![0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0]);
+    }
+
+    // import torch, torch.nn.functional as F
+    // x = torch.arange(12.).reshape(1, 1, 2, 3, 2)
+    // F.interpolate(x, size=(3, 4, 3), mode="trilinear", align_corners=False).ravel()
+    // F.interpolate(x, size=(3, 4, 3), mode="nearest-exact").ravel()
+    #[test]
+    fn resize_matches_pytorch_interpolate() {
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let tri = resize_trilinear(&x, [2, 3, 2], [3, 4, 3]).unwrap();
+        let want = [
+            0.0, 0.5, 1.0, 1.25, 1.75, 2.25, 2.75, 3.25, 3.75, 4.0, 4.5, 5.0, 3.0, 3.5, 4.0, 4.25,
+            4.75, 5.25, 5.75, 6.25, 6.75, 7.0, 7.5, 8.0, 6.0, 6.5, 7.0, 7.25, 7.75, 8.25, 8.75,
+            9.25, 9.75, 10.0, 10.5, 11.0,
+        ];
+        assert!(
+            tri.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "{tri:?}"
+        );
+        let near = resize_nearest(&x, [2, 3, 2], [3, 4, 3]).unwrap();
+        let want = [
+            0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 2.0, 3.0, 3.0, 4.0, 5.0, 5.0, 6.0, 7.0, 7.0, 8.0, 9.0,
+            9.0, 8.0, 9.0, 9.0, 10.0, 11.0, 11.0, 6.0, 7.0, 7.0, 8.0, 9.0, 9.0, 8.0, 9.0, 9.0,
+            10.0, 11.0, 11.0,
+        ];
+        assert_eq!(near, want);
+        assert_eq!(
+            resampled_shape([100, 100, 40], [0.8, 0.8, 2.5], [1.0; 3]).unwrap(),
+            [80, 80, 100]
+        );
+        assert!(resampled_shape([1, 1, 1], [0.0, 1.0, 1.0], [1.0; 3]).is_err());
+        // Same shape is the identity.
+        assert_eq!(resize_trilinear(&x, [2, 3, 2], [2, 3, 2]).unwrap(), x);
+    }
+}

@@ -1,97 +1,11 @@
-//! [`Volume`]: voxels plus geometry, read from NIfTI or HDF5, written back as NIfTI.
+//! [`Volume`]: voxels plus geometry (shape, spacing, affine, source header), in memory; reading
+//! and writing files is `nifti`, `h5` and `format`'s job.
 
 use std::path::{Path, PathBuf};
 
+use crate::dtype::DataType;
 use crate::error::{Error, Result};
-use crate::nifti::{self, NiftiHeader};
-
-/// The on-disk data type of a volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DataType {
-    U8,
-    I8,
-    I16,
-    U16,
-    I32,
-    U32,
-    I64,
-    U64,
-    F32,
-    F64,
-}
-
-impl DataType {
-    /// Bytes per voxel.
-    pub fn size(self) -> usize {
-        match self {
-            Self::U8 | Self::I8 => 1,
-            Self::I16 | Self::U16 => 2,
-            Self::I32 | Self::U32 | Self::F32 => 4,
-            Self::I64 | Self::U64 | Self::F64 => 8,
-        }
-    }
-
-    /// Whether the type holds integers (labels are integer volumes).
-    pub fn is_integer(self) -> bool {
-        !matches!(self, Self::F32 | Self::F64)
-    }
-
-    /// numpy's name of the type (`uint8`, `float32`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::U8 => "uint8",
-            Self::I8 => "int8",
-            Self::I16 => "int16",
-            Self::U16 => "uint16",
-            Self::I32 => "int32",
-            Self::U32 => "uint32",
-            Self::I64 => "int64",
-            Self::U64 => "uint64",
-            Self::F32 => "float32",
-            Self::F64 => "float64",
-        }
-    }
-
-    /// The NIfTI-1 `datatype` code, or `None` for types we do not read.
-    pub fn from_nifti_code(code: i16) -> Option<Self> {
-        Some(match code {
-            2 => Self::U8,
-            4 => Self::I16,
-            8 => Self::I32,
-            16 => Self::F32,
-            64 => Self::F64,
-            256 => Self::I8,
-            512 => Self::U16,
-            768 => Self::U32,
-            1024 => Self::I64,
-            1280 => Self::U64,
-            _ => return None,
-        })
-    }
-
-    /// `(datatype, bitpix)` of the NIfTI-1 header.
-    pub fn nifti_code(self) -> (i16, i16) {
-        let code = match self {
-            Self::U8 => 2,
-            Self::I16 => 4,
-            Self::I32 => 8,
-            Self::F32 => 16,
-            Self::F64 => 64,
-            Self::I8 => 256,
-            Self::U16 => 512,
-            Self::U32 => 768,
-            Self::I64 => 1024,
-            Self::U64 => 1280,
-        };
-        (code, 8 * self.size() as i16)
-    }
-}
-
-impl std::fmt::Display for DataType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::header::NiftiHeader;
 
 /// A 3-D volume: scaled intensities in C order plus the geometry of its source file.
 ///
@@ -236,7 +150,7 @@ impl Volume {
     }
 
     /// A NIfTI header for `dtype` data of `shape` with this volume's geometry.
-    fn header_like(&self, shape: [usize; 3], dtype: DataType) -> Result<NiftiHeader> {
+    pub(crate) fn header_like(&self, shape: [usize; 3], dtype: DataType) -> Result<NiftiHeader> {
         if shape != self.shape {
             return Err(Error::ShapeMismatch {
                 what: format!(
@@ -283,106 +197,33 @@ pub(crate) fn check_len(what: &str, len: usize, shape: [usize; 3]) -> Result<()>
     Ok(())
 }
 
-/// Which reader a path needs, by extension.
-enum Format {
-    Nifti,
-    Hdf5,
-}
-
-fn format_of(path: &Path) -> Result<Format> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default();
-    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
-        Ok(Format::Nifti)
-    } else if name.ends_with(".h5") || name.ends_with(".hdf5") {
-        Ok(Format::Hdf5)
-    } else {
-        Err(Error::UnknownFormat {
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-/// Reads a volume: `.nii` / `.nii.gz`, or the `image` dataset of an `.h5` file
-/// (use [`crate::read_h5_dataset`] for `label`, [`crate::read_h5_pair`] for both).
-pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
-    let path = path.as_ref();
-    match format_of(path)? {
-        Format::Nifti => nifti::read_nifti(path),
-        Format::Hdf5 => crate::h5::read_h5_dataset(path, "image"),
-    }
-}
-
-/// Reads a label map as `u8` classes in C order (the order of [`Volume::data`]): `.nii` /
-/// `.nii.gz` are decoded straight to bytes (no `f32` volume), `.h5` files give their `label`
-/// dataset. The result and errors are those of `read_volume(path)?.to_labels()` (a non-finite value
-/// is [`Error::NonFinite`], a fraction, negative or > 255 value [`Error::BadLabel`]). With
-/// `image`, the label must also share its shape and geometry
-/// ([`Volume::check_same_geometry`]), checked before the values are judged.
-pub fn read_labels(path: impl AsRef<Path>, image: Option<&Volume>) -> Result<Vec<u8>> {
-    let path = path.as_ref();
-    match format_of(path)? {
-        Format::Nifti => {
-            let nifti::NiftiLabels {
-                header,
-                shape,
-                labels,
-            } = nifti::read_nifti_labels(path)?;
-            if let Some(image) = image {
-                image.check_geometry_of(path, shape, header.spacing(), &header.affine())?;
-            }
-            labels
-        }
-        Format::Hdf5 => crate::h5::read_h5_labels(path, image),
-    }
-}
-
-/// Writes a uint8 label map (C order, `shape` = `like.shape`) as NIfTI with the geometry of `like`,
-/// atomically (temp file + rename); gzip when `path` ends in `.gz`.
-pub fn write_labels(
-    path: impl AsRef<Path>,
-    shape: [usize; 3],
-    labels: &[u8],
-    like: &Volume,
-) -> Result<()> {
-    let path = path.as_ref();
-    check_len(
-        &format!("labels for {}", path.display()),
-        labels.len(),
-        shape,
-    )?;
-    let header = like.header_like(shape, DataType::U8)?;
-    let fortran = nifti::c_to_fortran(labels, shape);
-    nifti::write_nifti_bytes(path, &header, &fortran)
-}
-
-/// Writes an f32 map (probabilities, C order) as NIfTI with the geometry of `like`, atomically.
-pub fn write_probabilities(
-    path: impl AsRef<Path>,
-    shape: [usize; 3],
-    probs: &[f32],
-    like: &Volume,
-) -> Result<()> {
-    let path = path.as_ref();
-    check_len(
-        &format!("probabilities for {}", path.display()),
-        probs.len(),
-        shape,
-    )?;
-    let header = like.header_like(shape, DataType::F32)?;
-    let fortran = nifti::c_to_fortran(probs, shape);
-    let bytes: Vec<u8> = fortran.iter().flat_map(|v| v.to_le_bytes()).collect();
-    nifti::write_nifti_bytes(path, &header, &bytes)
-}
-
-/// Writes raw NIfTI bytes (already Fortran order) of any type: tests build every data type with it.
 #[cfg(test)]
-pub(crate) fn write_raw_nifti(
-    path: &Path,
-    header: &NiftiHeader,
-    fortran_bytes: &[u8],
-) -> Result<()> {
-    nifti::write_nifti_bytes(path, header, fortran_bytes)
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_labels_rejects_non_integer_negative_and_large_values() {
+        for bad in [0.5f32, -1.0, 256.0, f32::NAN] {
+            let v = Volume::from_data([1, 1, 2], [1.0; 3], vec![1.0, bad]).unwrap();
+            let e = v.to_labels().unwrap_err();
+            assert!(matches!(e, Error::BadLabel { index: 1, .. }), "{e}");
+        }
+        let v = Volume::from_data([1, 1, 3], [1.0; 3], vec![0.0, 255.0, 2.0]).unwrap();
+        assert_eq!(v.to_labels().unwrap(), vec![0, 255, 2]);
+    }
+
+    #[test]
+    fn geometry_mismatch_is_a_typed_error() {
+        let a = Volume::from_data([2, 2, 2], [1.0; 3], vec![0.0; 8]).unwrap();
+        let b = Volume::from_data([2, 2, 2], [1.0, 1.0, 2.0], vec![0.0; 8]).unwrap();
+        let c = Volume::from_data([2, 1, 4], [1.0; 3], vec![0.0; 8]).unwrap();
+        assert!(matches!(
+            a.check_same_geometry(&b),
+            Err(Error::GeometryMismatch { .. })
+        ));
+        assert!(matches!(
+            a.check_same_geometry(&c),
+            Err(Error::ShapeMismatch { .. })
+        ));
+    }
 }

@@ -108,11 +108,12 @@ pub fn disagreement_mask(probs_a: &Tensor, probs_b: &Tensor, threshold: f64) -> 
     (conf_a * conf_b)?.mul(&differ)?.to_dtype(DType::F32)
 }
 
-/// What `L_reg`'s masked L1 sum is divided by.
+/// What `L_reg`'s masked L1 sum is divided by. The paper's Eq. 5 is an unnormalised sum; both choices
+/// here are duoseg's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RegNormalization {
-    /// `max(1, |M_diff|)` (SPEC section 2 step 5, the paper's formula). With few disagreeing voxels each
+    /// `max(1, |M_diff|)` (SPEC section 2 step 5; not the paper's Eq. 5, which does not divide). With few disagreeing voxels each
     /// of them gets a gradient of order 1, thousands of times the per-voxel gradient of the cross-entropy.
     Disagreement,
     /// The number of unlabeled voxels: a per-voxel mean, whose gradient per voxel never exceeds the

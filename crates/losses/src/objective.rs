@@ -193,7 +193,12 @@ impl Objective {
         &self.cfg
     }
 
-    /// The threshold state (for checkpoints).
+    /// The dynamic threshold (its EMA goes into checkpoints).
+    pub fn threshold(&self) -> &DynamicThreshold {
+        &self.threshold
+    }
+
+    /// The threshold state, to restore it from a checkpoint.
     pub fn threshold_state(&mut self) -> &mut DynamicThreshold {
         &mut self.threshold
     }
@@ -252,99 +257,45 @@ impl Objective {
         let lambda_u = self.cfg.lambda_u.at(t, t_max);
         let lambda_c = self.cfg.lambda_c.at(t, t_max);
         let zero = Tensor::zeros((), input.a.logits.dtype(), input.a.logits.device())?;
-        match self.cfg.preset {
-            Preset::Paper => self.assemble_paper(
-                input, &a, &b, &labels, sup_a, sup_b, lambda_u, lambda_c, zero,
-            ),
-            Preset::ReferenceCode => self.assemble_reference(
-                input, &a, &b, &labels, sup_a, sup_b, lambda_u, lambda_c, zero,
-            ),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn assemble_paper(
-        &mut self,
-        input: &IterationInput,
-        a: &Halves,
-        b: &Halves,
-        labels: &Tensor,
-        sup_a: SupervisedTerms,
-        sup_b: SupervisedTerms,
-        lambda_u: f64,
-        lambda_c: f64,
-        zero: Tensor,
-    ) -> Result<LossTerms> {
-        let (t, t_max) = (input.iteration, input.total_iterations);
         let cfg = self.cfg.clone();
         let teacher = choose_teacher(
             cfg.teacher,
             (host(&sup_a.ce)?, host(&sup_a.dice)?),
             (host(&sup_b.ce)?, host(&sup_b.dice)?),
         );
-        let probs_t = match input.teacher_logits {
-            None => teacher_probs(teacher, &a.probs_u, &b.probs_u)?,
-            Some([ta, tb]) => {
-                for logits in [ta, tb] {
-                    if logits.dims() != a.probs_u.dims() {
-                        bail!(
-                            "teacher logits {:?} must match the unlabeled half {:?}",
-                            logits.dims(),
-                            a.probs_u.dims()
-                        );
-                    }
-                }
-                let softmax = |l: &Tensor| candle_nn::ops::softmax(&l.detach(), 1);
-                teacher_probs(teacher, &softmax(ta)?, &softmax(tb)?)?
-            }
+        let reference = cfg.preset == Preset::ReferenceCode;
+        let targets = if reference {
+            reference_targets(&a, &b)?
+        } else {
+            paper_targets(input, teacher, &a, &b, cfg.alpha0, cfg.alpha_floor)?
         };
-        let yhat = pseudo_labels(&probs_t)?;
-        let alpha = alpha_schedule(cfg.alpha0, t, t_max).max(cfg.alpha_floor);
-        let reliable = select_reliable(&entropy(&probs_t)?, alpha)?;
-        let n_reliable = count(&reliable)?;
-        let n_unreliable = reliable.elem_count() - n_reliable;
-
-        let mut unsup = zero.clone();
-        if cfg.use_unsup {
-            let students: &[Net] = match (teacher, cfg.student) {
-                (Teacher::Net(Net::A), StudentRule::Other) => &[Net::B],
-                (Teacher::Net(Net::B), StudentRule::Other) => &[Net::A],
-                _ => &[Net::A, Net::B],
-            };
-            for s in students {
-                let h = if *s == Net::A { a } else { b };
-                unsup = (unsup + cross_entropy(&h.logits_u, &yhat, Some(&reliable))?)?;
-                if cfg.unsup_dice {
-                    unsup = (unsup + dice_loss(&h.probs_u, &yhat, Some(&reliable))?)?;
-                }
-            }
-        }
-
-        let (mut reg, mut threshold, mut n_disagree) = (zero.clone(), f64::NAN, 0);
-        if cfg.use_reg {
-            let conf = 0.5 * (mean_confidence(&a.probs_u)? + mean_confidence(&b.probs_u)?);
-            threshold = self.threshold.update(conf, t, t_max);
-            let mdiff = disagreement_mask(&a.probs_u, &b.probs_u, threshold)?;
-            n_disagree = count(&mdiff)?;
-            reg = consistency_l1_normalized(&a.probs_u, &b.probs_u, &mdiff, cfg.reg_normalize)?;
-        }
-
-        let (mut contrast_a, mut contrast_b) = (zero_contrast(&zero), zero_contrast(&zero));
-        if cfg.use_contrastive {
-            let c = &cfg.contrastive;
+        let n_reliable = count(&targets.reliable)?;
+        let n_unreliable = targets.reliable.elem_count() - n_reliable;
+        let unsup = match (cfg.use_unsup, reference) {
+            (false, _) => zero.clone(),
+            (true, false) => paper_unsup(&cfg, teacher, &a, &b, &targets, zero.clone())?,
+            (true, true) => reference_unsup(&a, &b, &targets, zero.clone())?,
+        };
+        let (reg, threshold, n_disagree) = match (cfg.use_reg, reference) {
+            (false, false) => (zero.clone(), f64::NAN, 0),
+            (false, true) => (zero.clone(), REF_CONFIDENT, 0),
+            (true, false) => self.paper_reg(&a, &b, t, t_max)?,
+            (true, true) => reference_reg(&a, &b, &labels)?,
+        };
+        let (contrast_a, contrast_b) = if cfg.use_contrastive {
             let k = self.n_classes;
-            contrast_a = prototype_contrastive(
-                &a.feat_u, &reliable, &yhat, &a.feat_l, labels, k, c, input.seed,
-            )?;
-            let seed_b = input.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            contrast_b = prototype_contrastive(
-                &b.feat_u, &reliable, &yhat, &b.feat_l, labels, k, c, seed_b,
-            )?;
-        }
-
+            contrastive_pair(&a, &b, &targets, &labels, k, &cfg, input.seed, reference)?
+        } else {
+            (zero_contrast(&zero), zero_contrast(&zero))
+        };
         let lc = (contrast_a.total()? + contrast_b.total()?)?;
-        let total = (((sup_a.total()? + sup_b.total()?)? + ((&unsup + &reg)? * lambda_u)?)?
-            + (lc * lambda_c)?)?;
+        let total = if reference {
+            let sup = (sup_a.total()? + sup_b.total()?)?;
+            (((sup + (&reg * REF_REG_WEIGHT)?)? + (&unsup * lambda_u)?)? + (lc * lambda_c)?)?
+        } else {
+            (((sup_a.total()? + sup_b.total()?)? + ((&unsup + &reg)? * lambda_u)?)?
+                + (lc * lambda_c)?)?
+        };
         Ok(LossTerms {
             total,
             sup_a,
@@ -354,7 +305,7 @@ impl Objective {
             contrast_a,
             contrast_b,
             teacher,
-            alpha,
+            alpha: targets.alpha,
             threshold,
             lambda_u,
             lambda_c,
@@ -364,99 +315,178 @@ impl Objective {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn assemble_reference(
+    /// The paper's `L_reg`: L1 between both nets' probabilities on `M_diff` under the dynamic T;
+    /// returns it with T and `|M_diff|`.
+    fn paper_reg(
         &mut self,
-        input: &IterationInput,
         a: &Halves,
         b: &Halves,
-        labels: &Tensor,
-        sup_a: SupervisedTerms,
-        sup_b: SupervisedTerms,
-        lambda_u: f64,
-        lambda_c: f64,
-        zero: Tensor,
-    ) -> Result<LossTerms> {
-        let cfg = self.cfg.clone();
-        let teacher = choose_teacher(
-            cfg.teacher,
-            (host(&sup_a.ce)?, host(&sup_a.dice)?),
-            (host(&sup_b.ce)?, host(&sup_b.dice)?),
-        );
-        let (pa_u, pb_u) = (a.probs_u.detach(), b.probs_u.detach());
-        // union of both nets' foreground
-        let yhat = pseudo_labels(&pa_u)?.maximum(&pseudo_labels(&pb_u)?)?;
-        let keep = 1.0 - REF_KEEP_FRACTION;
-        let rel_a = select_reliable(&entropy(&pa_u)?, keep)?;
-        let rel_b = select_reliable(&entropy(&pb_u)?, keep)?;
-        let reliable = rel_a.maximum(&rel_b)?;
-        let n_reliable = count(&reliable)?;
-        let n_unreliable = reliable.elem_count() - n_reliable;
-
-        let mut unsup = zero.clone();
-        if cfg.use_unsup {
-            for h in [a, b] {
-                let ce = cross_entropy(&h.logits_u.detach(), &yhat, Some(&reliable))?;
-                let dice = dice_loss(&h.probs_u.detach(), &yhat, Some(&reliable))?;
-                unsup = ((unsup + ce)? + dice)?;
-            }
-        }
-
-        let (mut reg, mut n_disagree) = (zero.clone(), 0);
-        if cfg.use_reg {
-            let fg_a = a.probs_l.narrow(1, 1, 1)?.squeeze(1)?;
-            let fg_b = b.probs_l.narrow(1, 1, 1)?.squeeze(1)?;
-            let m = fg_a
-                .detach()
-                .gt(REF_CONFIDENT)?
-                .ne(&fg_b.detach().gt(REF_CONFIDENT)?)?
-                .to_dtype(fg_a.dtype())?;
-            n_disagree = count(&m)?;
-            let y = labels.to_dtype(fg_a.dtype())?;
-            let per_net = |fg: &Tensor| -> Result<Tensor> {
-                crate::supervised::div_by_count(
-                    &reduce::sum_all(&(fg - &y)?.sqr()?.mul(&m)?)?,
-                    &reduce::sum_all(&m)?,
-                )
-            };
-            reg = (per_net(&fg_a)? + per_net(&fg_b)?)?;
-        }
-
-        let (mut contrast_a, mut contrast_b) = (zero_contrast(&zero), zero_contrast(&zero));
-        if cfg.use_contrastive {
-            let c = &cfg.contrastive;
-            let k = self.n_classes;
-            let (fa_u, fa_l) = (a.feat_u.detach(), a.feat_l.detach());
-            let (fb_u, fb_l) = (b.feat_u.detach(), b.feat_l.detach());
-            contrast_a =
-                prototype_contrastive(&fa_u, &reliable, &yhat, &fa_l, labels, k, c, input.seed)?;
-            let seed_b = input.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            contrast_b =
-                prototype_contrastive(&fb_u, &reliable, &yhat, &fb_l, labels, k, c, seed_b)?;
-        }
-
-        let lc = (contrast_a.total()? + contrast_b.total()?)?;
-        let sup = (sup_a.total()? + sup_b.total()?)?;
-        let total =
-            (((sup + (&reg * REF_REG_WEIGHT)?)? + (&unsup * lambda_u)?)? + (lc * lambda_c)?)?;
-        Ok(LossTerms {
-            total,
-            sup_a,
-            sup_b,
-            unsup,
-            reg,
-            contrast_a,
-            contrast_b,
-            teacher,
-            alpha: REF_KEEP_FRACTION,
-            threshold: REF_CONFIDENT,
-            lambda_u,
-            lambda_c,
-            n_reliable,
-            n_unreliable,
-            n_disagree,
-        })
+        t: usize,
+        t_max: usize,
+    ) -> Result<(Tensor, f64, usize)> {
+        let conf = 0.5 * (mean_confidence(&a.probs_u)? + mean_confidence(&b.probs_u)?);
+        let threshold = self.threshold.update(conf, t, t_max);
+        let mdiff = disagreement_mask(&a.probs_u, &b.probs_u, threshold)?;
+        let n_disagree = count(&mdiff)?;
+        let reg =
+            consistency_l1_normalized(&a.probs_u, &b.probs_u, &mdiff, self.cfg.reg_normalize)?;
+        Ok((reg, threshold, n_disagree))
     }
+}
+
+/// Pseudo-labels of the unlabeled half and where they are trusted.
+struct Targets {
+    /// `y_hat` `[N_u, D, H, W]`.
+    yhat: Tensor,
+    /// 1 where the voxel is reliable.
+    reliable: Tensor,
+    /// The share of unreliable voxels (`alpha_t`; the reference code's fixed fraction).
+    alpha: f64,
+}
+
+/// The paper's targets: the teacher's (or its EMA copy's) argmax, the `alpha_t` most uncertain voxels
+/// unreliable.
+fn paper_targets(
+    input: &IterationInput,
+    teacher: Teacher,
+    a: &Halves,
+    b: &Halves,
+    alpha0: f64,
+    alpha_floor: f64,
+) -> Result<Targets> {
+    let (t, t_max) = (input.iteration, input.total_iterations);
+    let probs_t = match input.teacher_logits {
+        None => teacher_probs(teacher, &a.probs_u, &b.probs_u)?,
+        Some([ta, tb]) => {
+            for logits in [ta, tb] {
+                if logits.dims() != a.probs_u.dims() {
+                    bail!(
+                        "teacher logits {:?} must match the unlabeled half {:?}",
+                        logits.dims(),
+                        a.probs_u.dims()
+                    );
+                }
+            }
+            let softmax = |l: &Tensor| candle_nn::ops::softmax(&l.detach(), 1);
+            teacher_probs(teacher, &softmax(ta)?, &softmax(tb)?)?
+        }
+    };
+    let yhat = pseudo_labels(&probs_t)?;
+    let alpha = alpha_schedule(alpha0, t, t_max).max(alpha_floor);
+    let reliable = select_reliable(&entropy(&probs_t)?, alpha)?;
+    Ok(Targets {
+        yhat,
+        reliable,
+        alpha,
+    })
+}
+
+/// The reference code's targets: the union of both nets' foreground, reliable where at least one
+/// net is in its lowest-entropy 80 %.
+fn reference_targets(a: &Halves, b: &Halves) -> Result<Targets> {
+    let (pa_u, pb_u) = (a.probs_u.detach(), b.probs_u.detach());
+    let yhat = pseudo_labels(&pa_u)?.maximum(&pseudo_labels(&pb_u)?)?;
+    let keep = 1.0 - REF_KEEP_FRACTION;
+    let rel_a = select_reliable(&entropy(&pa_u)?, keep)?;
+    let rel_b = select_reliable(&entropy(&pb_u)?, keep)?;
+    Ok(Targets {
+        yhat,
+        reliable: rel_a.maximum(&rel_b)?,
+        alpha: REF_KEEP_FRACTION,
+    })
+}
+
+/// The paper's `L_u`: masked CE (+ Dice) of the student(s) on the reliable voxels.
+fn paper_unsup(
+    cfg: &LossConfig,
+    teacher: Teacher,
+    a: &Halves,
+    b: &Halves,
+    targets: &Targets,
+    mut unsup: Tensor,
+) -> Result<Tensor> {
+    let students: &[Net] = match (teacher, cfg.student) {
+        (Teacher::Net(Net::A), StudentRule::Other) => &[Net::B],
+        (Teacher::Net(Net::B), StudentRule::Other) => &[Net::A],
+        _ => &[Net::A, Net::B],
+    };
+    let (yhat, reliable) = (&targets.yhat, &targets.reliable);
+    for s in students {
+        let h = if *s == Net::A { a } else { b };
+        unsup = (unsup + cross_entropy(&h.logits_u, yhat, Some(reliable))?)?;
+        if cfg.unsup_dice {
+            unsup = (unsup + dice_loss(&h.probs_u, yhat, Some(reliable))?)?;
+        }
+    }
+    Ok(unsup)
+}
+
+/// The reference code's `L_u`: CE + Dice of both nets on detached tensors (logged, trains nothing).
+fn reference_unsup(a: &Halves, b: &Halves, targets: &Targets, mut unsup: Tensor) -> Result<Tensor> {
+    let (yhat, reliable) = (&targets.yhat, &targets.reliable);
+    for h in [a, b] {
+        let ce = cross_entropy(&h.logits_u.detach(), yhat, Some(reliable))?;
+        let dice = dice_loss(&h.probs_u.detach(), yhat, Some(reliable))?;
+        unsup = ((unsup + ce)? + dice)?;
+    }
+    Ok(unsup)
+}
+
+/// The reference code's `L_reg` on the labeled half: per net `sum M (p_fg - y)^2 / max(1, |M|)` with
+/// `M` = exactly one net's `p_fg > 0.6`; returns it with that threshold and `|M|`.
+fn reference_reg(a: &Halves, b: &Halves, labels: &Tensor) -> Result<(Tensor, f64, usize)> {
+    let fg_a = a.probs_l.narrow(1, 1, 1)?.squeeze(1)?;
+    let fg_b = b.probs_l.narrow(1, 1, 1)?.squeeze(1)?;
+    let m = fg_a
+        .detach()
+        .gt(REF_CONFIDENT)?
+        .ne(&fg_b.detach().gt(REF_CONFIDENT)?)?
+        .to_dtype(fg_a.dtype())?;
+    let n_disagree = count(&m)?;
+    let y = labels.to_dtype(fg_a.dtype())?;
+    let per_net = |fg: &Tensor| -> Result<Tensor> {
+        crate::supervised::div_by_count(
+            &reduce::sum_all(&(fg - &y)?.sqr()?.mul(&m)?)?,
+            &reduce::sum_all(&m)?,
+        )
+    };
+    Ok((
+        (per_net(&fg_a)? + per_net(&fg_b)?)?,
+        REF_CONFIDENT,
+        n_disagree,
+    ))
+}
+
+/// `L_c` of both nets (net B's voxel sampling on its own stream); on detached features for the
+/// reference code, whose contrastive term trains nothing.
+#[allow(clippy::too_many_arguments)]
+fn contrastive_pair(
+    a: &Halves,
+    b: &Halves,
+    targets: &Targets,
+    labels: &Tensor,
+    n_classes: usize,
+    cfg: &LossConfig,
+    seed: u64,
+    detach: bool,
+) -> Result<(ContrastiveTerms, ContrastiveTerms)> {
+    let c = &cfg.contrastive;
+    let (yhat, reliable) = (&targets.yhat, &targets.reliable);
+    let feats = |h: &Halves| {
+        if detach {
+            (h.feat_u.detach(), h.feat_l.detach())
+        } else {
+            (h.feat_u.clone(), h.feat_l.clone())
+        }
+    };
+    let (fa_u, fa_l) = feats(a);
+    let (fb_u, fb_l) = feats(b);
+    let contrast_a =
+        prototype_contrastive(&fa_u, reliable, yhat, &fa_l, labels, n_classes, c, seed)?;
+    let seed_b = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let contrast_b =
+        prototype_contrastive(&fb_u, reliable, yhat, &fb_l, labels, n_classes, c, seed_b)?;
+    Ok((contrast_a, contrast_b))
 }
 
 /// The teacher's probabilities on the unlabeled half, detached: one net's, or the mean of both.

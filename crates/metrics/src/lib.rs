@@ -47,7 +47,9 @@ pub use definition::{EmptyCase, EmptyRule, HausdorffDefinition, MetricDefinition
 pub use edt::edt;
 pub use error::Error;
 pub use labels::{evaluate_class, evaluate_labels, foreground_classes, ClassMetrics};
-pub use report::{summarize, EvaluationReport, Stat, UndefinedEntry};
+pub use report::{
+    summarize, summary_markdown, table_rows, EvaluationReport, Stat, UndefinedEntry, TABLE_HEADER,
+};
 pub use surface::surface;
 
 /// Number of voxels of `shape`, checked against a slice length.

@@ -107,6 +107,82 @@ pub fn summarize(
     }
 }
 
+/// Markdown rendering of reports: the paper-style table that `summary.md`, `duoseg train` and the demo
+/// print (one renderer for all of them).
+fn fmt_stat(s: Option<&Stat>, scale: f64, digits: usize) -> String {
+    match s {
+        Some(Stat {
+            mean: Some(m),
+            std: Some(sd),
+            ..
+        }) => {
+            format!("{:.*} ± {:.*}", digits, m * scale, digits, sd * scale)
+        }
+        _ => "n/a".to_string(),
+    }
+}
+
+/// The rows of a paper-style table (Dice % / Jaccard % / 95HD / ASD in voxels, mean ± std), one per
+/// class of `report` ("mean" last when present), labelled `method`.
+pub fn table_rows(method: &str, report: &EvaluationReport) -> Vec<String> {
+    let mut classes: Vec<&String> = report
+        .summary
+        .keys()
+        .filter(|k| k.as_str() != "mean")
+        .collect();
+    if report.summary.contains_key("mean") {
+        classes.push(
+            report
+                .summary
+                .keys()
+                .find(|k| k.as_str() == "mean")
+                .expect("present"),
+        );
+    }
+    classes
+        .into_iter()
+        .map(|c| {
+            let s = &report.summary[c];
+            format!(
+                "| {method} | {c} | {} | {} | {} | {} |",
+                fmt_stat(s.get("dice"), 100.0, 2),
+                fmt_stat(s.get("jaccard"), 100.0, 2),
+                fmt_stat(s.get("hd95_vox"), 1.0, 2),
+                fmt_stat(s.get("asd_vox"), 1.0, 2)
+            )
+        })
+        .collect()
+}
+
+/// Header of the paper-style table.
+pub const TABLE_HEADER: &str =
+    "| method | class | Dice (%) | Jaccard (%) | 95HD (vox) | ASD (vox) |\n|---|---|---|---|---|---|";
+
+/// `summary.md`: the table, the number of test cases and the cases with undefined surface metrics.
+pub fn summary_markdown(title: &str, rows: &[(String, &EvaluationReport)]) -> String {
+    let mut s = format!("# {title}\n\nMean ± std over test cases (medpy definitions, voxel units).\n\n{TABLE_HEADER}\n");
+    for (m, r) in rows {
+        for row in table_rows(m, r) {
+            s.push_str(&row);
+            s.push('\n');
+        }
+    }
+    for (m, r) in rows {
+        s.push_str(&format!("\n{m}: {} test cases", r.cases.len()));
+        if !r.undefined.is_empty() {
+            s.push_str(&format!(
+                "; {} case/class pairs with an empty side (HD95/ASD undefined):",
+                r.undefined.len()
+            ));
+            for u in &r.undefined {
+                s.push_str(&format!(" {}/{} ({})", u.case, u.class, u.empty.reason()));
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

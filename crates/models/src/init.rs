@@ -1,14 +1,17 @@
-//! Seeded, device-independent initialisation (candle's CPU generator cannot be seeded).
+//! Seeded, device-independent initialisation (candle's CPU generator cannot be seeded): the one
+//! initialiser every duoseg net goes through.
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarMap;
 use duoseg_nn3d::is_batch_norm_buffer;
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{Rng as _, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Re-initialises every trainable variable of `varmap` from `seed`, as SPEC section 1 (*ref*) asks:
 /// conv / conv-transpose weights (rank 5) kaiming-normal with PyTorch's fan-in `dim(1) * k^3`, std
 /// `sqrt(2 / fan_in)`; biases 0; BatchNorm weights 1. BatchNorm buffers are left as they are. Variables
-/// are visited in name order from one generator, so the result depends only on the seed and the names.
+/// are visited in name order from one ChaCha8 generator seeded with `seed`, so the result depends only
+/// on the seed and the names.
 pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
     let data = varmap
         .data()
@@ -16,7 +19,7 @@ pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
         .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
     let mut names: Vec<&String> = data.keys().filter(|k| !is_batch_norm_buffer(k)).collect();
     names.sort();
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for name in names {
         let var = &data[name];
         let dims = var.dims().to_vec();
@@ -38,11 +41,11 @@ pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// One standard normal sample (Box-Muller).
-fn standard_normal(rng: &mut StdRng) -> f64 {
-    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
-    let u2: f64 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+/// One standard normal sample (Box-Muller, the cosine half) from a ChaCha8 stream.
+pub fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 #[cfg(test)]

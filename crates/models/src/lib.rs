@@ -16,6 +16,6 @@ mod summary;
 
 pub use decoder::DROPOUT_P;
 pub use duoseg_nn3d::{is_batch_norm_buffer, trainable_vars};
-pub use init::init_seeded;
+pub use init::{init_seeded, standard_normal};
 pub use nets::{build, check_input, Arch, NetConfig, ResNet34VNet, SegNet, VNet, INPUT_MULTIPLE};
 pub use summary::{summary, LayerRow};

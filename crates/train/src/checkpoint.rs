@@ -8,9 +8,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{bail, Device, Result, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
 
 /// Prefix of subnet A (V-Net) tensors.
 pub const NET_A: &str = "net_a";
@@ -37,13 +39,18 @@ pub struct CheckpointMeta {
     pub state: serde_json::Value,
 }
 
+/// Locks a var map's table of variables.
+pub(crate) fn lock_vars(
+    vm: &VarMap,
+) -> Result<std::sync::MutexGuard<'_, HashMap<String, candle_core::Var>>> {
+    vm.data()
+        .lock()
+        .map_err(|_| TrainError::Tensor(candle_core::Error::Msg("var map lock poisoned".into())))
+}
+
 /// Named tensors of a var map (sorted), as a plain map.
 pub fn varmap_tensors(prefix: &str, vm: &VarMap) -> Result<BTreeMap<String, Tensor>> {
-    let data = vm
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
-    Ok(data
+    Ok(lock_vars(vm)?
         .iter()
         .map(|(n, v)| (format!("{prefix}.{n}"), v.as_tensor().clone()))
         .collect())
@@ -52,7 +59,7 @@ pub fn varmap_tensors(prefix: &str, vm: &VarMap) -> Result<BTreeMap<String, Tens
 /// Writes `tensors` and `meta` to `path` atomically (temp file in the same folder + rename).
 pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &CheckpointMeta) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(TrainError::file(dir))?;
     }
     let mut info = HashMap::new();
     info.insert("format".to_string(), FORMAT.to_string());
@@ -64,78 +71,65 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &CheckpointMe
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
         .collect::<Result<_>>()?;
-    let tmp = tmp_path(path);
-    safetensors::serialize_to_file(contiguous, Some(info), &tmp)
-        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path)?;
+    let bytes = safetensors::serialize(contiguous, Some(info))
+        .map_err(|e| TrainError::checkpoint(path, e))?;
+    duoseg_io::fs::write_atomic(path, &bytes)?;
     Ok(())
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 /// Reads a checkpoint written by [`save`]: its tensors on `device` and its metadata.
 pub fn load(path: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    let bad = |reason: String| TrainError::checkpoint(path, reason);
+    let bytes = std::fs::read(path).map_err(TrainError::file(path))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let Some(info) = header.metadata() else {
-        bail!("{}: not a duoseg checkpoint (no metadata)", path.display())
+        return Err(bad("not a duoseg checkpoint (no metadata)".into()));
     };
     if info.get("format").map(String::as_str) != Some(FORMAT) {
-        bail!(
-            "{}: not a duoseg checkpoint (format {:?})",
-            path.display(),
+        return Err(bad(format!(
+            "not a duoseg checkpoint (format {:?})",
             info.get("format")
-        )
+        )));
     }
     let field = |k: &str| -> Result<&String> {
-        info.get(k).ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: metadata lacks {k}", path.display()))
-        })
+        info.get(k)
+            .ok_or_else(|| bad(format!("metadata lacks {k}")))
     };
     let parse_json = |k: &str| -> Result<serde_json::Value> {
-        serde_json::from_str(field(k)?)
-            .map_err(|e| candle_core::Error::Msg(format!("{}: bad {k}: {e}", path.display())))
+        serde_json::from_str(field(k)?).map_err(|e| bad(format!("bad {k}: {e}")))
     };
     let meta = CheckpointMeta {
         iteration: field("iteration")?
             .parse()
-            .map_err(|_| candle_core::Error::Msg(format!("{}: bad iteration", path.display())))?,
-        seed: field("seed")?
-            .parse()
-            .map_err(|_| candle_core::Error::Msg(format!("{}: bad seed", path.display())))?,
+            .map_err(|_| bad("bad iteration".into()))?,
+        seed: field("seed")?.parse().map_err(|_| bad("bad seed".into()))?,
         config: parse_json("config")?,
         state: parse_json("state")?,
     };
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
     Ok((tensors.into_iter().collect(), meta))
 }
 
-/// Sets every variable of `vm` from `tensors[prefix.name]`; every variable must be present with its shape.
-pub fn restore_varmap(prefix: &str, vm: &VarMap, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let data = vm
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
-    for (name, var) in data.iter() {
+/// Sets every variable of `vm` from `tensors[prefix.name]` (read from the checkpoint `path`, which
+/// errors name); every variable must be present with its shape.
+pub fn restore_varmap(
+    path: &Path,
+    prefix: &str,
+    vm: &VarMap,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<()> {
+    for (name, var) in lock_vars(vm)?.iter() {
         let key = format!("{prefix}.{name}");
         let Some(t) = tensors.get(&key) else {
-            bail!("checkpoint lacks {key}")
+            return Err(TrainError::checkpoint(path, format!("lacks {key}")));
         };
         if t.dims() != var.dims() {
-            bail!(
-                "checkpoint {key} has shape {:?}, model {:?}",
-                t.dims(),
-                var.dims()
-            )
+            return Err(TrainError::checkpoint(
+                path,
+                format!("{key} has shape {:?}, the model {:?}", t.dims(), var.dims()),
+            ));
         }
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
@@ -174,7 +168,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<()> {
     }
     let all = list(dir);
     for (_, p) in all.iter().take(all.len().saturating_sub(keep)) {
-        std::fs::remove_file(p)?;
+        std::fs::remove_file(p).map_err(TrainError::file(p))?;
     }
     Ok(())
 }
@@ -226,7 +220,11 @@ mod tests {
         let dir = tmpdir("rt");
         let path = iter_path(&dir, 7);
         save(&path, &tensors, &meta)?;
-        assert!(!tmp_path(&path).exists());
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("iter-7.safetensors")]);
         let (back, meta2) = load(&path, &dev)?;
         assert_eq!(meta, meta2);
         assert_eq!(
@@ -249,7 +247,7 @@ mod tests {
             DType::F32,
             &dev,
         )?;
-        restore_varmap(NET_A, &vm2, &back)?;
+        restore_varmap(&path, NET_A, &vm2, &back)?;
         let a = varmap_tensors(NET_A, &vm)?;
         let b = varmap_tensors(NET_A, &vm2)?;
         for (k, t) in &a {
@@ -267,23 +265,23 @@ mod tests {
             DType::F32,
             &dev,
         )?;
-        assert!(restore_varmap(NET_A, &vm3, &back).is_err());
-        assert!(restore_varmap(NET_B, &vm2, &back).is_err());
-        std::fs::remove_dir_all(&dir)?;
+        assert!(restore_varmap(&path, NET_A, &vm3, &back).is_err());
+        assert!(restore_varmap(&path, NET_B, &vm2, &back).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
         Ok(())
     }
 
     #[test]
     fn prune_keeps_newest() -> Result<()> {
         let dir = tmpdir("prune");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).unwrap();
         for n in [5, 10, 15, 20] {
-            std::fs::write(iter_path(&dir, n), b"x")?;
+            std::fs::write(iter_path(&dir, n), b"x").unwrap();
         }
         prune(&dir, 2)?;
         let left: Vec<usize> = list(&dir).into_iter().map(|(n, _)| n).collect();
         assert_eq!(left, vec![15, 20]);
-        std::fs::remove_dir_all(&dir)?;
+        std::fs::remove_dir_all(&dir).unwrap();
         Ok(())
     }
 

@@ -97,23 +97,7 @@ pub enum Split {
     },
 }
 
-/// Per-volume intensity normalisation applied on loading.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Normalize {
-    /// Use the stored intensities (LA is stored z-scored).
-    #[default]
-    None,
-    /// Subtract the volume's mean, divide by its standard deviation.
-    ZScore,
-    /// CT: clip to `[lo, hi]` (HU), rescale to [0, 1], then z-score.
-    Window {
-        /// Lower bound (HU).
-        lo: f32,
-        /// Upper bound (HU).
-        hi: f32,
-    },
-}
+pub use duoseg_io::Normalize;
 
 /// Where the data comes from and how it is prepared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -302,20 +286,28 @@ fn default_log_every() -> usize {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The JSON does not describe a config.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: serde_json::Error,
+        error: serde_json::Error,
+    },
+    /// A `--set key=value` override cannot be applied.
+    #[error("--set {assignment}: {reason}")]
+    Override {
+        /// The `key=value` text.
+        assignment: String,
+        /// Why it cannot be applied.
+        reason: String,
     },
     /// A value is out of range.
     #[error("invalid config: {0}")]
@@ -325,15 +317,14 @@ pub enum ConfigError {
 impl TrainConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
-        let cfg: TrainConfig =
-            serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
-                path: path.into(),
-                source,
-            })?;
+        let cfg: TrainConfig = serde_json::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.into(),
+            error,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -398,6 +389,31 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// This config with a dotted `key=value` set (`loss.alpha0=0.1`, `method=no_reg`); the value is
+    /// parsed as JSON when it is valid JSON, else taken as a string. The result is validated.
+    pub fn with_override(&self, assignment: &str) -> Result<TrainConfig, ConfigError> {
+        let fail = |reason: String| ConfigError::Override {
+            assignment: assignment.to_string(),
+            reason,
+        };
+        let Some((key, value)) = assignment.split_once('=') else {
+            return Err(fail("expected key=value".into()));
+        };
+        let mut v = serde_json::to_value(self).map_err(|e| fail(e.to_string()))?;
+        let mut node = &mut v;
+        for part in key.split('.') {
+            node = node
+                .as_object_mut()
+                .and_then(|o| o.get_mut(part))
+                .ok_or_else(|| fail(format!("no such config field {part:?}")))?;
+        }
+        *node = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        let out: TrainConfig = serde_json::from_value(v).map_err(|e| fail(e.to_string()))?;
+        out.validate()?;
+        Ok(out)
+    }
+
     /// The sliding window of evaluation and inference (window = training patch).
     pub fn sliding_window(&self) -> SlidingWindow {
         SlidingWindow {
@@ -412,6 +428,22 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_set_nested_fields_and_are_validated() {
+        let cfg = TrainConfig::load(&configs_dir().join("demo.json")).unwrap();
+        let c = cfg.with_override("loss.alpha0=0.1").unwrap();
+        assert_eq!(c.loss.alpha0, 0.1);
+        let c = c.with_override("method=no_reg").unwrap();
+        assert_eq!(c.method, Method::NoReg);
+        let c = c
+            .with_override(r#"data.split={"fold":{"fold":2}}"#)
+            .unwrap();
+        assert_eq!(c.data.split, Split::Fold { fold: 2 });
+        assert!(c.with_override("loss.alpha_zero=0.1").is_err());
+        assert!(c.with_override("patch=[30,32,32]").is_err());
+        assert!(c.with_override("iterations").is_err());
+    }
 
     fn configs_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")

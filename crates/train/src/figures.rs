@@ -57,17 +57,20 @@ impl Canvas {
         }
     }
 
-    fn save(&self, path: &Path) -> std::io::Result<()> {
+    fn save(&self, path: &Path) -> crate::error::Result<()> {
         let mut bytes = Vec::new();
         {
             let mut enc = png::Encoder::new(&mut bytes, self.w as u32, self.h as u32);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
-            let mut wr = enc.write_header().map_err(std::io::Error::other)?;
-            wr.write_image_data(&self.px)
-                .map_err(std::io::Error::other)?;
+            let png_err = |e: png::EncodingError| crate::error::TrainError::File {
+                path: path.to_path_buf(),
+                error: std::io::Error::other(e),
+            };
+            let mut wr = enc.write_header().map_err(png_err)?;
+            wr.write_image_data(&self.px).map_err(png_err)?;
         }
-        write_atomic(path, &bytes)
+        Ok(write_atomic(path, &bytes)?)
     }
 }
 
@@ -129,7 +132,7 @@ const PALETTE: [[u8; 3]; 6] = [
 ];
 
 /// Loss curves: one panel per group of terms (name shown), x = iteration, y from 0 to the max.
-pub fn loss_curves(records: &[LogRecord], path: &Path) -> std::io::Result<()> {
+pub fn loss_curves(records: &[LogRecord], path: &Path) -> crate::error::Result<()> {
     let groups: [(&str, &[&str]); 6] = [
         ("total", &["total"]),
         ("supervised ce a/b", &["ce_a", "ce_b"]),
@@ -217,7 +220,7 @@ pub fn overlay_slices(
     shape: [usize; 3],
     title: &str,
     path: &Path,
-) -> std::io::Result<()> {
+) -> crate::error::Result<()> {
     let [nx, ny, nz] = shape;
     let z = (0..nz)
         .max_by_key(|&z| (0..nx * ny).filter(|&ij| gt[ij * nz + z] > 0).count())

@@ -7,6 +7,7 @@
 //! by only a fraction of the noise level, so shape and context, not a threshold, separate them.
 //! The same `(seed, index)` always gives the same case on every platform (ChaCha8 + f64 arithmetic).
 
+use duoseg_models::standard_normal;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -167,7 +168,7 @@ impl PhantomConfig {
             }
         }
         for x in image.iter_mut() {
-            *x += self.noise * normal(&mut rng);
+            *x += self.noise * standard_normal(&mut rng);
         }
         let mean = image.iter().sum::<f64>() / n as f64;
         let var = image.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
@@ -206,12 +207,6 @@ impl SmoothField {
             .sum::<f64>()
             / n.sqrt()
     }
-}
-
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.random_range(0.0..1.0);
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 fn unit(rng: &mut ChaCha8Rng) -> [f64; 3] {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use duoseg_metrics::EvaluationReport;
 use serde::Serialize;
 
 /// Paths of one run's outputs.
@@ -57,25 +56,24 @@ impl RunDir {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file beside it, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// Writes `value` as pretty JSON, atomically (`duoseg_io::fs::write_atomic`, creating the folder).
+pub fn write_json(path: &Path, value: &impl Serialize) -> duoseg_io::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| duoseg_io::Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(path, (text + "\n").as_bytes())
 }
 
-/// Writes `value` as pretty JSON, atomically.
-pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
-    write_atomic(path, (text + "\n").as_bytes())
+/// Writes `bytes` to `path` atomically (`duoseg_io::fs::write_atomic`), creating the folder first.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> duoseg_io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| duoseg_io::Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    duoseg_io::fs::write_atomic(path, bytes)
 }
 
 /// One `log.jsonl` line: the iteration, its timing, learning rate and every loss term.
@@ -101,9 +99,11 @@ pub struct LogWriter {
 
 impl LogWriter {
     /// Opens the log; keeps the records with `iter <= keep_through` (0 for a fresh run).
-    pub fn open(path: &Path, keep_through: usize) -> std::io::Result<Self> {
+    pub fn open(path: &Path, keep_through: usize) -> crate::error::Result<Self> {
+        let file_err = crate::error::TrainError::file;
         let kept: Vec<String> = if keep_through > 0 && path.exists() {
-            std::fs::read_to_string(path)?
+            std::fs::read_to_string(path)
+                .map_err(file_err(path))?
                 .lines()
                 .filter(|l| {
                     serde_json::from_str::<LogRecord>(l)
@@ -120,7 +120,10 @@ impl LogWriter {
             text.push('\n');
         }
         write_atomic(path, text.as_bytes())?;
-        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(file_err(path))?;
         Ok(Self { file })
     }
 
@@ -139,80 +142,6 @@ pub fn read_log(path: &Path) -> std::io::Result<Vec<LogRecord>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
         .collect()
-}
-
-fn fmt_stat(s: Option<&duoseg_metrics::Stat>, scale: f64, digits: usize) -> String {
-    match s {
-        Some(duoseg_metrics::Stat {
-            mean: Some(m),
-            std: Some(sd),
-            ..
-        }) => {
-            format!("{:.*} ± {:.*}", digits, m * scale, digits, sd * scale)
-        }
-        _ => "n/a".to_string(),
-    }
-}
-
-/// The rows of a paper-style table (Dice % / Jaccard % / 95HD / ASD in voxels, mean ± std), one per
-/// class of `report` ("mean" last when present), labelled `method`.
-pub fn table_rows(method: &str, report: &EvaluationReport) -> Vec<String> {
-    let mut classes: Vec<&String> = report
-        .summary
-        .keys()
-        .filter(|k| k.as_str() != "mean")
-        .collect();
-    if report.summary.contains_key("mean") {
-        classes.push(
-            report
-                .summary
-                .keys()
-                .find(|k| k.as_str() == "mean")
-                .expect("present"),
-        );
-    }
-    classes
-        .into_iter()
-        .map(|c| {
-            let s = &report.summary[c];
-            format!(
-                "| {method} | {c} | {} | {} | {} | {} |",
-                fmt_stat(s.get("dice"), 100.0, 2),
-                fmt_stat(s.get("jaccard"), 100.0, 2),
-                fmt_stat(s.get("hd95_vox"), 1.0, 2),
-                fmt_stat(s.get("asd_vox"), 1.0, 2)
-            )
-        })
-        .collect()
-}
-
-/// Header of the paper-style table.
-pub const TABLE_HEADER: &str =
-    "| method | class | Dice (%) | Jaccard (%) | 95HD (vox) | ASD (vox) |\n|---|---|---|---|---|---|";
-
-/// `summary.md`: the table, the number of test cases and the cases with undefined surface metrics.
-pub fn summary_markdown(title: &str, rows: &[(String, &EvaluationReport)]) -> String {
-    let mut s = format!("# {title}\n\nMean ± std over test cases (medpy definitions, voxel units).\n\n{TABLE_HEADER}\n");
-    for (m, r) in rows {
-        for row in table_rows(m, r) {
-            s.push_str(&row);
-            s.push('\n');
-        }
-    }
-    for (m, r) in rows {
-        s.push_str(&format!("\n{m}: {} test cases", r.cases.len()));
-        if !r.undefined.is_empty() {
-            s.push_str(&format!(
-                "; {} case/class pairs with an empty side (HD95/ASD undefined):",
-                r.undefined.len()
-            ));
-            for u in &r.undefined {
-                s.push_str(&format!(" {}/{} ({})", u.case, u.class, u.empty.reason()));
-            }
-        }
-        s.push('\n');
-    }
-    s
 }
 
 #[cfg(test)]

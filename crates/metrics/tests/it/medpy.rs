@@ -59,8 +59,7 @@ fn check_golden(pred: &[bool], gt: &[bool], shape: [usize; 3], spacing: [f64; 3]
     }
 }
 
-#[test]
-fn spec_golden_shifted_cube() {
+pub fn spec_golden_shifted_cube() {
     let shape = [24; 3];
     let pred = cube(shape, [5; 3], [15; 3]);
     let gt = cube(shape, [6, 5, 5], [16, 15, 15]);
@@ -81,8 +80,7 @@ fn spec_golden_shifted_cube() {
     );
 }
 
-#[test]
-fn spec_golden_spheres() {
+pub fn spec_golden_spheres() {
     let shape = [24; 3];
     let pred = ball(shape, [12, 12, 12], 6);
     let gt = ball(shape, [13, 12, 11], 7);
@@ -95,8 +93,7 @@ fn spec_golden_spheres() {
     );
 }
 
-#[test]
-fn spec_golden_touching_the_edge() {
+pub fn spec_golden_touching_the_edge() {
     let shape = [16; 3];
     let pred = cube(shape, [0; 3], [10; 3]);
     let gt = cube(shape, [0; 3], [12, 10, 10]);
@@ -144,8 +141,7 @@ fn check(got: Option<f64>, want: &Value, what: &str) {
     }
 }
 
-#[test]
-fn binary_cases_match_medpy() {
+pub fn binary_cases_match_medpy() {
     let doc = fixture();
     let tolerance = doc["nsd_tolerance"].as_f64().unwrap();
     let cases = doc["binary"].as_array().unwrap();
@@ -190,8 +186,7 @@ fn binary_cases_match_medpy() {
     }
 }
 
-#[test]
-fn empty_rules() {
+pub fn empty_rules() {
     let shape = [10; 3];
     let empty = vec![false; 1000];
     let cube = cube(shape, [2; 3], [5; 3]);
@@ -221,8 +216,7 @@ fn empty_rules() {
     assert_eq!((a.dice, a.hd95, a.empty), (1.0, Some(0.0), None));
 }
 
-#[test]
-fn multiclass_case_matches_medpy() {
+pub fn multiclass_case_matches_medpy() {
     let doc = fixture();
     let tolerance = doc["nsd_tolerance"].as_f64().unwrap();
     for case in doc["multiclass"].as_array().unwrap() {

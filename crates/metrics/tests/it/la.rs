@@ -13,11 +13,14 @@
 //!         print(binary.dc(p, gt), binary.jc(p, gt), binary.hd95(p, gt, sp), binary.asd(p, gt, sp))
 //! ```
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use duoseg_metrics::{evaluate_binary, MetricDefinition};
 
 const CASE: &str = "UPT6DX9IQY9JAZ7HJKA7";
+
+/// The label file the test reads, below the shared data folder.
+pub const NEEDS: &str = "la2018/labelsTr";
 
 /// medpy's (dc, jc, hd95, asd) for (shift, erosion) x (voxels, 0.625 mm).
 const MEDPY: [[[f64; 4]; 2]; 2] = [
@@ -41,22 +44,8 @@ const MEDPY: [[[f64; 4]; 2]; 2] = [
     ],
 ];
 
-fn shared_data() -> PathBuf {
-    std::env::var_os("DUOSEG_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-}
-
-#[test]
-fn la_label_matches_medpy() {
-    let path = shared_data().join(format!("la2018/labelsTr/{CASE}.nii.gz"));
-    if !path.exists() {
-        println!(
-            "skipping la_label_matches_medpy: {} not found",
-            path.display()
-        );
-        return;
-    }
+pub fn la_label_matches_medpy(root: &Path) {
+    let path = root.join(format!("la2018/labelsTr/{CASE}.nii.gz"));
     let volume = duoseg_io::read_volume(&path).unwrap();
     assert_eq!(volume.spacing, [0.625; 3]);
     let [n0, n1, n2] = volume.shape;

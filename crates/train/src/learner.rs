@@ -1,0 +1,319 @@
+//! The training loop (SPEC section 2) as short named steps: set up (or resume), then per iteration
+//! take a batch, let the method compute the loss, check it, take an SGD step, log, checkpoint.
+//!
+//! Reproducibility: every random draw of iteration `t` (crop choice, crop offsets, augmentation, the
+//! contrastive loss's voxel sampling, the Dropout3d masks of each net) comes from a stream seeded by
+//! `(seed, t)`, so the RNG state of a checkpoint is just `(seed, iteration)`, and weights are initialised
+//! from `seed` too. On the CPU a resumed run therefore equals the uninterrupted one exactly.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use duoseg_io::loader::{Loader, LoaderConfig};
+
+use crate::checkpoint::{self, CheckpointMeta, MOMENTUM, NET_A, NET_B};
+use crate::config::TrainConfig;
+use crate::data::TrainData;
+use crate::error::{Result, TrainError};
+use crate::method::{self, StepBatch, TrainingMethod};
+use crate::nets::Nets;
+use crate::run::{LogRecord, LogWriter, RunDir};
+use crate::sgd::Sgd;
+
+/// Receives progress; the CLI renders it (the library never prints).
+pub trait Observer {
+    /// After every iteration, with the log record and t_max.
+    fn iteration(&mut self, _rec: &LogRecord, _total: usize) {}
+    /// A notable event (checkpoint written, resumed, evaluation progress).
+    fn message(&mut self, _msg: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// All iterations done; `final.safetensors` written.
+    Completed,
+    /// Stopped by the stop flag (Ctrl-C) after this many iterations; a checkpoint was written.
+    Interrupted(usize),
+}
+
+/// Run-time options that are not part of the config.
+pub struct TrainOptions<'a> {
+    /// The run folder.
+    pub run: RunDir,
+    /// Device for both nets.
+    pub device: Device,
+    /// Continue from the newest checkpoint in `run/checkpoints`.
+    pub resume: bool,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current iteration with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    /// Progress receiver.
+    pub observer: &'a mut dyn Observer,
+}
+
+/// Trains both nets as `cfg` says, writing the run folder; returns how it ended.
+pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<Finish> {
+    Learner::new(cfg, data, opts)?.run()
+}
+
+/// The state of one training run between iterations.
+struct Learner<'c, 'o> {
+    cfg: &'c TrainConfig,
+    run: RunDir,
+    device: Device,
+    stop: Arc<AtomicBool>,
+    observer: &'o mut dyn Observer,
+    students: Nets,
+    method: Box<dyn TrainingMethod>,
+    opt: Sgd,
+    log: LogWriter,
+    loader: Loader,
+    /// Iterations already done (0, or the resumed checkpoint's).
+    start: usize,
+}
+
+impl<'c, 'o> Learner<'c, 'o> {
+    /// Builds the nets, the method and the optimiser, resumes when asked, records the config and
+    /// starts the batch loader.
+    fn new(cfg: &'c TrainConfig, data: &TrainData, opts: TrainOptions<'o>) -> Result<Self> {
+        let TrainOptions {
+            run,
+            device,
+            resume,
+            stop,
+            observer,
+        } = opts;
+        let method = method::for_config(cfg, &device)?;
+        let n_unlabeled = method.unlabeled_per_batch();
+        if data.labeled.is_empty() || (n_unlabeled > 0 && data.unlabeled.is_empty()) {
+            return Err(TrainError::Dataset(format!(
+                "{} needs labeled{} cases; got {} labeled, {} unlabeled",
+                cfg.method.name(),
+                if n_unlabeled > 0 {
+                    " and unlabeled"
+                } else {
+                    ""
+                },
+                data.labeled.len(),
+                data.unlabeled.len()
+            )));
+        }
+        let students = Nets::build(&cfg.model, &device, cfg.seed)?;
+        let opt = Sgd::new(students.trainable()?, &cfg.optim)?;
+        let mut learner_state = (students, method, opt);
+        let start = if resume {
+            resume_from_newest(cfg, &run, &device, &mut learner_state, observer)?
+        } else {
+            0
+        };
+        let (students, method, opt) = learner_state;
+        crate::run::write_json(&run.config(), cfg)?;
+        let log = LogWriter::open(&run.log(), start)?;
+        let loader_cfg = LoaderConfig {
+            patch: cfg.patch,
+            labeled_per_batch: cfg.batch.labeled,
+            unlabeled_per_batch: n_unlabeled,
+            rot_flip: cfg.data.augment,
+            seed: cfg.seed,
+            workers: 1,
+            prefetch: 2,
+        };
+        let unlabeled = if n_unlabeled > 0 {
+            Arc::clone(&data.unlabeled)
+        } else {
+            Arc::from(Vec::new())
+        };
+        let loader = Loader::new(
+            Arc::clone(&data.labeled),
+            unlabeled,
+            loader_cfg,
+            start as u64,
+        )?;
+        Ok(Learner {
+            cfg,
+            run,
+            device,
+            stop,
+            observer,
+            students,
+            method,
+            opt,
+            log,
+            loader,
+            start,
+        })
+    }
+
+    /// Iterates from `start` to `cfg.iterations`, then writes `final.safetensors`.
+    fn run(mut self) -> Result<Finish> {
+        let t_max = self.cfg.iterations;
+        for t in self.start..t_max {
+            let rec = self.step(t)?;
+            self.log
+                .write(&rec)
+                .map_err(TrainError::file(self.run.log()))?;
+            self.observer.iteration(&rec, t_max);
+            let done = t + 1;
+            let interrupted = self.stop.load(Ordering::SeqCst) && done < t_max;
+            let every = self.cfg.checkpoint.every;
+            if (every > 0 && done % every == 0) || interrupted || done == t_max {
+                self.checkpoint(done)?;
+            }
+            if interrupted {
+                return Ok(Finish::Interrupted(done));
+            }
+        }
+        self.save(&self.run.final_weights(), t_max)?;
+        Ok(Finish::Completed)
+    }
+
+    /// Iteration `t` (0-based): batch, loss, checks, SGD step, the method's update; returns the log record.
+    fn step(&mut self, t: usize) -> Result<LogRecord> {
+        let t0 = Instant::now();
+        let batch = self
+            .loader
+            .next()
+            .ok_or(TrainError::LoaderStopped { iteration: t + 1 })??;
+        let crop = self.cfg.patch;
+        let n = batch.n_labeled + batch.n_unlabeled;
+        let images =
+            Tensor::from_vec(batch.image, (n, 1, crop[0], crop[1], crop[2]), &self.device)?;
+        let labels: Vec<u32> = batch.label.iter().map(|&v| u32::from(v)).collect();
+        let labels = Tensor::from_vec(
+            labels,
+            (batch.n_labeled, crop[0], crop[1], crop[2]),
+            &self.device,
+        )?;
+        let step = StepBatch {
+            images: &images,
+            labels: &labels,
+            n_labeled: batch.n_labeled,
+            n_unlabeled: batch.n_unlabeled,
+            iteration: t,
+            total_iterations: self.cfg.iterations,
+            seed: self.cfg.seed,
+        };
+        let loss = self
+            .method
+            .loss(&self.students, &step)
+            .map_err(|e| self.with_last_checkpoint(e))?;
+        let mut terms = loss.terms;
+        if let Some((name, v)) = terms
+            .iter()
+            .find(|(k, v)| !v.is_finite() && k.as_str() != "threshold")
+        {
+            return Err(self.with_last_checkpoint(TrainError::NonFinite {
+                iteration: t + 1,
+                name: name.clone(),
+                value: *v,
+                last_checkpoint: None,
+            }));
+        }
+        let lr = self.cfg.optim.lr_at(t);
+        self.opt.set_lr(lr);
+        let grads = loss.total.backward()?;
+        self.opt.step(&grads)?;
+        self.method.after_update(&self.students)?;
+        let dt = t0.elapsed().as_secs_f64();
+        terms.retain(|_, v| v.is_finite());
+        Ok(LogRecord {
+            iter: t + 1,
+            lr,
+            s_per_step: dt,
+            samples_per_s: n as f64 / dt.max(1e-9),
+            terms,
+        })
+    }
+
+    /// Names the newest checkpoint on disk in a non-finite-loss error.
+    fn with_last_checkpoint(&self, e: TrainError) -> TrainError {
+        match e {
+            TrainError::NonFinite {
+                iteration,
+                name,
+                value,
+                ..
+            } => TrainError::NonFinite {
+                iteration,
+                name,
+                value,
+                last_checkpoint: checkpoint::list(&self.run.checkpoints())
+                    .pop()
+                    .map(|(n, _)| n),
+            },
+            other => other,
+        }
+    }
+
+    /// Writes the checkpoint after `done` iterations and prunes old ones.
+    fn checkpoint(&mut self, done: usize) -> Result<()> {
+        let dir = self.run.checkpoints();
+        let path = checkpoint::iter_path(&dir, done);
+        self.save(&path, done)?;
+        checkpoint::prune(&dir, self.cfg.checkpoint.keep_last)?;
+        self.observer
+            .message(&format!("checkpoint {}", path.display()));
+        Ok(())
+    }
+
+    /// Everything needed to continue: both nets, the momentum buffers, the method's state.
+    fn save(&self, path: &Path, done: usize) -> Result<()> {
+        let mut tensors = self.students.tensors([NET_A, NET_B])?;
+        let state = self.method.save_state(&mut tensors)?;
+        for (n, t) in self.opt.state() {
+            tensors.insert(format!("{MOMENTUM}.{n}"), t);
+        }
+        let meta = CheckpointMeta {
+            iteration: done,
+            seed: self.cfg.seed,
+            config: serde_json::to_value(self.cfg)
+                .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?,
+            state,
+        };
+        checkpoint::save(path, &tensors, &meta)
+    }
+}
+
+/// Restores nets, method state and momentum from the newest checkpoint of the run folder, if any;
+/// returns the iterations it had done.
+fn resume_from_newest(
+    cfg: &TrainConfig,
+    run: &RunDir,
+    device: &Device,
+    (students, method, opt): &mut (Nets, Box<dyn TrainingMethod>, Sgd),
+    observer: &mut dyn Observer,
+) -> Result<usize> {
+    let Some((n, path)) = checkpoint::list(&run.checkpoints()).pop() else {
+        observer.message("no checkpoint to resume from; starting at iteration 0");
+        return Ok(0);
+    };
+    let (tensors, meta) = checkpoint::load(&path, device)?;
+    students.restore(&path, [NET_A, NET_B], &tensors)?;
+    method.load_state(&path, &tensors, &meta.state)?;
+    let momentum = tensors
+        .iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix(&format!("{MOMENTUM}."))
+                .map(|n| (n.to_string(), t.clone()))
+        })
+        .collect();
+    opt.load_state(&momentum)?;
+    if meta.seed != cfg.seed {
+        return Err(TrainError::checkpoint(
+            &path,
+            format!(
+                "checkpoint seed {} differs from the config's {}",
+                meta.seed, cfg.seed
+            ),
+        ));
+    }
+    observer.message(&format!("resumed from {} (iteration {n})", path.display()));
+    Ok(n)
+}

@@ -1,0 +1,219 @@
+//! The two subnetworks as one unit: building them with seeded weights, their trainable variables, the
+//! moving-average (EMA) update, checkpoint round trips and eval-mode prediction.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use duoseg_models::{init_seeded, NetConfig, ResNet34VNet, SegNet, VNet};
+
+use crate::checkpoint::{self, lock_vars};
+use crate::config::{EvalNets, ModelConfig, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::sgd::is_buffer_name;
+
+/// The two subnetworks and their variables.
+pub struct Nets {
+    /// Subnet A, V-Net.
+    pub a: VNet,
+    /// Subnet B, ResNet-34 V-Net.
+    pub b: ResNet34VNet,
+    /// Variables of A (PyTorch names).
+    pub vars_a: VarMap,
+    /// Variables of B (PyTorch names).
+    pub vars_b: VarMap,
+}
+
+/// SplitMix64-style mixing of the run seed with stream identifiers: every random stream of a run
+/// (initialisation, dropout masks, loss sampling) is `mix(seed, t, stream)`.
+pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Nets {
+    /// Builds both nets on `device`, weights drawn from `seed` (`duoseg_models::init_seeded`, one
+    /// stream per net), so that initialisation is reproducible.
+    pub fn build(model: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
+        let cfg = NetConfig {
+            in_channels: 1,
+            n_classes: model.n_classes,
+            base_width: model.base_width,
+            dropout: model.dropout,
+        };
+        let vars_a = VarMap::new();
+        let vars_b = VarMap::new();
+        let a = VNet::new(cfg, VarBuilder::from_varmap(&vars_a, DType::F32, device))?;
+        let b = ResNet34VNet::new(cfg, VarBuilder::from_varmap(&vars_b, DType::F32, device))?;
+        for (i, vm) in [&vars_a, &vars_b].into_iter().enumerate() {
+            init_seeded(vm, mix(seed, i as u64, 0xA11CE))?;
+        }
+        Ok(Nets {
+            a,
+            b,
+            vars_a,
+            vars_b,
+        })
+    }
+
+    /// Loads both nets (and nothing else) from a checkpoint or `final.safetensors`, with its config.
+    pub fn load(path: &Path, device: &Device) -> Result<(TrainConfig, Self)> {
+        let (tensors, meta) = checkpoint::load(path, device)?;
+        let cfg: TrainConfig = serde_json::from_value(meta.config)
+            .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?;
+        let nets = Nets::build(&cfg.model, device, cfg.seed)?;
+        nets.restore(path, [checkpoint::NET_A, checkpoint::NET_B], &tensors)?;
+        Ok((cfg, nets))
+    }
+
+    /// Every tensor of both nets, named `<prefix[0]>.<name>` / `<prefix[1]>.<name>`.
+    pub fn tensors(&self, prefix: [&str; 2]) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = checkpoint::varmap_tensors(prefix[0], &self.vars_a)?;
+        out.extend(checkpoint::varmap_tensors(prefix[1], &self.vars_b)?);
+        Ok(out)
+    }
+
+    /// Sets both nets from `tensors` named as [`Nets::tensors`] names them (read from `path`).
+    pub fn restore(
+        &self,
+        path: &Path,
+        prefix: [&str; 2],
+        tensors: &BTreeMap<String, Tensor>,
+    ) -> Result<()> {
+        checkpoint::restore_varmap(path, prefix[0], &self.vars_a, tensors)?;
+        checkpoint::restore_varmap(path, prefix[1], &self.vars_b, tensors)
+    }
+
+    /// Trainable parameters of both nets, named `net_a.<name>` / `net_b.<name>`.
+    pub fn trainable(&self) -> Result<Vec<(String, Var)>> {
+        let mut out = Vec::new();
+        for (prefix, vm) in [
+            (checkpoint::NET_A, &self.vars_a),
+            (checkpoint::NET_B, &self.vars_b),
+        ] {
+            for (n, v) in lock_vars(vm)?.iter() {
+                if !is_buffer_name(n) {
+                    out.push((format!("{prefix}.{n}"), v.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Draws both nets' Dropout3d masks of the next forward pass from `(seed, t)` streams `streams`.
+    pub fn reseed_dropout(&self, seed: u64, t: usize, streams: [u64; 2]) {
+        self.a.reseed_dropout(mix(seed, t as u64, streams[0]));
+        self.b.reseed_dropout(mix(seed, t as u64, streams[1]));
+    }
+
+    /// `self = m self + (1 - m) live` for every trainable variable (batch-norm buffers: the copies keep
+    /// their own, from their own forward passes).
+    pub fn ema_update(&self, live: &Nets, momentum: f64) -> Result<()> {
+        for (e, l) in [(&self.vars_a, &live.vars_a), (&self.vars_b, &live.vars_b)] {
+            let e = lock_vars(e)?.clone();
+            let l = lock_vars(l)?.clone();
+            for (name, live_var) in l.iter().filter(|(n, _)| !is_buffer_name(n)) {
+                let Some(ema_var) = e.get(name) else {
+                    return Err(TrainError::Tensor(candle_core::Error::Msg(format!(
+                        "the EMA copy lacks variable {name}"
+                    ))));
+                };
+                let mixed = ((ema_var.as_tensor().detach() * momentum)?
+                    + (live_var.as_tensor().detach() * (1.0 - momentum))?)?;
+                ema_var.set(&mixed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Softmax probabilities `[B, K, ...]` of the chosen net(s) in eval mode (both: their mean).
+    pub fn predict_probs(&self, which: EvalNets, x: &Tensor) -> candle_core::Result<Tensor> {
+        let p = |l: Tensor| candle_nn::ops::softmax(&l, 1);
+        match which {
+            EvalNets::A => p(self.a.forward_t(x, false)?.0),
+            EvalNets::B => p(self.b.forward_t(x, false)?.0),
+            EvalNets::Both => {
+                (p(self.a.forward_t(x, false)?.0)? + p(self.b.forward_t(x, false)?.0)?)? * 0.5
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::NET_B;
+
+    #[test]
+    fn seeded_initialisation_is_reproducible() -> Result<()> {
+        let m = ModelConfig {
+            n_classes: 2,
+            base_width: 2,
+            dropout: false,
+        };
+        let a = Nets::build(&m, &Device::Cpu, 3)?;
+        let b = Nets::build(&m, &Device::Cpu, 3)?;
+        let c = Nets::build(&m, &Device::Cpu, 4)?;
+        let ta = checkpoint::varmap_tensors(NET_B, &a.vars_b)?;
+        let tb = checkpoint::varmap_tensors(NET_B, &b.vars_b)?;
+        let tc = checkpoint::varmap_tensors(NET_B, &c.vars_b)?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let mut differs = false;
+        for (k, t) in &ta {
+            assert_eq!(flat(t)?, flat(&tb[k])?, "{k}");
+            differs |= flat(t)? != flat(&tc[k])?;
+        }
+        assert!(differs);
+        // kaiming-normal std sqrt(2 / fan_in) (the 7^3 stem conv, one input channel)
+        let w = flat(&ta["net_b.stem.0.weight"])?;
+        let sd = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
+        let fan_in = ta["net_b.stem.0.weight"].dims()[1..]
+            .iter()
+            .product::<usize>() as f32;
+        assert!((sd / (2.0 / fan_in).sqrt() - 1.0).abs() < 0.2, "std {sd}");
+        Ok(())
+    }
+
+    #[test]
+    fn ema_update_mixes_trainable_variables_only() -> Result<()> {
+        let m = ModelConfig {
+            n_classes: 2,
+            base_width: 2,
+            dropout: false,
+        };
+        let live = Nets::build(&m, &Device::Cpu, 1)?;
+        let ema = Nets::build(&m, &Device::Cpu, 2)?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        // host copies: a variable's tensor shares its storage, which the update overwrites
+        let host = |n: &Nets| -> Result<BTreeMap<String, Vec<f32>>> {
+            n.tensors(["a", "b"])?
+                .iter()
+                .map(|(k, t)| Ok((k.clone(), flat(t)?)))
+                .collect()
+        };
+        let (before, live_t) = (host(&ema)?, host(&live)?);
+        ema.ema_update(&live, 0.75)?;
+        let mut mixed = 0;
+        for (k, got) in host(&ema)? {
+            let (e, l) = (&before[&k], &live_t[&k]);
+            for i in 0..got.len() {
+                let want = if is_buffer_name(&k) {
+                    e[i]
+                } else {
+                    0.75 * e[i] + 0.25 * l[i]
+                };
+                assert!(
+                    (got[i] - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{k}[{i}]"
+                );
+            }
+            mixed += usize::from(!is_buffer_name(&k) && e != l);
+        }
+        assert!(mixed > 0);
+        Ok(())
+    }
+}
