@@ -214,3 +214,65 @@ fn evaluate_reports_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn min_dice_is_a_check_with_exit_code_1() {
+    let dir = scratch("min-dice");
+    let gt = boxed([2, 2, 1], [8, 7, 6], 1);
+    let pred = boxed([3, 2, 1], [9, 7, 5], 1);
+    write(&dir.join("pred/case.nii.gz"), &pred);
+    write(&dir.join("label/case.nii.gz"), &gt);
+    let dice = evaluate_labels(
+        &pred,
+        &gt,
+        SHAPE,
+        SPACING,
+        &[1],
+        &MetricDefinition::default(),
+    )
+    .unwrap()["1"]
+        .dice;
+    assert!(dice > 0.5 && dice < 0.9, "{dice}");
+    let run = |min: &str| {
+        duoseg(&[
+            "evaluate",
+            "--pred",
+            s(&dir.join("pred")),
+            "--label",
+            s(&dir.join("label")),
+            "--min-dice",
+            min,
+        ])
+    };
+    assert_eq!(run("0.5").status.code(), Some(0));
+    let failed = run("0.9");
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("check failed: mean Dice"), "{stderr}");
+    // out of [0, 1] is a usage error, not a check
+    assert_eq!(run("1.5").status.code(), Some(2));
+}
+
+#[test]
+fn json_output_never_replaces_a_non_regular_file() {
+    let dir = scratch("json-dir");
+    let gt = boxed([2, 2, 1], [8, 7, 6], 1);
+    write(&dir.join("pred/case.nii.gz"), &gt);
+    write(&dir.join("label/case.nii.gz"), &gt);
+    let target = dir.join("a-folder.json");
+    std::fs::create_dir_all(&target).unwrap();
+    let out = duoseg(&[
+        "evaluate",
+        "--pred",
+        s(&dir.join("pred")),
+        "--label",
+        s(&dir.join("label")),
+        "--json",
+        s(&target),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(target.is_dir());
+}
