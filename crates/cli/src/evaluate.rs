@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use duoseg_metrics::{
-    evaluate_labels, foreground_classes, summarize, EmptyRule, EvaluationReport,
+    evaluate_labels, foreground_classes, per_case_table, summarize, EmptyRule, EvaluationReport,
     HausdorffDefinition, MetricDefinition,
 };
 use duoseg_train::run::RunDir;
@@ -164,7 +164,7 @@ pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
         cases.insert(pair.case.clone(), metrics);
     }
     let report = summarize(definition, cases);
-    print!("{}", table(&report));
+    print!("{}", per_case_table(&report));
     if let Some(path) = &args.json {
         write_json_atomic(path, &report)?;
         eprintln!("wrote {}", path.display());
@@ -215,7 +215,7 @@ fn run_again(args: &EvaluateArgs, dir: &Path) -> Result<crate::Outcome> {
     let (cfg, report) =
         duoseg_train::reevaluate_run(&run, nets, args.data.as_deref(), &device, &mut Silent)
             .with_context(|| format!("cannot evaluate {}", dir.display()))?;
-    print!("{}", table(&report));
+    print!("{}", per_case_table(&report));
     eprintln!(
         "{}: final model, nets {:?}, {} test cases",
         dir.display(),
@@ -322,83 +322,6 @@ fn pair_files(pred: &Path, label: &Path) -> Result<Vec<Pair>> {
             Ok(pairs)
         }
     }
-}
-
-fn fmt(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
-}
-
-/// The per-case table, then mean +- std (n) per class, then the undefined cases.
-fn table(report: &EvaluationReport) -> String {
-    const COLUMNS: [&str; 9] = [
-        "dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm", "assd_mm", "hd_mm", "nsd",
-    ];
-    let width = report
-        .cases
-        .keys()
-        .map(String::len)
-        .chain([12])
-        .max()
-        .unwrap_or(12);
-    let mut out = format!("{:<width$}  {:>5}", "case", "class");
-    for c in COLUMNS {
-        out += &format!("  {c:>9}");
-    }
-    out.push('\n');
-    for (case, classes) in &report.cases {
-        for (class, metrics) in classes {
-            out += &format!("{case:<width$}  {class:>5}");
-            for (_, v) in metrics.values() {
-                out += &format!("  {:>9}", fmt(v));
-            }
-            out.push('\n');
-        }
-    }
-    out.push('\n');
-    for (class, stats) in &report.summary {
-        for (label, pick) in [("mean", 0), ("std", 1), ("n", 2)] {
-            out += &format!("{label:<width$}  {class:>5}");
-            for c in COLUMNS {
-                let cell = stats.get(c).map_or("-".to_string(), |s| match pick {
-                    0 => fmt(s.mean),
-                    1 => fmt(s.std),
-                    _ => s.n.to_string(),
-                });
-                out += &format!("  {cell:>9}");
-            }
-            out.push('\n');
-        }
-    }
-    for (class, stats) in &report.summary {
-        let mean_std = |m: &str| {
-            stats.get(m).map_or("-".to_string(), |s| {
-                format!("{} +- {}", fmt(s.mean), fmt(s.std))
-            })
-        };
-        out += &format!(
-            "class {class}: dice {}, jaccard {}, hd95 {} vox, asd {} vox\n",
-            mean_std("dice"),
-            mean_std("jaccard"),
-            mean_std("hd95_vox"),
-            mean_std("asd_vox")
-        );
-    }
-    if report.undefined.is_empty() {
-        out += "undefined: none\n";
-    } else {
-        out += &format!(
-            "undefined ({}, HD95/ASD {}):\n",
-            report.undefined.len(),
-            match report.definition.empty {
-                EmptyRule::Medpy => "left out of the means",
-                EmptyRule::ReferenceZeros => "scored 0 by --reference-zeros",
-            }
-        );
-        for u in &report.undefined {
-            out += &format!("  {} class {}: {}\n", u.case, u.class, u.empty.reason());
-        }
-    }
-    out
 }
 
 fn write_json_atomic(path: &Path, report: &EvaluationReport) -> Result<()> {

@@ -48,7 +48,8 @@ pub use edt::edt;
 pub use error::Error;
 pub use labels::{evaluate_class, evaluate_labels, foreground_classes, ClassMetrics};
 pub use report::{
-    summarize, summary_markdown, table_rows, EvaluationReport, Stat, UndefinedEntry, TABLE_HEADER,
+    per_case_table, summarize, summary_markdown, table_rows, EvaluationReport, Stat,
+    UndefinedEntry, TABLE_HEADER,
 };
 pub use surface::surface;
 

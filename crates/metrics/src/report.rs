@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::definition::{EmptyCase, MetricDefinition};
+use crate::definition::{EmptyCase, EmptyRule, MetricDefinition};
 use crate::labels::ClassMetrics;
 
 /// Mean, population standard deviation (numpy's default `ddof=0`) and count of the defined values.
@@ -183,6 +183,84 @@ pub fn summary_markdown(title: &str, rows: &[(String, &EvaluationReport)]) -> St
     s
 }
 
+fn fmt4(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+}
+
+/// Plain-text rendering (`duoseg evaluate`): one row per case and class with every metric, then mean,
+/// std and n per class, then the undefined cases.
+pub fn per_case_table(report: &EvaluationReport) -> String {
+    const COLUMNS: [&str; 9] = [
+        "dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm", "assd_mm", "hd_mm", "nsd",
+    ];
+    let width = report
+        .cases
+        .keys()
+        .map(String::len)
+        .chain([12])
+        .max()
+        .unwrap_or(12);
+    let mut out = format!("{:<width$}  {:>5}", "case", "class");
+    for c in COLUMNS {
+        out += &format!("  {c:>9}");
+    }
+    out.push('\n');
+    for (case, classes) in &report.cases {
+        for (class, metrics) in classes {
+            out += &format!("{case:<width$}  {class:>5}");
+            for (_, v) in metrics.values() {
+                out += &format!("  {:>9}", fmt4(v));
+            }
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    for (class, stats) in &report.summary {
+        for (label, pick) in [("mean", 0), ("std", 1), ("n", 2)] {
+            out += &format!("{label:<width$}  {class:>5}");
+            for c in COLUMNS {
+                let cell = stats.get(c).map_or("-".to_string(), |s| match pick {
+                    0 => fmt4(s.mean),
+                    1 => fmt4(s.std),
+                    _ => s.n.to_string(),
+                });
+                out += &format!("  {cell:>9}");
+            }
+            out.push('\n');
+        }
+    }
+    for (class, stats) in &report.summary {
+        let mean_std = |m: &str| {
+            stats.get(m).map_or("-".to_string(), |s| {
+                format!("{} +- {}", fmt4(s.mean), fmt4(s.std))
+            })
+        };
+        out += &format!(
+            "class {class}: dice {}, jaccard {}, hd95 {} vox, asd {} vox\n",
+            mean_std("dice"),
+            mean_std("jaccard"),
+            mean_std("hd95_vox"),
+            mean_std("asd_vox")
+        );
+    }
+    if report.undefined.is_empty() {
+        out += "undefined: none\n";
+    } else {
+        out += &format!(
+            "undefined ({}, HD95/ASD {}):\n",
+            report.undefined.len(),
+            match report.definition.empty {
+                EmptyRule::Medpy => "left out of the means",
+                EmptyRule::ReferenceZeros => "scored 0 by --reference-zeros",
+            }
+        );
+        for u in &report.undefined {
+            out += &format!("  {} class {}: {}\n", u.case, u.class, u.empty.reason());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +316,51 @@ mod tests {
         assert_eq!(json["definition"]["hausdorff"], "medpy_pooled");
         let back: EvaluationReport = serde_json::from_value(json).unwrap();
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn renderers_show_the_same_numbers() {
+        let mut cases = BTreeMap::new();
+        cases.insert(
+            "a".to_string(),
+            BTreeMap::from([
+                ("1".to_string(), class(0.8, Some(2.0), None)),
+                ("2".to_string(), class(0.6, Some(4.0), None)),
+            ]),
+        );
+        cases.insert(
+            "b".to_string(),
+            BTreeMap::from([
+                (
+                    "1".to_string(),
+                    class(0.0, None, Some(EmptyCase::Prediction)),
+                ),
+                ("2".to_string(), class(0.4, Some(6.0), None)),
+            ]),
+        );
+        let report = summarize(MetricDefinition::default(), cases);
+        let rows = table_rows("m", &report);
+        // one row per class (a "mean" row comes last when the report has one)
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(
+            rows[0].starts_with("| m | 1 | 40.00 ± 40.00 |"),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            rows[1].starts_with("| m | 2 | 50.00 ± 10.00 |"),
+            "{}",
+            rows[1]
+        );
+        let md = summary_markdown("t", &[("m".to_string(), &report)]);
+        assert!(md.starts_with("# t\n") && md.contains(TABLE_HEADER));
+        assert!(rows.iter().all(|r| md.contains(r.as_str())));
+        assert!(
+            md.contains("m: 2 test cases; 1 case/class pairs with an empty side"),
+            "{md}"
+        );
+        let text = per_case_table(&report);
+        assert!(text.contains("0.8000") && text.contains("0.4000"), "{text}");
+        assert!(text.contains("  b class 1: empty prediction"), "{text}");
     }
 }
