@@ -318,3 +318,89 @@ fn cli_train_reports_errors_in_one_line() {
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("Examples:"));
 }
+
+/// An nnU-Net v2 folder of phantoms: 3 labelled cases (imagesTr + labelsTr), one image in imagesTr
+/// without a label and one in imagesUnlabeled/.
+fn nnunet_folder(dir: &Path) {
+    let set = duoseg_train::phantom::PhantomConfig {
+        shape: [20, 18, 16],
+        labeled: 5,
+        unlabeled: 0,
+        test: 0,
+        seed: 9,
+        noise: 0.2,
+    }
+    .generate();
+    for d in ["imagesTr", "labelsTr", "imagesUnlabeled"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("dataset.json"),
+        r#"{"file_ending": ".nii.gz", "labels": {"background": 0, "organ": 1}}"#,
+    )
+    .unwrap();
+    for (i, c) in set.labeled.iter().enumerate() {
+        let vol = duoseg_io::Volume::from_data(c.shape, [1.0; 3], c.image.clone()).unwrap();
+        let (image, label) = match i {
+            0..=2 => (format!("imagesTr/c{i}_0000.nii.gz"), true),
+            3 => ("imagesTr/u3_0000.nii.gz".to_string(), false),
+            _ => ("imagesUnlabeled/u4.nii.gz".to_string(), false),
+        };
+        duoseg_io::write_probabilities(dir.join(image), c.shape, &c.image, &vol).unwrap();
+        if label {
+            let p = dir.join(format!("labelsTr/c{i}.nii.gz"));
+            duoseg_io::write_labels(p, c.shape, &c.label, &vol).unwrap();
+        }
+    }
+}
+
+#[test]
+fn images_without_labels_train_as_unlabeled_and_the_run_records_the_roles() {
+    let root = tmp("nnunet-data");
+    nnunet_folder(&root);
+    let mut cfg = tiny_config(2, false);
+    cfg.data.synthetic = None;
+    cfg.data.root = Some(root.clone());
+    cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
+    cfg.validate().unwrap();
+    let data = data::load(&cfg.data, None).unwrap();
+    let roles = data.roles();
+    assert_eq!(roles.labeled, ["c0"]);
+    assert_eq!(roles.unlabeled, ["c1", "u3", "u4"]);
+    assert_eq!(roles.test, ["c2"]);
+    assert!(data.unlabeled.iter().all(|c| c.label.is_none()));
+
+    let dir = tmp("nnunet-run");
+    let finish = duoseg_train::train(&cfg, &data, opts(&dir, false, false, &mut Silent)).unwrap();
+    assert_eq!(finish, Finish::Completed);
+    let recorded: data::CaseRoles =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("split.json")).unwrap()).unwrap();
+    assert_eq!(recorded, roles);
+
+    // a list file names the labeled cases; one without a label is refused, naming it
+    std::fs::write(root.join("labeled.list"), "c1\nc0\n").unwrap();
+    cfg.data.labeled = duoseg_train::config::LabeledCases::List("labeled.list".into());
+    let roles = data::load(&cfg.data, None).unwrap().roles();
+    assert_eq!(roles.labeled, ["c1", "c0"]);
+    assert_eq!(roles.unlabeled, ["u3", "u4"]);
+    std::fs::write(root.join("labeled.list"), "c0\nu3\n").unwrap();
+    let err = data::load(&cfg.data, None).unwrap_err().to_string();
+    assert!(err.contains("u3") && err.contains("no label"), "{err}");
+
+    // more labeled cases than have labels, and a semi-supervised run without unlabeled data
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(3);
+    let err = data::load(&cfg.data, None).unwrap_err().to_string();
+    assert!(err.contains("3 labeled cases requested"), "{err}");
+    std::fs::remove_file(root.join("imagesTr/u3_0000.nii.gz")).unwrap();
+    std::fs::remove_file(root.join("imagesUnlabeled/u4.nii.gz")).unwrap();
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(2);
+    let data = data::load(&cfg.data, None).unwrap();
+    assert!(data.unlabeled.is_empty());
+    let err = duoseg_train::train(&cfg, &data, opts(&dir, false, false, &mut Silent))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no unlabeled case"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

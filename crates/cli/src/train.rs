@@ -156,7 +156,7 @@ pub fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
         cfg.iterations = n;
     }
     if let Some(n) = args.labeled {
-        cfg.data.labeled = n;
+        cfg.data.labeled = duoseg_train::config::LabeledCases::Count(n);
         if let Some(s) = cfg.data.synthetic.as_mut() {
             s.labeled = n;
         }

@@ -212,6 +212,66 @@ pub fn split_labeled_by_list(train: &[String], labeled: &[String]) -> Result<Lab
     })
 }
 
+/// The images of an MSD / nnU-Net folder that have no label: those of `imagesTr/` whose case has no
+/// entry in `labelled`, and every image of `imagesUnlabeled/` (whose ids must not repeat a labelled
+/// case). Names are `<id>_0000<ending>` (nnU-Net) or `<id><ending>`; other channels of a case (`_0001`
+/// beside its `_0000`) and hidden files are skipped. Sorted by id.
+fn unlabeled_images(root: &Path, ending: &str, labelled: &[Case]) -> Result<Vec<Case>> {
+    let known: BTreeSet<&str> = labelled.iter().map(|c| c.id.as_str()).collect();
+    let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (folder, extra_only) in [("imagesTr", false), ("imagesUnlabeled", true)] {
+        let dir = root.join(folder);
+        if !dir.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+            let path = entry.map_err(|e| io_err(&dir, e))?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Some(stem) = name.strip_suffix(ending).filter(|_| !name.starts_with('.')) else {
+                continue;
+            };
+            let id = match stem.rsplit_once('_') {
+                Some((id, "0000")) => id,
+                // another channel of a multi-channel case (its `_0000` file stands beside it)
+                Some((id, ch))
+                    if ch.len() == 4
+                        && ch.bytes().all(|b| b.is_ascii_digit())
+                        && dir.join(format!("{id}_0000{ending}")).is_file() =>
+                {
+                    continue;
+                }
+                _ => stem,
+            };
+            if known.contains(id) {
+                if extra_only {
+                    return Err(ds_err(
+                        &path,
+                        format!("case {id:?} is labelled in labelsTr/ and also in {folder}/"),
+                    ));
+                }
+                continue;
+            }
+            if let Some(previous) = found.insert(id.to_string(), path.clone()) {
+                return Err(ds_err(
+                    &path,
+                    format!("case {id:?} also stands at {}", previous.display()),
+                ));
+            }
+        }
+    }
+    Ok(found
+        .into_iter()
+        .map(|(id, image)| Case {
+            id,
+            image,
+            label: None,
+        })
+        .collect())
+}
+
 fn exists_or_missing(manifest: &Path, p: PathBuf) -> Result<PathBuf> {
     if p.is_file() {
         Ok(p)
@@ -357,6 +417,7 @@ impl Dataset {
         if cases.is_empty() {
             return Err(ds_err(&manifest, "no training cases"));
         }
+        cases.extend(unlabeled_images(root, &ending, &cases)?);
         let mut label_names = BTreeMap::new();
         if let Some(serde_json::Value::Object(map)) = v.get("labels") {
             for (k, val) in map {
@@ -470,6 +531,29 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// Whether case `id` has a label (h5 cases always do).
+    pub fn is_labelled(&self, id: &str) -> bool {
+        self.layout == Layout::H5 || self.case(id).is_ok_and(|c| c.label.is_some())
+    }
+
+    /// Ids of the cases with a label, sorted.
+    pub fn labelled_ids(&self) -> Vec<String> {
+        self.cases
+            .iter()
+            .filter(|c| self.layout == Layout::H5 || c.label.is_some())
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// Ids of the cases without a label (images only), sorted.
+    pub fn unlabelled_ids(&self) -> Vec<String> {
+        self.cases
+            .iter()
+            .filter(|c| self.layout != Layout::H5 && c.label.is_none())
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     /// All case ids, sorted.
     pub fn ids(&self) -> Vec<String> {
         self.cases.iter().map(|c| c.id.clone()).collect()
@@ -548,6 +632,41 @@ mod tests {
         write_probabilities(img, shape, &image.data, &image).unwrap();
         let labels: Vec<u8> = (0..24).map(|i| (i % 3) as u8).collect();
         write_labels(lab, shape, &labels, &image).unwrap();
+    }
+
+    #[test]
+    fn images_without_labels_are_unlabelled_cases() {
+        let root = scratch("msd-unlabelled");
+        for d in ["imagesTr", "labelsTr", "imagesUnlabeled"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("dataset.json"), r#"{"file_ending": ".nii.gz"}"#).unwrap();
+        let scratch_label = root.join("scratch.nii.gz");
+        write_pair(
+            &root.join("imagesTr/case_0001_0000.nii.gz"),
+            &root.join("labelsTr/case_0001.nii.gz"),
+        );
+        // an image without label, with a second channel that is not a case of its own
+        write_pair(&root.join("imagesTr/u1_0000.nii.gz"), &scratch_label);
+        write_pair(&root.join("imagesTr/u1_0001.nii.gz"), &scratch_label);
+        // a plain name whose last part looks like a channel but has no _0000 beside it
+        write_pair(&root.join("imagesTr/scan_0002.nii.gz"), &scratch_label);
+        write_pair(&root.join("imagesTr/.hidden_0000.nii.gz"), &scratch_label);
+        write_pair(&root.join("imagesUnlabeled/u2.nii.gz"), &scratch_label);
+        let ds = Dataset::open(&root).unwrap();
+        assert_eq!(ds.ids(), ids(&["case_0001", "scan_0002", "u1", "u2"]));
+        assert_eq!(ds.labelled_ids(), ids(&["case_0001"]));
+        assert_eq!(ds.unlabelled_ids(), ids(&["scan_0002", "u1", "u2"]));
+        assert!(ds.is_labelled("case_0001") && !ds.is_labelled("u2"));
+        let u1 = ds.load("u1").unwrap();
+        assert!(u1.label.is_none() && u1.image.data.len() == 24);
+        // a labelled case may not also stand in imagesUnlabeled/
+        write_pair(
+            &root.join("imagesUnlabeled/case_0001.nii.gz"),
+            &scratch_label,
+        );
+        let e = Dataset::open(&root).unwrap_err();
+        assert!(e.to_string().contains("imagesUnlabeled"), "{e}");
     }
 
     #[test]

@@ -82,15 +82,15 @@ impl std::str::FromStr for Method {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Split {
     /// `dataset.json` has `train` and `test` lists of case ids (LA): labeled = the first `labeled`
-    /// train cases, unlabeled = the rest, test = the test list.
+    /// train cases that have a label, unlabeled = the rest, test = the test list.
     Lists,
     /// Fold `fold` of `folds.json` (`folds[i].train` / `.test`), labeled = first `labeled` of train.
     Fold {
         /// Fold index.
         fold: usize,
     },
-    /// MSD `training` entries in file order; the last `test` are held out, the first `labeled` of the
-    /// rest are labeled, the others unlabeled (for datasets without an official split, e.g. hippocampus).
+    /// The labelled cases in id order; the last `test` are held out, the first `labeled` of the rest
+    /// are labeled, the others unlabeled (for datasets without an official split, e.g. hippocampus).
     Holdout {
         /// Number of held-out test cases.
         test: usize,
@@ -98,6 +98,27 @@ pub enum Split {
 }
 
 pub use duoseg_io::Normalize;
+
+/// Which training cases are labeled: a count (the first N of the training list that have a label,
+/// the literature's convention) or a file listing case ids, one per line. In JSON a number or a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LabeledCases {
+    /// The first N training cases that have a label.
+    Count(usize),
+    /// The cases named in this file (relative paths: from the dataset folder, else the current one).
+    List(PathBuf),
+}
+
+impl LabeledCases {
+    /// The count, when the config gives one.
+    pub fn count(&self) -> Option<usize> {
+        match self {
+            LabeledCases::Count(n) => Some(*n),
+            LabeledCases::List(_) => None,
+        }
+    }
+}
 
 /// Where the data comes from and how it is prepared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,8 +133,9 @@ pub struct DataConfig {
     pub synthetic: Option<PhantomConfig>,
     /// Labeled / unlabeled / test split.
     pub split: Split,
-    /// Number of labeled training cases (`--labeled` overrides it).
-    pub labeled: usize,
+    /// Which training cases keep their labels: a count or a list file (`--labeled N` overrides it).
+    /// Every other training case, and every image without a label, is unlabeled.
+    pub labeled: LabeledCases,
     /// Intensity normalisation.
     #[serde(default)]
     pub normalize: Normalize,
@@ -369,7 +391,7 @@ impl TrainConfig {
                 return bad(format!("ema_teacher {m}: the momentum must lie in [0, 1)"));
             }
         }
-        if self.data.labeled == 0 {
+        if self.data.labeled == LabeledCases::Count(0) {
             return bad("data.labeled must be positive".into());
         }
         if self.data.root.is_none() && self.data.synthetic.is_none() {
@@ -379,9 +401,9 @@ impl TrainConfig {
             return bad("data.pad_to_multiple must be at least 1".into());
         }
         if let Some(s) = &self.data.synthetic {
-            if s.labeled != self.data.labeled {
+            if self.data.labeled.count() != Some(s.labeled) {
                 return bad(format!(
-                    "data.labeled {} differs from data.synthetic.labeled {}",
+                    "data.labeled {:?} differs from data.synthetic.labeled {}",
                     self.data.labeled, s.labeled
                 ));
             }
@@ -474,7 +496,10 @@ mod tests {
         let cfg = TrainConfig::load(&configs_dir().join("la.json")).unwrap();
         assert_eq!(cfg.patch, [112, 112, 80]);
         assert_eq!(cfg.eval.stride, [18, 18, 4]);
-        assert_eq!((cfg.iterations, cfg.data.labeled), (6000, 16));
+        assert_eq!(
+            (cfg.iterations, cfg.data.labeled.clone()),
+            (6000, LabeledCases::Count(16))
+        );
         assert_eq!(cfg.optim, OptimConfig::default());
         assert_eq!((cfg.batch.labeled, cfg.batch.unlabeled), (2, 2));
         assert_eq!(cfg.method, Method::Duoseg);

@@ -7,7 +7,11 @@ use std::sync::Arc;
 pub use duoseg_io::prepared::{crop_back, pad_to_multiple};
 use duoseg_io::PreparedCase;
 
-use crate::config::{DataConfig, Split};
+use std::collections::BTreeSet;
+
+use duoseg_io::dataset::LabeledSplit;
+
+use crate::config::{DataConfig, LabeledCases, Split};
 use crate::error::{Result, TrainError};
 use crate::phantom::PhantomCase;
 
@@ -98,10 +102,10 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
             (f.train.clone(), f.test.clone())
         }
         Split::Holdout { test } => {
-            let ids = ds.ids();
+            let ids = ds.labelled_ids();
             if *test >= ids.len() {
                 return Err(TrainError::Dataset(format!(
-                    "holdout of {test} cases leaves no training case among {}",
+                    "holdout of {test} cases leaves no training case among the {} labelled ones",
                     ids.len()
                 )));
             }
@@ -109,13 +113,7 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
             (ids[..cut].to_vec(), ids[cut..].to_vec())
         }
     };
-    if cfg.labeled > train.len() {
-        return Err(TrainError::Dataset(format!(
-            "{} labeled cases requested, the training list has {}",
-            cfg.labeled,
-            train.len()
-        )));
-    }
+    let assigned = assign(&ds, &cfg.labeled, &train, &test)?;
     let get = |id: &String, keep_label: bool| -> Result<PreparedCase> {
         let s = ds.load(id)?;
         if keep_label && s.label.is_none() {
@@ -124,14 +122,95 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
         prepare(s.id, s.image, if keep_label { s.label } else { None }, cfg)
     };
     Ok(TrainData {
-        labeled: train[..cfg.labeled]
+        labeled: assigned
+            .labeled
             .iter()
             .map(|id| get(id, true))
             .collect::<Result<_>>()?,
-        unlabeled: train[cfg.labeled..]
+        unlabeled: assigned
+            .unlabeled
             .iter()
             .map(|id| get(id, false))
             .collect::<Result<_>>()?,
         test: test.iter().map(|id| get(id, true)).collect::<Result<_>>()?,
     })
+}
+
+/// The case ids of a run's three roles, as `split.json` of the run folder records them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaseRoles {
+    /// Training cases whose labels are used.
+    pub labeled: Vec<String>,
+    /// Training cases used without labels.
+    pub unlabeled: Vec<String>,
+    /// Held-out test cases.
+    pub test: Vec<String>,
+}
+
+impl TrainData {
+    /// The ids of each role.
+    pub fn roles(&self) -> CaseRoles {
+        let names = |cases: &[PreparedCase]| cases.iter().map(|c| c.name.clone()).collect();
+        CaseRoles {
+            labeled: names(&self.labeled),
+            unlabeled: names(&self.unlabeled),
+            test: names(&self.test),
+        }
+    }
+}
+
+/// Divides the training ids into labeled and unlabeled: labeled = the first N of `train` that have a
+/// label (or the ids of a list file); unlabeled = the other training cases (labels dropped) followed by
+/// the dataset's images without labels that no list names. Test cases must all have labels.
+fn assign(
+    ds: &duoseg_io::Dataset,
+    labeled: &LabeledCases,
+    train: &[String],
+    test: &[String],
+) -> Result<LabeledSplit> {
+    if let Some(id) = test.iter().find(|id| !ds.is_labelled(id)) {
+        return Err(TrainError::case(id, "is a test case but has no label"));
+    }
+    let with_label: Vec<String> = train
+        .iter()
+        .filter(|id| ds.is_labelled(id))
+        .cloned()
+        .collect();
+    let chosen = match labeled {
+        LabeledCases::Count(n) => {
+            if *n > with_label.len() {
+                return Err(TrainError::Dataset(format!(
+                    "{n} labeled cases requested, the training list has {} with a label",
+                    with_label.len()
+                )));
+            }
+            with_label[..*n].to_vec()
+        }
+        LabeledCases::List(path) => {
+            let path = if path.is_relative() && ds.root.join(path).is_file() {
+                ds.root.join(path)
+            } else {
+                path.clone()
+            };
+            let ids = duoseg_io::dataset::read_list(&path)?;
+            if let Some(id) = ids.iter().find(|id| !ds.is_labelled(id)) {
+                return Err(TrainError::case(
+                    id,
+                    format!(
+                        "is listed as labeled in {} but has no label",
+                        path.display()
+                    ),
+                ));
+            }
+            ids
+        }
+    };
+    let mut roles = duoseg_io::dataset::split_labeled_by_list(train, &chosen)?;
+    let listed: BTreeSet<&String> = train.iter().chain(test).collect();
+    roles.unlabeled.extend(
+        ds.unlabelled_ids()
+            .into_iter()
+            .filter(|id| !listed.contains(id)),
+    );
+    Ok(roles)
 }

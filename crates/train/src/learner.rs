@@ -92,17 +92,19 @@ impl<'c, 'o> Learner<'c, 'o> {
         } = opts;
         let method = method::for_config(cfg, &device)?;
         let n_unlabeled = method.unlabeled_per_batch();
-        if data.labeled.is_empty() || (n_unlabeled > 0 && data.unlabeled.is_empty()) {
+        if data.labeled.is_empty() {
             return Err(TrainError::Dataset(format!(
-                "{} needs labeled{} cases; got {} labeled, {} unlabeled",
+                "{} needs labeled cases; the data has none",
+                cfg.method.name()
+            )));
+        }
+        if n_unlabeled > 0 && data.unlabeled.is_empty() {
+            return Err(TrainError::Dataset(format!(
+                "{} is semi-supervised but the data has no unlabeled case ({} labeled): add images \
+                 without labels (imagesTr/ without a label, or imagesUnlabeled/), label fewer cases \
+                 (data.labeled), or train --method supervised",
                 cfg.method.name(),
-                if n_unlabeled > 0 {
-                    " and unlabeled"
-                } else {
-                    ""
-                },
-                data.labeled.len(),
-                data.unlabeled.len()
+                data.labeled.len()
             )));
         }
         let students = Nets::build(&cfg.model, &device, cfg.seed)?;
@@ -115,6 +117,8 @@ impl<'c, 'o> Learner<'c, 'o> {
         };
         let (students, method, opt) = learner_state;
         crate::run::write_json(&run.config(), cfg)?;
+        crate::run::write_json(&run.split(), &data.roles())?;
+        crate::run::write_json(&run.split(), &data.roles())?;
         let log = LogWriter::open(&run.log(), start)?;
         let loader_cfg = LoaderConfig {
             patch: cfg.patch,

@@ -26,6 +26,10 @@ impl RunDir {
     pub fn config(&self) -> PathBuf {
         self.root.join("config.json")
     }
+    /// `split.json`: which cases were labeled, unlabeled and test.
+    pub fn split(&self) -> PathBuf {
+        self.root.join("split.json")
+    }
     /// `log.jsonl`.
     pub fn log(&self) -> PathBuf {
         self.root.join("log.jsonl")
