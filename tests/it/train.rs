@@ -404,3 +404,48 @@ fn images_without_labels_train_as_unlabeled_and_the_run_records_the_roles() {
     std::fs::remove_dir_all(&root).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bad_label_values_stop_the_run_before_training_and_inspect_lists_them() {
+    let root = tmp("bad-labels");
+    nnunet_folder(&root);
+    // c1's label gets a value 2: outside dataset.json's labels and >= n_classes 2
+    let p = root.join("labelsTr/c1.nii.gz");
+    let image = duoseg_io::read_volume(root.join("imagesTr/c1_0000.nii.gz")).unwrap();
+    let mut label = duoseg_io::read_labels(&p, Some(&image)).unwrap();
+    label[0] = 2;
+    duoseg_io::write_labels(&p, image.shape, &label, &image).unwrap();
+
+    let mut cfg = tiny_config(2, false);
+    cfg.data.synthetic = None;
+    cfg.data.root = Some(root.clone());
+    cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
+    let dir = tmp("bad-labels-run");
+    let err = duoseg_train::run_training(&cfg, None, opts(&dir, false, false, &mut Silent))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("case c1") && err.contains("[2]"), "{err}");
+    assert!(err.contains("n_classes is 2"), "{err}");
+    assert!(!dir.join("log.jsonl").exists(), "training started");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .arg("inspect")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("error: c1: label values [2]"), "{text}");
+    assert!(text.contains("(3 labelled, 2 unlabelled)"), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .args(["inspect", "--json"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cases"].as_array().unwrap().len(), 5);
+    assert_eq!(v["problems"][0]["case"], "c1");
+    std::fs::remove_dir_all(&root).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

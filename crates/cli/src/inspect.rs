@@ -1,4 +1,5 @@
-//! `duoseg inspect`: shape, spacing, data type and intensity statistics of volume files.
+//! `duoseg inspect`: shape, spacing, data type and intensity statistics of volume files, or the check
+//! of a whole dataset folder.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,9 @@ use duoseg_io::{h5_dataset_names, read_h5_dataset, read_volume, Volume};
 /// of each value.
 ///
 /// Reads .nii, .nii.gz and .h5 (every 3-D dataset of an HDF5 file: `image` and `label` in the LA
-/// distribution). The shape is in the file's axis order (x, y, z). With `--json` each volume is
+/// distribution). A folder is checked as a dataset (any layout of data/README.md): every case read,
+/// label values against dataset.json, spacing and orientation against the other cases; every problem
+/// is listed with its case, and errors make the exit code 1. The shape is in the file's axis order (x, y, z). With `--json` each volume is
 /// one JSON line with the keys `shape`, `spacing`, `dtype`, `min`, `max`, `mean`, `std` (population)
 /// and `labels` (value as string -> count, null for non-integer data), plus `path` (and `dataset`
 /// for HDF5).
@@ -19,12 +22,14 @@ use duoseg_io::{h5_dataset_names, read_h5_dataset, read_volume, Volume};
 #[command(after_help = "Examples:
   duoseg inspect ../shared/data/la2018/imagesTr/06SR5RBREL16DQ6M8LWS.nii.gz
   duoseg inspect --json ../shared/data/la2018/labelsTr/06SR5RBREL16DQ6M8LWS.nii.gz
-  duoseg inspect '../shared/data/la2018-h5-sample/2018LA_Seg_Training Set/ZIJLJAVQV3FJ6JSQOH1E/mri_norm2.h5'")]
+  duoseg inspect '../shared/data/la2018-h5-sample/2018LA_Seg_Training Set/ZIJLJAVQV3FJ6JSQOH1E/mri_norm2.h5'
+  duoseg inspect ../shared/data/hippocampus
+  duoseg inspect --json my-dataset/ > check.json")]
 pub struct InspectArgs {
-    /// Volume files (.nii, .nii.gz, .h5).
+    /// Volume files (.nii, .nii.gz, .h5) or dataset folders.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// One JSON object per volume on stdout instead of text.
+    /// One JSON object per volume (per dataset folder: the whole check) on stdout instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -129,8 +134,92 @@ fn report(path: &Path, dataset: Option<&str>, v: &Volume, json: bool) {
     }
 }
 
+/// Checks a dataset folder; `true` when it has errors.
+fn check_folder(dir: &Path, json: bool) -> Result<bool> {
+    use duoseg_io::check::{check_dataset, Severity};
+    let ds = duoseg_io::Dataset::open(dir)
+        .with_context(|| format!("cannot open {} as a dataset", dir.display()))?;
+    let check = check_dataset(&ds);
+    let errors = check.count(Severity::Error);
+    if json {
+        println!("{}", serde_json::to_string(&check)?);
+        return Ok(errors > 0);
+    }
+    let (labelled, unlabelled) = check.labelled_unlabelled();
+    println!(
+        "{}: {:?} layout, {} readable cases ({labelled} labelled, {unlabelled} unlabelled) of {}",
+        dir.display(),
+        check.layout,
+        check.cases.len(),
+        ds.cases.len()
+    );
+    if !check.label_names.is_empty() {
+        let mut by_value: Vec<(&u8, &String)> =
+            check.label_names.iter().map(|(n, v)| (v, n)).collect();
+        by_value.sort();
+        let names: Vec<String> = by_value.iter().map(|(v, n)| format!("{v} {n}")).collect();
+        println!("  labels       {}", names.join(", "));
+    }
+    if !check.cases.is_empty() {
+        let range = |a: usize| {
+            let it = check.cases.iter().map(|c| c.shape[a]);
+            (it.clone().min().unwrap_or(0), it.max().unwrap_or(0))
+        };
+        let shape: Vec<String> = (0..3)
+            .map(|a| match range(a) {
+                (lo, hi) if lo == hi => lo.to_string(),
+                (lo, hi) => format!("{lo}-{hi}"),
+            })
+            .collect();
+        println!("  shapes       {} (x, y, z)", shape.join(" x "));
+        if let Some([x, y, z]) = check.median_spacing {
+            println!("  spacing      {x} x {y} x {z} mm (median)");
+        }
+        let mut orientations: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in &check.cases {
+            *orientations.entry(c.orientation.as_str()).or_default() += 1;
+        }
+        let o: Vec<String> = orientations
+            .iter()
+            .map(|(k, n)| format!("{k} ({n})"))
+            .collect();
+        println!("  orientation  {}", o.join(", "));
+        let lo = check
+            .cases
+            .iter()
+            .map(|c| c.intensity[0])
+            .fold(f64::INFINITY, f64::min);
+        let hi = check
+            .cases
+            .iter()
+            .map(|c| c.intensity[1])
+            .fold(f64::NEG_INFINITY, f64::max);
+        println!("  intensity    {lo} .. {hi}");
+    }
+    println!(
+        "  problems     {errors} errors, {} warnings",
+        check.count(Severity::Warning)
+    );
+    for p in &check.problems {
+        let level = match p.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        match &p.case {
+            Some(case) => println!("  {level}: {case}: {}", p.message),
+            None => println!("  {level}: {}", p.message),
+        }
+    }
+    Ok(errors > 0)
+}
+
 pub fn run(args: InspectArgs) -> Result<crate::Outcome> {
+    let mut failed = false;
     for path in &args.paths {
+        if path.is_dir() {
+            failed |= check_folder(path, args.json)?;
+            continue;
+        }
         let is_h5 = path.extension().is_some_and(|e| e == "h5" || e == "hdf5");
         if is_h5 {
             let names = h5_dataset_names(path)
@@ -158,5 +247,9 @@ pub fn run(args: InspectArgs) -> Result<crate::Outcome> {
             report(path, None, &v, args.json);
         }
     }
-    Ok(crate::Outcome::Ok)
+    Ok(if failed {
+        crate::Outcome::CheckFailed
+    } else {
+        crate::Outcome::Ok
+    })
 }

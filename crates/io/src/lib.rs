@@ -21,11 +21,13 @@
 //! 8. [`preprocess`], then [`augment`]: voxel operations on buffers.
 //! 9. [`prepared`]: a case normalised and padded once for training and inference ([`PreparedCase`]).
 //! 10. [`dataset`], then [`loader`]: cases, splits, and seeded batches read from prepared cases.
+//! 11. [`check`]: a dataset folder checked case by case (`duoseg inspect DIR`).
 
 // Voxel code indexes several arrays by one axis variable; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
 pub mod augment;
+pub mod check;
 pub mod dataset;
 mod dtype;
 mod error;

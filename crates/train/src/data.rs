@@ -136,6 +136,73 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
     })
 }
 
+/// Checks the dataset folder `cfg` names before anything trains on it (`duoseg_io::check`): any error
+/// (an unreadable case, a label value outside dataset.json's labels or >= `n_classes`, a spacing that is
+/// not positive) stops here, naming the case; the warnings (spacing or orientation unlike the others,
+/// constant images, empty labels) are returned. Synthetic data is not checked.
+pub fn check(cfg: &DataConfig, n_classes: usize, root: Option<&Path>) -> Result<Vec<String>> {
+    use duoseg_io::check::{check_dataset, Severity};
+    if cfg.synthetic.is_some() {
+        return Ok(Vec::new());
+    }
+    let Some(root) = root.or(cfg.root.as_deref()) else {
+        return Err(TrainError::Dataset(
+            "no data folder: give --data DIR or data.root".into(),
+        ));
+    };
+    let ds = duoseg_io::Dataset::open(root)?;
+    let report = check_dataset(&ds);
+    let mut errors: Vec<String> = report
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| match &p.case {
+            Some(c) => format!("case {c}: {}", p.message),
+            None => p.message.clone(),
+        })
+        .collect();
+    for case in &report.cases {
+        if let Some((&v, _)) = case
+            .label_counts
+            .iter()
+            .find(|(&v, _)| usize::from(v) >= n_classes)
+        {
+            errors.push(format!(
+                "case {}: label value {v} but model.n_classes is {n_classes}",
+                case.id
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        let shown = errors
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        let more = errors.len().saturating_sub(5);
+        return Err(TrainError::Dataset(format!(
+            "{}: {} problem(s) (duoseg inspect {} lists them all): {shown}{}",
+            root.display(),
+            errors.len(),
+            root.display(),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok(report
+        .problems
+        .iter()
+        .map(|p| match &p.case {
+            Some(c) => format!("warning: case {c}: {}", p.message),
+            None => format!("warning: {}", p.message),
+        })
+        .collect())
+}
+
 /// The case ids of a run's three roles, as `split.json` of the run folder records them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CaseRoles {

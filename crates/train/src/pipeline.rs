@@ -1,4 +1,5 @@
-//! Everything `duoseg train` does, in order: load the data, train (or resume), evaluate the final model.
+//! Everything `duoseg train` does, in order: check and load the data, train (or resume), evaluate the
+//! final model.
 
 use std::path::Path;
 
@@ -28,6 +29,9 @@ pub fn run_training(
         cfg.name,
         cfg.method.name()
     ));
+    for warning in crate::data::check(&cfg.data, cfg.model.n_classes, data_root)? {
+        observer.message(&warning);
+    }
     let data = crate::data::load(&cfg.data, data_root)?;
     observer.message(&format!(
         "{} labeled, {} unlabeled, {} test cases",
