@@ -174,7 +174,7 @@ fn evaluate_reports_clear_errors() {
         "--label",
         s(&dir.join("label")),
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no label for case lonely"), "{err}");
 
@@ -189,7 +189,7 @@ fn evaluate_reports_clear_errors() {
         "--label",
         s(&dir.join("label/other.nii.gz")),
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("[4, 4, 4]") && err.contains("[12, 10, 8]"),
@@ -207,7 +207,7 @@ fn evaluate_reports_clear_errors() {
         "--label",
         s(&dir.join("label/other.nii.gz")),
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("probs.nii.gz") && err.contains("0.25"),
@@ -270,7 +270,7 @@ fn json_output_never_replaces_a_non_regular_file() {
         "--json",
         s(&target),
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a regular file"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -76,13 +76,13 @@ fn inspect_reports_shape_stats_and_label_counts() {
 }
 
 #[test]
-fn inspect_fails_with_one_line_and_exit_code_2() {
+fn inspect_fails_with_one_line_and_exit_code_1() {
     let dir = scratch("bad");
     let bad = dir.join("bad.nii.gz");
     std::fs::write(&bad, [0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
     for path in [bad, dir.join("missing.nii")] {
         let out = duoseg(&["inspect", path.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(

@@ -185,7 +185,7 @@ fn train_writes_the_whole_run_folder() {
         .arg(dir.join("no-such-run"))
         .output()
         .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("no-such-run"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -448,4 +448,55 @@ fn bad_label_values_stop_the_run_before_training_and_inspect_lists_them() {
     assert_eq!(v["problems"][0]["case"], "c1");
     std::fs::remove_dir_all(&root).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `duoseg train` on the tiny config with many iterations, sends `signal` once the log has a
+/// line, and returns the exit status and the run folder.
+#[cfg(unix)]
+fn train_until_signal(tag: &str, signal: i32) -> (std::process::ExitStatus, PathBuf) {
+    let dir = tmp(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config-in.json");
+    let mut cfg = tiny_config(100_000, false);
+    cfg.checkpoint.every = 0;
+    std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let run = dir.join("run");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .args(["train", "--no-progress", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = run.join("log.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 2) {
+        assert!(t0.elapsed().as_secs() < 120, "no iteration logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    (child.wait().unwrap(), run)
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_and_sigint_stop_with_a_checkpoint_and_their_exit_codes() {
+    for (signal, code, tag) in [
+        (libc::SIGTERM, 143, "sigterm"),
+        (libc::SIGINT, 130, "sigint"),
+    ] {
+        let (status, run) = train_until_signal(tag, signal);
+        assert_eq!(status.code(), Some(code), "{tag}");
+        let ckpts = checkpoint::list(&run.join("checkpoints"));
+        let (n, _) = ckpts.last().expect("a checkpoint after the signal");
+        let logged = read_log(&run.join("log.jsonl")).unwrap().len();
+        assert_eq!(
+            *n, logged,
+            "{tag}: the checkpoint holds every logged iteration"
+        );
+        assert!(!run.join("final.safetensors").exists());
+        std::fs::remove_dir_all(run.parent().unwrap()).unwrap();
+    }
 }

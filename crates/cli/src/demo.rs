@@ -9,7 +9,7 @@ use duoseg_train::run::{write_atomic, write_json, RunDir};
 use duoseg_train::{Finish, TrainOptions};
 use duoseg_train::{Method, TrainConfig};
 
-use crate::train::{stop_flag, Progress};
+use crate::train::Progress;
 
 /// The demo's config (also in configs/demo.json).
 const DEMO_CONFIG: &str = include_str!("../../../configs/demo.json");
@@ -60,7 +60,7 @@ pub fn demo_config(iters: Option<usize>, seed: Option<u64>) -> Result<TrainConfi
 pub fn run(args: DemoArgs) -> Result<crate::Outcome> {
     let base = demo_config(args.iters, args.seed)?;
     let device = args.device.open()?;
-    let stop = stop_flag()?;
+    let stop = crate::signals::install()?;
     let mut reports = Vec::new();
     for method in [Method::Duoseg, Method::Supervised] {
         let cfg = TrainConfig {
@@ -80,13 +80,13 @@ pub fn run(args: DemoArgs) -> Result<crate::Outcome> {
             run,
             device: device.clone(),
             resume: false,
-            stop: stop.clone(),
+            stop: stop.flag.clone(),
             observer: &mut progress,
         };
         let (finish, report) = duoseg_train::run_training(&cfg, None, opts)?;
         if let Finish::Interrupted(n) = finish {
             eprintln!("interrupted after {n} iterations of {}", method.name());
-            return Ok(crate::Outcome::Ok);
+            return Ok(crate::Outcome::Interrupted(stop.exit_code()));
         }
         let report = report.context("no evaluation report")?;
         eprintln!(

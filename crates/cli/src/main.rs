@@ -1,7 +1,9 @@
 //! `duoseg`: semi-supervised 3D medical image segmentation from the command line.
 //!
 //! Subcommands follow the pipeline's stages (nnU-Net style). Results go to stdout, logs to stderr.
-//! Exit codes (ripgrep's convention): 0 ok, 1 a check failed (e.g. `--min-dice`), 2 error.
+//! Exit codes: 0 ok; 1 a runtime error (unreadable data, a failed run) or a failed check
+//! (`--min-dice`, `inspect DIR` with errors); 2 a usage or config error; 130 / 143 a run stopped by
+//! SIGINT / SIGTERM (after writing a checkpoint). A closed output pipe ends the process quietly.
 
 use std::process::ExitCode;
 
@@ -13,10 +15,18 @@ mod evaluate;
 mod infer;
 mod inspect;
 mod model;
+mod signals;
 mod train;
 
 #[derive(Debug, Parser)]
-#[command(name = "duoseg", version, about, long_about = None)]
+#[command(
+    name = "duoseg",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 ok; 1 runtime error or failed check (--min-dice, inspect DIR); 2 usage or \
+                  config error; 130 / 143 a run stopped by SIGINT / SIGTERM after writing a checkpoint."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,10 +47,28 @@ enum Command {
     Model(model::ModelArgs),
 }
 
-/// What a subcommand reports back to `main`: success, or a failed check (exit code 1).
+/// What a subcommand reports back to `main`: success, a failed check (exit code 1), or a run
+/// stopped by a signal (its exit code).
 enum Outcome {
     Ok,
     CheckFailed,
+    Interrupted(u8),
+}
+
+/// 2 for a usage or config error (the user's command or config file must change), else 1.
+fn error_code(err: &anyhow::Error) -> u8 {
+    let is_config = err.chain().any(|e| {
+        e.is::<duoseg_train::config::ConfigError>()
+            || matches!(
+                e.downcast_ref::<duoseg_train::TrainError>(),
+                Some(duoseg_train::TrainError::Config(_))
+            )
+    });
+    if is_config {
+        2
+    } else {
+        1
+    }
 }
 
 /// The error and its causes on one line, each cause once: typed errors already carry their cause
@@ -69,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 }
 
 fn main() -> ExitCode {
+    signals::quiet_broken_pipe();
     let cli = Cli::parse();
     // Training allocates the same large activation buffers every step: keep freed memory for reuse
     // instead of paying page faults for each new buffer (measured in duoseg_nn3d::memory).
@@ -78,9 +107,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),
+        Ok(Outcome::Interrupted(code)) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {}", one_line(&err));
-            ExitCode::from(2)
+            ExitCode::from(error_code(&err))
         }
     }
 }

@@ -2,8 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -128,27 +126,6 @@ impl Observer for Progress {
     }
 }
 
-/// The stop flag set by Ctrl-C (installed once per process).
-pub fn stop_flag() -> Result<Arc<AtomicBool>> {
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    if let Some(f) = FLAG.get() {
-        return Ok(f.clone());
-    }
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\nCtrl-C: finishing this iteration, writing a checkpoint (Ctrl-C again to abort)"
-        );
-    })
-    .context("cannot install the Ctrl-C handler")?;
-    Ok(FLAG.get_or_init(|| flag).clone())
-}
-
 /// Applies the command-line overrides to a loaded config.
 pub fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = TrainConfig::load(&args.config)?;
@@ -182,6 +159,7 @@ pub fn run(args: TrainArgs) -> Result<crate::Outcome> {
     });
     let run = RunDir::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let device = args.device.open()?;
+    let stop = crate::signals::install()?;
     let mut progress = Progress::new(
         &format!("{}/{}", cfg.name, cfg.method.name()),
         cfg.log_every,
@@ -191,16 +169,17 @@ pub fn run(args: TrainArgs) -> Result<crate::Outcome> {
         run,
         device,
         resume: args.resume,
-        stop: stop_flag()?,
+        stop: stop.flag.clone(),
         observer: &mut progress,
     };
     let (finish, report) = duoseg_train::run_training(&cfg, args.data.as_deref(), opts)?;
     match (finish, report) {
         (Finish::Interrupted(n), _) => {
             eprintln!(
-                "interrupted after {n} iterations; continue with --resume --out {}",
+                "interrupted after {n} iterations (checkpoint written); continue with --resume --out {}",
                 out.display()
             );
+            Ok(crate::Outcome::Interrupted(stop.exit_code()))
         }
         (Finish::Completed, Some(report)) => {
             println!("{TABLE_HEADER}");
@@ -208,8 +187,8 @@ pub fn run(args: TrainArgs) -> Result<crate::Outcome> {
                 println!("{row}");
             }
             eprintln!("run folder: {}", out.display());
+            Ok(crate::Outcome::Ok)
         }
-        (Finish::Completed, None) => {}
+        (Finish::Completed, None) => Ok(crate::Outcome::Ok),
     }
-    Ok(crate::Outcome::Ok)
 }
