@@ -55,6 +55,16 @@ pub enum TrainError {
         /// The newest checkpoint on disk, when there is one.
         last_checkpoint: Option<usize>,
     },
+    /// A weight or batch-norm buffer stopped being finite after an SGD step.
+    #[error("non-finite state at iteration {iteration}: {tensor} holds NaN or infinity; stopping ({})", last_checkpoint_text(*.last_checkpoint))]
+    NonFiniteState {
+        /// The 1-based iteration whose update made it non-finite.
+        iteration: usize,
+        /// The tensor's checkpoint name (`net_a.<name>` / `net_b.<name>`).
+        tensor: String,
+        /// The newest checkpoint on disk, when there is one.
+        last_checkpoint: Option<usize>,
+    },
     /// The background batch loader ended before the run did.
     #[error("the batch loader stopped at iteration {iteration}")]
     LoaderStopped {

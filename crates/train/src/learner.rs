@@ -225,6 +225,14 @@ impl<'c, 'o> Learner<'c, 'o> {
         let grads = loss.total.backward()?;
         self.opt.step(&grads)?;
         self.method.after_update(&self.students)?;
+        // so that every checkpoint, and the model a finished run leaves, is finite
+        if let Some(tensor) = self.students.first_non_finite()? {
+            return Err(self.with_last_checkpoint(TrainError::NonFiniteState {
+                iteration: t + 1,
+                tensor,
+                last_checkpoint: None,
+            }));
+        }
         let dt = t0.elapsed().as_secs_f64();
         terms.retain(|_, v| v.is_finite());
         Ok(LogRecord {
@@ -248,6 +256,15 @@ impl<'c, 'o> Learner<'c, 'o> {
                 iteration,
                 name,
                 value,
+                last_checkpoint: checkpoint::list(&self.run.checkpoints())
+                    .pop()
+                    .map(|(n, _)| n),
+            },
+            TrainError::NonFiniteState {
+                iteration, tensor, ..
+            } => TrainError::NonFiniteState {
+                iteration,
+                tensor,
                 last_checkpoint: checkpoint::list(&self.run.checkpoints())
                     .pop()
                     .map(|(n, _)| n),

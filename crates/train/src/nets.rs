@@ -35,6 +35,26 @@ pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The first floating-point tensor of `tensors` (in name order) that holds NaN or infinity.
+pub fn first_non_finite(tensors: &BTreeMap<String, Tensor>) -> Result<Option<String>> {
+    let floats: Vec<(&String, &Tensor)> = tensors
+        .iter()
+        .filter(|(_, t)| t.dtype().is_float())
+        .collect();
+    if floats.is_empty() {
+        return Ok(None);
+    }
+    let sums = floats
+        .iter()
+        .map(|(_, t)| t.sum_all()?.to_dtype(DType::F32))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
+    Ok(sums
+        .iter()
+        .position(|s| !s.is_finite())
+        .map(|i| floats[i].0.clone()))
+}
+
 impl Nets {
     /// Builds both nets on `device`, weights drawn from `seed` (`duoseg_models::init_seeded`, one
     /// stream per net), so that initialisation is reproducible.
@@ -63,6 +83,12 @@ impl Nets {
     /// Loads both nets (and nothing else) from a checkpoint or `final.safetensors`, with its config.
     pub fn load(path: &Path, device: &Device) -> Result<(TrainConfig, Self)> {
         let (tensors, meta) = checkpoint::load(path, device)?;
+        if let Some(name) = first_non_finite(&tensors)? {
+            return Err(TrainError::checkpoint(
+                path,
+                format!("{name} holds NaN or infinity; this model cannot be used"),
+            ));
+        }
         let cfg: TrainConfig = serde_json::from_value(meta.config)
             .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?;
         let nets = Nets::build(&cfg.model, device, cfg.seed)?;
@@ -75,6 +101,13 @@ impl Nets {
         let mut out = checkpoint::varmap_tensors(prefix[0], &self.vars_a)?;
         out.extend(checkpoint::varmap_tensors(prefix[1], &self.vars_b)?);
         Ok(out)
+    }
+
+    /// The first tensor of both nets (weights and batch-norm buffers) that holds NaN or infinity,
+    /// named as in checkpoints. One pass over each tensor (a sum: NaN and infinity propagate), one
+    /// device-to-host copy in all.
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        first_non_finite(&self.tensors([checkpoint::NET_A, checkpoint::NET_B])?)
     }
 
     /// Sets both nets from `tensors` named as [`Nets::tensors`] names them (read from `path`).
