@@ -43,6 +43,7 @@ fn opts<'a>(dir: &Path, resume: bool, stop: bool, observer: &'a mut Silent) -> T
         run: RunDir::create(dir).unwrap(),
         device: candle_core::Device::Cpu,
         resume,
+        overwrite: false,
         stop: Arc::new(AtomicBool::new(stop)),
         observer,
     }
@@ -561,4 +562,112 @@ fn sigterm_and_sigint_stop_with_a_checkpoint_and_their_exit_codes() {
         assert!(!run.join("final.safetensors").exists());
         std::fs::remove_dir_all(run.parent().unwrap()).unwrap();
     }
+}
+
+/// Collects the messages a run reports.
+#[derive(Default)]
+struct Messages(Vec<String>);
+impl duoseg_train::Observer for Messages {
+    fn message(&mut self, msg: &str) {
+        self.0.push(msg.to_string());
+    }
+}
+
+#[test]
+fn run_folders_are_guarded() {
+    let mut cfg = tiny_config(2, false);
+    cfg.checkpoint.every = 1;
+    cfg.checkpoint.keep_last = 0;
+    let data = data::load(&cfg.data, None).unwrap();
+    let dir = tmp("guard");
+    let run = |cfg: &TrainConfig, resume: bool, overwrite: bool, obs: &mut Messages| {
+        duoseg_train::train(
+            cfg,
+            &data,
+            TrainOptions {
+                run: RunDir::create(&dir).unwrap(),
+                device: candle_core::Device::Cpu,
+                resume,
+                overwrite,
+                stop: Arc::new(AtomicBool::new(false)),
+                observer: obs,
+            },
+        )
+    };
+    run(&cfg, false, false, &mut Messages::default()).unwrap();
+
+    // a new run into a used folder is refused, and replaces it only when asked
+    let err = run(&cfg, false, false, &mut Messages::default()).unwrap_err();
+    assert!(
+        matches!(err, duoseg_train::TrainError::RunFolder(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--resume"), "{err}");
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    run(&cfg, false, true, &mut Messages::default()).unwrap();
+    assert!(
+        dir.join("notes.txt").exists(),
+        "--overwrite touches only a run's outputs"
+    );
+
+    // resuming under another config names what differs; a longer run is a valid resume
+    let mut other = cfg.clone();
+    other.optim.lr = 0.5;
+    let err = run(&other, true, false, &mut Messages::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("optim.lr: 0.01 -> 0.5"), "{err}");
+
+    // a truncated newest checkpoint and a stale temporary file: resume falls back, cleans up
+    let newest = checkpoint::iter_path(&dir.join("checkpoints"), 2);
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(dir.join(".log.jsonl.tmp4242-0"), "partial").unwrap();
+    let mut longer = cfg.clone();
+    longer.iterations = 3;
+    let mut msgs = Messages::default();
+    assert_eq!(
+        run(&longer, true, false, &mut msgs).unwrap(),
+        Finish::Completed
+    );
+    assert!(
+        msgs.0
+            .iter()
+            .any(|m| m.starts_with("warning: skipping checkpoint")),
+        "{:?}",
+        msgs.0
+    );
+    assert!(
+        msgs.0
+            .iter()
+            .any(|m| m.contains("resumed from") && m.contains("iter-1")),
+        "{:?}",
+        msgs.0
+    );
+    assert!(
+        msgs.0
+            .iter()
+            .any(|m| m.contains("removed 1 temporary file")),
+        "{:?}",
+        msgs.0
+    );
+    assert!(!dir.join(".log.jsonl.tmp4242-0").exists());
+    assert_eq!(read_log(&dir.join("log.jsonl")).unwrap().len(), 3);
+
+    // another process writing into the folder: the CLI refuses (the lock is this test's)
+    let config = dir.join("cfg-in.json");
+    std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let held = duoseg_io::fs::lock_folder(&dir).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .args(["train", "--no-progress", "--resume", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    drop(held);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another duoseg process"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

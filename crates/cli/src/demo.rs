@@ -80,6 +80,8 @@ pub fn run(args: DemoArgs) -> Result<crate::Outcome> {
             run,
             device: device.clone(),
             resume: false,
+            // the demo always starts afresh in its own folder
+            overwrite: true,
             stop: stop.flag.clone(),
             observer: &mut progress,
         };

@@ -55,13 +55,14 @@ enum Outcome {
     Interrupted(u8),
 }
 
-/// 2 for a usage or config error (the user's command or config file must change), else 1.
+/// 2 for a usage or config error (the user's command, config file or run folder choice must
+/// change), else 1.
 fn error_code(err: &anyhow::Error) -> u8 {
     let is_config = err.chain().any(|e| {
         e.is::<duoseg_train::config::ConfigError>()
             || matches!(
                 e.downcast_ref::<duoseg_train::TrainError>(),
-                Some(duoseg_train::TrainError::Config(_))
+                Some(duoseg_train::TrainError::Config(_) | duoseg_train::TrainError::RunFolder(_))
             )
     });
     if is_config {

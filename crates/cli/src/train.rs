@@ -47,9 +47,13 @@ pub struct TrainArgs {
     /// Seed of every random stream (overrides `seed`).
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
-    /// Continue from the newest checkpoint in OUT/checkpoints.
+    /// Continue from the newest checkpoint in OUT/checkpoints (it must come from the same config and
+    /// cases; iterations, checkpoint, log_every and eval may change).
     #[arg(long)]
     pub resume: bool,
+    /// Replace the outputs of a previous run in OUT (without it, or --resume, such a folder is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Set any config field, e.g. `loss.alpha0=0.1` or `eval.nets="a"` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -169,6 +173,7 @@ pub fn run(args: TrainArgs) -> Result<crate::Outcome> {
         run,
         device,
         resume: args.resume,
+        overwrite: args.overwrite,
         stop: stop.flag.clone(),
         observer: &mut progress,
     };

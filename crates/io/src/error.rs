@@ -16,6 +16,9 @@ pub enum Error {
     /// one): it is neither read (a FIFO would block forever) nor replaced by an atomic write.
     #[error("{path}: not a regular file (it is a {kind})")]
     NotRegularFile { path: PathBuf, kind: String },
+    /// Another process holds the folder's lock (another run writing into the same folder).
+    #[error("{path}: another duoseg process is writing into this folder")]
+    Locked { path: PathBuf },
     /// The gzip stream is truncated or corrupt.
     #[error("{path}: truncated or corrupt gzip stream: {source}")]
     Gzip {

@@ -255,6 +255,106 @@ pub fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// An exclusive advisory lock on a folder (`flock` on `<dir>/.lock`), held until the guard is
+/// dropped. The OS releases it when the process dies, so a killed run never leaves a stale lock.
+/// Re-entrant within one process: a second guard for the same folder shares the first one's lock.
+#[derive(Debug)]
+pub struct FolderLock {
+    key: PathBuf,
+}
+
+type LockTable = std::sync::Mutex<std::collections::HashMap<PathBuf, (File, usize)>>;
+
+fn lock_table() -> &'static LockTable {
+    static TABLE: std::sync::OnceLock<LockTable> = std::sync::OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+/// Takes the lock of `dir` (which must exist) without waiting: [`Error::Locked`] when another
+/// process holds it.
+pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    let key = std::fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
+    let mut table = lock_table()
+        .lock()
+        .map_err(|_| Error::Invalid("folder lock table poisoned".into()))?;
+    if let Some((_, count)) = table.get_mut(&key) {
+        *count += 1;
+        return Ok(FolderLock { key });
+    }
+    let path = key.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
+                Error::Locked {
+                    path: dir.to_path_buf(),
+                }
+            } else {
+                io_err(&path, err)
+            });
+        }
+    }
+    table.insert(key.clone(), (file, 1));
+    Ok(FolderLock { key })
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        if let Ok(mut table) = lock_table().lock() {
+            let last = match table.get_mut(&self.key) {
+                Some((_, count)) => {
+                    *count -= 1;
+                    *count == 0
+                }
+                None => false,
+            };
+            if last {
+                // closing the descriptor releases the flock
+                table.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Removes the temporary files that a killed [`write_atomic`] left in `dir` (`.<name>.tmp<pid>-<n>`);
+/// returns how many. Call it only while holding the folder's lock.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_temp = name.starts_with('.')
+            && name.rsplit_once(".tmp").is_some_and(|(_, tail)| {
+                tail.split_once('-').is_some_and(|(pid, n)| {
+                    !pid.is_empty()
+                        && pid.bytes().all(|b| b.is_ascii_digit())
+                        && !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                })
+            });
+        if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path()).map_err(|e| io_err(&entry.path(), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -518,5 +618,49 @@ mod tests {
         let n = crc.len();
         crc[n - 8] ^= 1;
         assert!(matches!(gunzip(&crc, p), Err(Error::Gzip { .. })));
+    }
+
+    #[test]
+    fn folder_lock_is_reentrant_in_process_and_released_on_drop() {
+        let dir = std::env::temp_dir().join(format!("duoseg-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = lock_folder(&dir).unwrap();
+        let b = lock_folder(&dir).unwrap();
+        drop(a);
+        // still held (b): another descriptor cannot take it
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let f = File::open(dir.join(".lock")).unwrap();
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            assert_ne!(rc, 0, "the lock should be held");
+            drop(b);
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            assert_eq!(rc, 0, "the lock should be free after the last guard");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("duoseg-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            ".log.jsonl.tmp123-0",
+            ".x.safetensors.tmp9-17",
+            "keep.json",
+            ".lock",
+            ".notes.tmp",
+        ] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temp_files(&dir).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".lock", ".notes.tmp", "keep.json"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

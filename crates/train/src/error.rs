@@ -65,6 +65,9 @@ pub enum TrainError {
         /// The newest checkpoint on disk, when there is one.
         last_checkpoint: Option<usize>,
     },
+    /// The run folder cannot be used as asked (another run's files, a checkpoint of another run).
+    #[error("{0}")]
+    RunFolder(String),
     /// The background batch loader ended before the run did.
     #[error("the batch loader stopped at iteration {iteration}")]
     LoaderStopped {

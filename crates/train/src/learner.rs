@@ -50,8 +50,11 @@ pub struct TrainOptions<'a> {
     pub run: RunDir,
     /// Device for both nets.
     pub device: Device,
-    /// Continue from the newest checkpoint in `run/checkpoints`.
+    /// Continue from the newest checkpoint in `run/checkpoints` (which must belong to this run).
     pub resume: bool,
+    /// Replace the outputs of a previous run in the folder (without it, or `resume`, a folder holding
+    /// another run's files is refused).
+    pub overwrite: bool,
     /// Set (e.g. by a Ctrl-C handler) to stop after the current iteration with a checkpoint.
     pub stop: Arc<AtomicBool>,
     /// Progress receiver.
@@ -65,6 +68,8 @@ pub fn train(cfg: &TrainConfig, data: &TrainData, opts: TrainOptions) -> Result<
 
 /// The state of one training run between iterations.
 struct Learner<'c, 'o> {
+    /// Held while the run writes into its folder.
+    _lock: duoseg_io::fs::FolderLock,
     cfg: &'c TrainConfig,
     run: RunDir,
     device: Device,
@@ -87,6 +92,7 @@ impl<'c, 'o> Learner<'c, 'o> {
             run,
             device,
             resume,
+            overwrite,
             stop,
             observer,
         } = opts;
@@ -106,6 +112,17 @@ impl<'c, 'o> Learner<'c, 'o> {
                 cfg.method.name(),
                 data.labeled.len()
             )));
+        }
+        let lock = run.lock()?;
+        let stale = run.remove_stale_temp_files()?;
+        if stale > 0 {
+            observer.message(&format!(
+                "removed {stale} temporary file(s) of an interrupted write"
+            ));
+        }
+        claim_folder(&run, resume, overwrite)?;
+        if resume {
+            check_same_cases(&run, data)?;
         }
         let students = Nets::build(&cfg.model, &device, cfg.seed)?;
         let opt = Sgd::new(students.trainable()?, &cfg.optim)?;
@@ -141,6 +158,7 @@ impl<'c, 'o> Learner<'c, 'o> {
             start as u64,
         )?;
         Ok(Learner {
+            _lock: lock,
             cfg,
             run,
             device,
@@ -302,6 +320,92 @@ impl<'c, 'o> Learner<'c, 'o> {
     }
 }
 
+/// Refuses a folder that holds another run's files unless the run resumes it or replaces them.
+fn claim_folder(run: &RunDir, resume: bool, overwrite: bool) -> Result<()> {
+    let found = run.run_files();
+    if resume || found.is_empty() {
+        return Ok(());
+    }
+    if overwrite {
+        return run.clear_outputs().map_err(TrainError::file(&run.root));
+    }
+    Err(TrainError::RunFolder(format!(
+        "{} holds another run's files ({}{}); continue it with --resume, replace it with \
+         --overwrite, or choose another --out",
+        run.root.display(),
+        found[0].display(),
+        if found.len() > 1 {
+            format!(" and {} more", found.len() - 1)
+        } else {
+            String::new()
+        }
+    )))
+}
+
+/// On resume: the cases must be those the run started with (its `split.json`).
+fn check_same_cases(run: &RunDir, data: &TrainData) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(run.split()) else {
+        return Ok(());
+    };
+    let recorded: crate::data::CaseRoles = serde_json::from_str(&text)
+        .map_err(|e| TrainError::RunFolder(format!("{}: {e}", run.split().display())))?;
+    let now = data.roles();
+    for (role, a, b) in [
+        ("labeled", &recorded.labeled, &now.labeled),
+        ("unlabeled", &recorded.unlabeled, &now.unlabeled),
+        ("test", &recorded.test, &now.test),
+    ] {
+        if a != b {
+            return Err(TrainError::RunFolder(format!(
+                "cannot resume {}: its {role} cases were {} ({}), the data now gives {} ({})",
+                run.root.display(),
+                a.len(),
+                a.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                b.len(),
+                b.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Config fields a resumed run may change: how long it runs, how often it saves and logs, and how it
+/// is evaluated afterwards. Everything else must equal the checkpoint's.
+const RESUMABLE_CHANGES: [&str; 4] = ["iterations", "checkpoint", "log_every", "eval"];
+
+/// The dotted keys whose values differ between two configs (as JSON), outside [`RESUMABLE_CHANGES`].
+fn config_differences(before: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    if prefix.is_empty() && RESUMABLE_CHANGES.contains(&k.as_str()) {
+                        continue;
+                    }
+                    let null = serde_json::Value::Null;
+                    walk(
+                        &key,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: {a} -> {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", before, now, &mut out);
+    out
+}
+
 /// Restores nets, method state and momentum from the newest checkpoint of the run folder, if any;
 /// returns the iterations it had done.
 fn resume_from_newest(
@@ -311,11 +415,33 @@ fn resume_from_newest(
     (students, method, opt): &mut (Nets, Box<dyn TrainingMethod>, Sgd),
     observer: &mut dyn Observer,
 ) -> Result<usize> {
-    let Some((n, path)) = checkpoint::list(&run.checkpoints()).pop() else {
+    // the newest checkpoint that reads; a truncated one (killed mid-write before the atomic writer
+    // existed, or a damaged disk) falls back to the one before, with a warning
+    let mut found = None;
+    for (n, path) in checkpoint::list(&run.checkpoints()).into_iter().rev() {
+        match checkpoint::load(&path, device) {
+            Ok(loaded) => {
+                found = Some((n, path, loaded));
+                break;
+            }
+            Err(e) => observer.message(&format!("warning: skipping checkpoint {e}")),
+        }
+    }
+    let Some((n, path, (tensors, meta))) = found else {
         observer.message("no checkpoint to resume from; starting at iteration 0");
         return Ok(0);
     };
-    let (tensors, meta) = checkpoint::load(&path, device)?;
+    let now = serde_json::to_value(cfg)
+        .map_err(|e| TrainError::checkpoint(&path, format!("config: {e}")))?;
+    let differences = config_differences(&meta.config, &now);
+    if !differences.is_empty() {
+        return Err(TrainError::RunFolder(format!(
+            "cannot resume from {}: it was written by another config ({}); resume with the run's \
+             config.json, or start a new run with --overwrite or another --out",
+            path.display(),
+            differences.join("; ")
+        )));
+    }
     students.restore(&path, [NET_A, NET_B], &tensors)?;
     method.load_state(&path, &tensors, &meta.state)?;
     let momentum = tensors

@@ -21,9 +21,12 @@ pub fn run_training(
         run,
         device,
         resume,
+        overwrite,
         stop,
         observer,
     } = opts;
+    // held through training and evaluation, so no other run writes into the folder meanwhile
+    let _lock = run.lock()?;
     observer.message(&format!(
         "loading data for {} ({})",
         cfg.name,
@@ -46,6 +49,7 @@ pub fn run_training(
             run: run.clone(),
             device: device.clone(),
             resume,
+            overwrite,
             stop,
             observer: &mut *observer,
         },

@@ -26,6 +26,63 @@ impl RunDir {
     pub fn config(&self) -> PathBuf {
         self.root.join("config.json")
     }
+    /// Takes the folder's lock (released when the guard drops, or when the process dies): two runs
+    /// never write into one folder.
+    pub fn lock(&self) -> duoseg_io::Result<duoseg_io::fs::FolderLock> {
+        duoseg_io::fs::lock_folder(&self.root)
+    }
+
+    /// Removes what a killed atomic write left behind (temporary files) in the folder and in
+    /// `checkpoints/`; returns how many. Only while holding [`RunDir::lock`].
+    pub fn remove_stale_temp_files(&self) -> duoseg_io::Result<usize> {
+        Ok(duoseg_io::fs::remove_stale_temp_files(&self.root)?
+            + duoseg_io::fs::remove_stale_temp_files(&self.checkpoints())?)
+    }
+
+    /// The files of a run that are already in the folder (config, log, weights, checkpoints).
+    pub fn run_files(&self) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = [self.config(), self.log(), self.final_weights()]
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect();
+        found.extend(
+            crate::checkpoint::list(&self.checkpoints())
+                .into_iter()
+                .map(|(_, p)| p),
+        );
+        found
+    }
+
+    /// Deletes every output of a previous run (the files [`RunDir`] names, the checkpoints, the
+    /// figures and predictions); nothing else in the folder is touched.
+    pub fn clear_outputs(&self) -> std::io::Result<()> {
+        for f in [
+            self.config(),
+            self.split(),
+            self.log(),
+            self.final_weights(),
+            self.summary_json(),
+            self.summary_md(),
+        ] {
+            if f.is_file() {
+                std::fs::remove_file(f)?;
+            }
+        }
+        for (_, p) in crate::checkpoint::list(&self.checkpoints()) {
+            std::fs::remove_file(p)?;
+        }
+        for dir in [self.figures(), self.predictions()] {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_file()) {
+                        std::fs::remove_file(e.path())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `split.json`: which cases were labeled, unlabeled and test.
     pub fn split(&self) -> PathBuf {
         self.root.join("split.json")
