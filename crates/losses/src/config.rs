@@ -94,6 +94,71 @@ impl Default for LossConfig {
 }
 
 impl LossConfig {
+    /// Checks every value's range for `n_classes` classes; the message names the field and value.
+    pub fn validate(&self, n_classes: usize) -> Result<(), String> {
+        let unit = |name: &str, v: f64| -> Result<(), String> {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("loss.{name} must lie in [0, 1], got {v}"))
+            }
+        };
+        if n_classes < 2 {
+            return Err(format!("need at least 2 classes, got {n_classes}"));
+        }
+        if self.preset == Preset::ReferenceCode && n_classes != 2 {
+            return Err(format!(
+                "the reference_code preset is defined for 2 classes, got {n_classes}"
+            ));
+        }
+        unit("alpha0", self.alpha0)?;
+        unit("alpha_floor", self.alpha_floor)?;
+        match self.threshold {
+            ThresholdRule::Fixed { value } => unit("threshold.value", value)?,
+            ThresholdRule::Linear { start, end } => {
+                unit("threshold.start", start)?;
+                unit("threshold.end", end)?;
+            }
+            ThresholdRule::SelfAdaptive { momentum, min, max } => {
+                unit("threshold.min", min)?;
+                unit("threshold.max", max)?;
+                if min > max {
+                    return Err(format!("loss.threshold: min {min} exceeds max {max}"));
+                }
+                if !(0.0..1.0).contains(&momentum) {
+                    return Err(format!(
+                        "loss.threshold.momentum must lie in [0, 1), got {momentum}"
+                    ));
+                }
+            }
+        }
+        for (name, w) in [
+            ("lambda_u.weight", self.lambda_u.weight),
+            ("lambda_c.weight", self.lambda_c.weight),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(format!("loss.{name} must be finite and >= 0, got {w}"));
+            }
+        }
+        let c = &self.contrastive;
+        if !(c.tau.is_finite() && c.tau > 0.0) {
+            return Err(format!(
+                "loss.contrastive.tau must be positive, got {}",
+                c.tau
+            ));
+        }
+        if !c.margin.is_finite() {
+            return Err(format!(
+                "loss.contrastive.margin must be finite, got {}",
+                c.margin
+            ));
+        }
+        if c.max_samples == 0 {
+            return Err("loss.contrastive.max_samples must be positive".into());
+        }
+        Ok(())
+    }
+
     /// Supervised-only baseline: every unlabeled term switched off.
     pub fn supervised_only() -> Self {
         LossConfig {

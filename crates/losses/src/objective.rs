@@ -169,16 +169,8 @@ fn split(out: NetOutputs, n_labeled: usize) -> Result<Halves> {
 impl Objective {
     /// A fresh objective for `n_classes` classes.
     pub fn new(cfg: LossConfig, n_classes: usize) -> Result<Self> {
-        if n_classes < 2 {
-            bail!("need at least 2 classes, got {n_classes}");
-        }
-        if cfg.preset == Preset::ReferenceCode && n_classes != 2 {
-            bail!("the reference_code preset is defined for 2 classes, got {n_classes}");
-        }
-        for (name, v) in [("alpha0", cfg.alpha0), ("alpha_floor", cfg.alpha_floor)] {
-            if !(0.0..=1.0).contains(&v) {
-                bail!("loss.{name} must lie in [0, 1], got {v}");
-            }
+        if let Err(reason) = cfg.validate(n_classes) {
+            bail!("{reason}");
         }
         let threshold = DynamicThreshold::new(cfg.threshold, n_classes);
         Ok(Objective {

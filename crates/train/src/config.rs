@@ -400,6 +400,42 @@ impl TrainConfig {
         if self.data.pad_to_multiple == 0 {
             return bad("data.pad_to_multiple must be at least 1".into());
         }
+        if let Some(a) = (0..3).find(|&a| self.eval.stride[a] > self.patch[a]) {
+            return bad(format!(
+                "eval.stride {:?} exceeds the window (patch {:?}) on axis {a}: voxels between windows \
+                 would never be predicted",
+                self.eval.stride, self.patch
+            ));
+        }
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad(format!(
+                "optim.lr must be positive and finite, got {}",
+                o.lr
+            ));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return bad(format!(
+                "optim.momentum must lie in [0, 1), got {}",
+                o.momentum
+            ));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return bad(format!(
+                "optim.weight_decay must be finite and >= 0, got {}",
+                o.weight_decay
+            ));
+        }
+        if !(o.lr_decay.is_finite() && o.lr_decay > 0.0) {
+            return bad(format!(
+                "optim.lr_decay must be positive, got {}",
+                o.lr_decay
+            ));
+        }
+        if let Some(loss) = self.method.effective_loss(&self.loss) {
+            loss.validate(self.model.n_classes)
+                .map_err(ConfigError::Invalid)?;
+        }
         if let Some(s) = &self.data.synthetic {
             if self.data.labeled.count() != Some(s.labeled) {
                 return bad(format!(
@@ -412,7 +448,9 @@ impl TrainConfig {
     }
 
     /// This config with a dotted `key=value` set (`loss.alpha0=0.1`, `method=no_reg`); the value is
-    /// parsed as JSON when it is valid JSON, else taken as a string. The result is validated.
+    /// parsed as JSON when it is valid JSON, else taken as a string. Ranges are not checked here, so
+    /// that several overrides may pass through an invalid state: call [`TrainConfig::validate`] after
+    /// the last one.
     pub fn with_override(&self, assignment: &str) -> Result<TrainConfig, ConfigError> {
         let fail = |reason: String| ConfigError::Override {
             assignment: assignment.to_string(),
@@ -431,9 +469,7 @@ impl TrainConfig {
         }
         *node = serde_json::from_str(value)
             .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
-        let out: TrainConfig = serde_json::from_value(v).map_err(|e| fail(e.to_string()))?;
-        out.validate()?;
-        Ok(out)
+        serde_json::from_value(v).map_err(|e| fail(e.to_string()))
     }
 
     /// The sliding window of evaluation and inference (window = training patch).
@@ -463,8 +499,39 @@ mod tests {
             .unwrap();
         assert_eq!(c.data.split, Split::Fold { fold: 2 });
         assert!(c.with_override("loss.alpha_zero=0.1").is_err());
-        assert!(c.with_override("patch=[30,32,32]").is_err());
         assert!(c.with_override("iterations").is_err());
+        assert!(c.with_override("model=3").is_err());
+        // ranges are checked once, after all overrides: an invalid step on the way is fine
+        let c2 = c.with_override("patch=[30,32,32]").unwrap();
+        assert!(c2.validate().is_err());
+        let c3 = c2.with_override("patch=[32,32,32]").unwrap();
+        c3.validate().unwrap();
+    }
+
+    #[test]
+    fn ranges_are_checked_naming_the_field() {
+        let cfg = TrainConfig::load(&configs_dir().join("demo.json")).unwrap();
+        for (set, field) in [
+            ("optim.lr=-0.01", "optim.lr"),
+            ("optim.lr=0", "optim.lr"),
+            ("optim.momentum=1.5", "optim.momentum"),
+            ("optim.weight_decay=-1", "optim.weight_decay"),
+            (
+                r#"loss.threshold={"kind":"fixed","value":2}"#,
+                "loss.threshold.value",
+            ),
+            ("loss.alpha0=1.5", "loss.alpha0"),
+            ("loss.contrastive.tau=0", "contrastive.tau"),
+            ("eval.stride=[64,64,64]", "eval.stride"),
+        ] {
+            let err = cfg
+                .with_override(set)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{set}: {err}");
+        }
     }
 
     fn configs_dir() -> PathBuf {

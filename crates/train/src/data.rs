@@ -56,6 +56,15 @@ fn from_phantom(p: PhantomCase, keep_label: bool) -> PreparedCase {
 /// Loads the labeled, unlabeled and test cases that `cfg` describes (`root` overrides `cfg.root`).
 pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
     if let Some(s) = &cfg.synthetic {
+        if let Some(r) = root {
+            return Err(TrainError::Config(crate::config::ConfigError::Invalid(
+                format!(
+                "--data {}: this config generates synthetic phantoms (data.synthetic) and reads no \
+                 folder; remove --data or data.synthetic",
+                r.display()
+            ),
+            )));
+        }
         let set = s.generate();
         return Ok(TrainData {
             labeled: set
