@@ -175,11 +175,8 @@ fn check_folder(dir: &Path, json: bool) -> Result<bool> {
         if let Some([x, y, z]) = check.median_spacing {
             println!("  spacing      {x} x {y} x {z} mm (median)");
         }
-        let mut orientations: BTreeMap<&str, usize> = BTreeMap::new();
-        for c in &check.cases {
-            *orientations.entry(c.orientation.as_str()).or_default() += 1;
-        }
-        let o: Vec<String> = orientations
+        let o: Vec<String> = check
+            .orientation_counts()
             .iter()
             .map(|(k, n)| format!("{k} ({n})"))
             .collect();

@@ -79,6 +79,11 @@ impl DatasetCheck {
             .count()
     }
 
+    /// How many cases have each orientation code.
+    pub fn orientation_counts(&self) -> BTreeMap<&str, usize> {
+        orientation_counts(&self.cases)
+    }
+
     /// Labelled and unlabelled case counts.
     pub fn labelled_unlabelled(&self) -> (usize, usize) {
         let n = self.cases.iter().filter(|c| c.labelled).count();
@@ -109,6 +114,14 @@ pub fn orientation(affine: &[[f64; 4]; 4]) -> String {
             }
         })
         .collect()
+}
+
+fn orientation_counts(cases: &[CaseSummary]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for c in cases {
+        *counts.entry(c.orientation.as_str()).or_default() += 1;
+    }
+    counts
 }
 
 fn problem(severity: Severity, case: Option<&str>, message: String) -> Problem {
@@ -240,10 +253,7 @@ pub fn check_dataset(ds: &Dataset) -> DatasetCheck {
             }
         }
     }
-    let mut orientations: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &cases {
-        *orientations.entry(c.orientation.as_str()).or_default() += 1;
-    }
+    let orientations = orientation_counts(&cases);
     if let Some((&usual, _)) = orientations.iter().max_by_key(|(_, n)| **n) {
         for c in cases.iter().filter(|c| c.orientation != usual) {
             problems.push(problem(

@@ -263,32 +263,19 @@ impl<'c, 'o> Learner<'c, 'o> {
     }
 
     /// Names the newest checkpoint on disk in a non-finite-loss error.
-    fn with_last_checkpoint(&self, e: TrainError) -> TrainError {
-        match e {
-            TrainError::NonFinite {
-                iteration,
-                name,
-                value,
-                ..
-            } => TrainError::NonFinite {
-                iteration,
-                name,
-                value,
-                last_checkpoint: checkpoint::list(&self.run.checkpoints())
-                    .pop()
-                    .map(|(n, _)| n),
-            },
-            TrainError::NonFiniteState {
-                iteration, tensor, ..
-            } => TrainError::NonFiniteState {
-                iteration,
-                tensor,
-                last_checkpoint: checkpoint::list(&self.run.checkpoints())
-                    .pop()
-                    .map(|(n, _)| n),
-            },
-            other => other,
+    fn with_last_checkpoint(&self, mut e: TrainError) -> TrainError {
+        if let TrainError::NonFinite {
+            last_checkpoint, ..
         }
+        | TrainError::NonFiniteState {
+            last_checkpoint, ..
+        } = &mut e
+        {
+            *last_checkpoint = checkpoint::list(&self.run.checkpoints())
+                .pop()
+                .map(|(n, _)| n);
+        }
+        e
     }
 
     /// Writes the checkpoint after `done` iterations and prunes old ones.
@@ -452,15 +439,6 @@ fn resume_from_newest(
         })
         .collect();
     opt.load_state(&momentum)?;
-    if meta.seed != cfg.seed {
-        return Err(TrainError::checkpoint(
-            &path,
-            format!(
-                "checkpoint seed {} differs from the config's {}",
-                meta.seed, cfg.seed
-            ),
-        ));
-    }
     observer.message(&format!("resumed from {} (iteration {n})", path.display()));
     Ok(n)
 }

@@ -13,7 +13,7 @@ use duoseg_losses::{supervised_loss, IterationInput, NetOutputs, Objective};
 use duoseg_models::SegNet;
 
 use crate::checkpoint::{EMA_A, EMA_B};
-use crate::config::{Method, TrainConfig};
+use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::nets::{mix, Nets};
 
@@ -95,11 +95,6 @@ pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn Training
             },
         }),
     })
-}
-
-/// Whether `method` trains on unlabeled crops.
-pub fn is_semi_supervised(method: Method) -> bool {
-    method != Method::Supervised
 }
 
 /// Fails with [`TrainError::NonFinite`] when a net's output holds NaN or infinity.
