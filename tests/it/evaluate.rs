@@ -84,6 +84,21 @@ fn evaluate_pairs_by_name_and_writes_the_json_contract() {
     );
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // `--json -`: the same report on standard output, the table on standard error
+    let piped = duoseg(&[
+        "evaluate",
+        "--pred",
+        s(&dir.join("pred")),
+        "--label",
+        s(&dir.join("label")),
+        "--json",
+        "-",
+    ]);
+    assert!(piped.status.success());
+    let on_stdout: Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!(on_stdout, report);
+    assert!(String::from_utf8_lossy(&piped.stderr).contains("case_a"));
+    assert!(!dir.join("-").exists());
     let cases = report["cases"].as_object().unwrap();
     assert_eq!(cases.keys().collect::<Vec<_>>(), ["case_a", "case_b"]);
     let want = evaluate_labels(

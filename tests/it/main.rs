@@ -1,3 +1,4 @@
+mod chaos;
 mod evaluate;
 mod inspect;
 mod train;

@@ -9,9 +9,9 @@ use duoseg_train::checkpoint;
 use duoseg_train::config::TrainConfig;
 use duoseg_train::data::{self, TrainData};
 use duoseg_train::run::{read_log, RunDir};
-use duoseg_train::{Finish, Nets, Silent, TrainOptions};
+use duoseg_train::{Finish, Nets, RunOutcome, Silent, TrainOptions};
 
-fn tiny_config(iterations: usize, dropout: bool) -> TrainConfig {
+pub(crate) fn tiny_config(iterations: usize, dropout: bool) -> TrainConfig {
     let json = serde_json::json!({
         "name": "tiny",
         "data": {
@@ -32,7 +32,37 @@ fn tiny_config(iterations: usize, dropout: bool) -> TrainConfig {
     cfg
 }
 
-fn tmp(tag: &str) -> PathBuf {
+/// Asserts that two run folders hold the same final model (every tensor bit for bit, the same
+/// metadata) and the same logged loss terms; returns the tensor names.
+pub(crate) fn assert_same_final_model(a: &Path, b: &Path) -> Vec<String> {
+    let dev = candle_core::Device::Cpu;
+    let (ta, ma) = checkpoint::load(&a.join("final.safetensors"), &dev).unwrap();
+    let (tb, mb) = checkpoint::load(&b.join("final.safetensors"), &dev).unwrap();
+    assert_eq!(ma, mb);
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    let values = |t: &candle_core::Tensor| -> Vec<f32> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    for (k, t) in &ta {
+        assert_eq!(values(t), values(&tb[k]), "{k} differs");
+    }
+    let terms = |dir: &Path| -> Vec<_> {
+        read_log(&dir.join("log.jsonl"))
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.iter, r.terms))
+            .collect()
+    };
+    assert_eq!(terms(a), terms(b));
+    ta.keys().cloned().collect()
+}
+
+pub(crate) fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("duoseg-it-train-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
@@ -63,10 +93,11 @@ fn duoseg_ok(cmd: &mut std::process::Command) {
 fn train_writes_the_whole_run_folder() {
     let cfg = tiny_config(3, true);
     let dir = tmp("full");
-    let (finish, report) =
+    let outcome =
         duoseg_train::run_training(&cfg, None, opts(&dir, false, false, &mut Silent)).unwrap();
-    assert_eq!(finish, Finish::Completed);
-    let report = report.unwrap();
+    let RunOutcome::Evaluated(report) = outcome else {
+        panic!("not evaluated: {outcome:?}");
+    };
     assert_eq!(report.cases.len(), 1);
     for f in [
         "config.json",
@@ -160,8 +191,14 @@ fn train_writes_the_whole_run_folder() {
         );
         serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap()).unwrap()
     };
-    let summary: serde_json::Value =
+    let mut summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    // summary.json also says which model was scored
+    let model = summary.as_object_mut().unwrap().remove("model").unwrap();
+    assert_eq!(
+        model,
+        serde_json::json!({"checkpoint": "last", "iteration": 3})
+    );
     assert_eq!(evaluate_run(&[], &dir.join("again.json")), summary);
     let net_a = evaluate_run(&["--nets", "a"], &dir.join("summary-a.json"));
     let mut cfg_a = cfg.clone();
@@ -173,7 +210,9 @@ fn train_writes_the_whole_run_folder() {
         &test_cases,
         &candle_core::Device::Cpu,
         &mut Silent,
+        &AtomicBool::new(false),
     )
+    .unwrap()
     .unwrap();
     // both sides through JSON text: serde_json's float parsing is not always exact to the last bit
     let text_a = serde_json::to_string(&report_a).unwrap();
@@ -227,46 +266,14 @@ fn resume_matches(cfg: &TrainConfig, tag: &str) {
         duoseg_train::train(&cfg, &data, opts(&b, true, false, &mut Silent)).unwrap(),
         Finish::Completed
     );
-    let dev = candle_core::Device::Cpu;
-    let (ta, ma) = checkpoint::load(&a.join("final.safetensors"), &dev).unwrap();
-    let (tb, mb) = checkpoint::load(&b.join("final.safetensors"), &dev).unwrap();
-    assert_eq!(ma, mb);
-    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    let ta = assert_same_final_model(&a, &b);
     let has_ema =
-        ta.keys().any(|k| k.starts_with("ema_a.")) && ta.keys().any(|k| k.starts_with("ema_b."));
+        ta.iter().any(|k| k.starts_with("ema_a.")) && ta.iter().any(|k| k.starts_with("ema_b."));
     assert_eq!(
         has_ema,
         cfg.ema_teacher.is_some(),
         "EMA copies in the checkpoint"
     );
-    for (k, t) in &ta {
-        let x: Vec<f32> = t
-            .flatten_all()
-            .unwrap()
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let y: Vec<f32> = tb[k]
-            .flatten_all()
-            .unwrap()
-            .to_dtype(candle_core::DType::F32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(x, y, "{k} differs after resume");
-    }
-    let la: Vec<_> = read_log(&a.join("log.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.iter, r.terms))
-        .collect();
-    let lb: Vec<_> = read_log(&b.join("log.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.iter, r.terms))
-        .collect();
-    assert_eq!(la, lb);
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();
 }
@@ -327,7 +334,13 @@ fn non_finite_loss_or_state_stops_naming_iteration_and_what_and_keeps_only_finit
 #[test]
 fn a_non_finite_checkpoint_is_refused() {
     let cfg = tiny_config(2, false);
-    let nets = Nets::build(&cfg.model, &candle_core::Device::Cpu, 1).unwrap();
+    let nets = Nets::build(
+        &cfg.model,
+        cfg.method.networks(),
+        &candle_core::Device::Cpu,
+        1,
+    )
+    .unwrap();
     let mut tensors = nets
         .tensors([checkpoint::NET_A, checkpoint::NET_B])
         .unwrap();
@@ -670,4 +683,295 @@ fn run_folders_are_guarded() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another duoseg process"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A patch larger than every training volume, and a batch whose estimated memory exceeds the
+/// machine's, are config errors (exit 2) given before any training step, with the numbers.
+#[test]
+fn a_patch_larger_than_the_volumes_or_a_batch_larger_than_memory_is_refused() {
+    let dir = tmp("too-large");
+    for (set, expect) in [
+        (
+            "patch=[256,32,32]",
+            "larger than every training volume along axis 0",
+        ),
+        ("batch.unlabeled=200000", "GiB of memory are available"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+            .args(["train", "--no-progress", "--set", set, "--config"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../configs/demo.json"
+            ))
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set}: {err}");
+        assert!(err.contains(expect), "{set}: {err}");
+        let checkpoints = dir.join("checkpoints");
+        assert!(!checkpoints.exists() || std::fs::read_dir(&checkpoints).unwrap().count() == 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sets the stop flag (as Ctrl-C does) when the run says it starts evaluating.
+struct StopAtEvaluation(Arc<AtomicBool>);
+impl duoseg_train::Observer for StopAtEvaluation {
+    fn message(&mut self, msg: &str) {
+        if msg.starts_with("evaluating") {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Ctrl-C during the evaluation after training stops it (nothing of the evaluation is written) and
+/// keeps the trained model; `--resume` then evaluates without training again.
+#[test]
+fn a_stop_during_evaluation_ends_it_and_resume_evaluates() {
+    let mut cfg = tiny_config(2, false);
+    cfg.data.synthetic.as_mut().unwrap().test = 3;
+    let dir = tmp("eval-stop");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut observer = StopAtEvaluation(Arc::clone(&stop));
+    let first = TrainOptions {
+        run: RunDir::create(&dir).unwrap(),
+        device: candle_core::Device::Cpu,
+        resume: false,
+        overwrite: false,
+        stop: Arc::clone(&stop),
+        observer: &mut observer,
+    };
+    let outcome = duoseg_train::run_training(&cfg, None, first).unwrap();
+    assert!(
+        matches!(outcome, RunOutcome::EvaluationStopped),
+        "{outcome:?}"
+    );
+    assert!(dir.join("final.safetensors").exists());
+    assert!(!dir.join("summary.json").exists());
+    assert!(!dir.join("predictions").exists());
+    let log = read_log(&dir.join("log.jsonl")).unwrap();
+    let outcome =
+        duoseg_train::run_training(&cfg, None, opts(&dir, true, false, &mut Silent)).unwrap();
+    let RunOutcome::Evaluated(report) = outcome else {
+        panic!("not evaluated: {outcome:?}");
+    };
+    assert_eq!(report.cases.len(), 3);
+    assert_eq!(
+        read_log(&dir.join("log.jsonl")).unwrap(),
+        log,
+        "no iteration trained again"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The comparison methods train the networks their papers use, fit the tiny phantoms, checkpoint
+/// their teachers and resume bit for bit, and evaluate from the final model.
+#[test]
+fn comparison_methods_train_resume_and_fit_the_phantoms() {
+    use duoseg_train::Method;
+    for (method, has_b, has_ema) in [
+        (Method::MeanTeacher, false, true),
+        (Method::UaMt, false, true),
+        (Method::Mcf, true, false),
+    ] {
+        let mut cfg = tiny_config(4, true);
+        cfg.method = method;
+        cfg.validate().unwrap();
+        // resume after iteration 1 gives the uninterrupted run's model and log
+        let data: TrainData = data::load(&cfg.data, None).unwrap();
+        let a = tmp(&format!("cmp-{}-a", method.name()));
+        let b = tmp(&format!("cmp-{}-b", method.name()));
+        let run = |dir: &Path, resume: bool, stop: bool| {
+            duoseg_train::train(&cfg, &data, opts(dir, resume, stop, &mut Silent)).unwrap()
+        };
+        assert_eq!(run(&a, false, false), Finish::Completed);
+        assert_eq!(run(&b, false, true), Finish::Interrupted(1));
+        assert_eq!(run(&b, true, false), Finish::Completed);
+        let names = assert_same_final_model(&a, &b);
+        let any = |p: &str| names.iter().any(|n| n.starts_with(p));
+        assert!(any("net_a."), "{}", method.name());
+        assert_eq!(any("net_b."), has_b, "{}", method.name());
+        assert_eq!(any("ema_a."), has_ema, "{}", method.name());
+        let (loaded_cfg, nets) =
+            Nets::load(&a.join("final.safetensors"), &candle_core::Device::Cpu).unwrap();
+        assert_eq!(loaded_cfg.method, method);
+        assert_eq!(nets.b.is_some(), has_b);
+        let log = read_log(&a.join("log.jsonl")).unwrap();
+        assert!(
+            log.iter().all(|r| r.terms.contains_key("consistency")),
+            "{}",
+            method.name()
+        );
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+
+        // a longer run fits the labeled phantoms: the supervised loss falls by more than half
+        let mut long = tiny_config(60, false);
+        long.method = method;
+        long.model.base_width = 4;
+        long.optim.lr_step = 1000;
+        long.optim.lr = 0.05;
+        let dir = tmp(&format!("cmp-{}-fit", method.name()));
+        duoseg_train::train(&long, &data, opts(&dir, false, false, &mut Silent)).unwrap();
+        let log = read_log(&dir.join("log.jsonl")).unwrap();
+        let dice = |r: &duoseg_train::run::LogRecord| r.terms["dice_a"];
+        let first = log.iter().take(5).map(dice).sum::<f64>() / 5.0;
+        let last = log.iter().rev().take(5).map(dice).sum::<f64>() / 5.0;
+        assert!(
+            last < 0.5 * first,
+            "{}: Dice loss {first} -> {last}",
+            method.name()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Options a method does not read are refused, naming the option and what the method reads.
+#[test]
+fn options_a_method_does_not_read_are_refused() {
+    use duoseg_train::Method;
+    let cfg = |method: Method, set: &str| {
+        let mut c = tiny_config(2, false);
+        c.method = method;
+        c.with_override(set).and_then(|c| c.validate().map(|_| c))
+    };
+    assert!(cfg(Method::UaMt, "baseline.mc_passes=4").is_ok());
+    let err = cfg(Method::MeanTeacher, "baseline.mc_passes=4")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("baseline.mc_passes is not an option of method mean_teacher"),
+        "{err}"
+    );
+    let err = cfg(Method::Duoseg, "baseline.temperature=0.5")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("belongs to mean_teacher, ua_mt and mcf"),
+        "{err}"
+    );
+    let err = cfg(Method::Mcf, "ema_teacher=0.99")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ema_teacher is an option of the duoseg method"),
+        "{err}"
+    );
+    let err = cfg(Method::MeanTeacher, "eval.nets=\"b\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("V-Net (subnet A) only"), "{err}");
+    let err = cfg(Method::UaMt, "baseline.mc_passes=3")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("even number"), "{err}");
+}
+
+/// `duoseg folds`: every labelled case is tested in exactly one fold, unlabelled images train in
+/// every fold, the same seed writes the same file, and the dataset reads it back as its folds.
+#[test]
+fn folds_partition_the_labelled_cases_and_read_back() {
+    let dir = tmp("folds");
+    nnunet_folder(&dir);
+    let folds = |seed: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+            .args(["folds", "--k", "3", "--seed", seed])
+            .args(extra)
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    assert!(folds("4", &[]).status.success());
+    let first = std::fs::read(dir.join("folds.json")).unwrap();
+    let refused = folds("4", &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--overwrite"));
+    assert!(folds("4", &["--overwrite"]).status.success());
+    assert_eq!(
+        std::fs::read(dir.join("folds.json")).unwrap(),
+        first,
+        "same seed, same folds"
+    );
+    let ds = duoseg_io::Dataset::open(&dir).unwrap();
+    let read = ds.folds().unwrap();
+    assert_eq!(read.len(), 3);
+    let mut tested: Vec<String> = read.iter().flat_map(|f| f.test.clone()).collect();
+    tested.sort();
+    assert_eq!(tested, ds.labelled_ids());
+    for f in &read {
+        for u in ds.unlabelled_ids() {
+            assert!(f.train.contains(&u) && !f.test.contains(&u));
+        }
+        assert!(f.test.iter().all(|t| !f.train.contains(t)));
+    }
+    assert!(folds("5", &["--overwrite"]).status.success());
+    assert_ne!(std::fs::read(dir.join("folds.json")).unwrap(), first);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `eval.checkpoint = best_val`: validation cases carved from the labeled ones (never trained on,
+/// never tested), scored every `validate_every` iterations; the best model is what the test cases
+/// score, summary.json says which it was, and an interrupted run resumes to the same choice.
+#[test]
+fn best_val_scores_validation_cases_and_evaluates_the_best_model() {
+    let mut cfg = tiny_config(4, false);
+    cfg.data.synthetic.as_mut().unwrap().labeled = 3;
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(3);
+    cfg.eval.checkpoint = duoseg_train::config::CheckpointChoice::BestVal;
+    cfg.eval.validation_cases = 1;
+    cfg.eval.validate_every = 2;
+    cfg.validate().unwrap();
+    let a = tmp("bestval-a");
+    let outcome =
+        duoseg_train::run_training(&cfg, None, opts(&a, false, false, &mut Silent)).unwrap();
+    assert!(matches!(outcome, RunOutcome::Evaluated(_)), "{outcome:?}");
+    let roles: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("split.json")).unwrap()).unwrap();
+    let validation = roles["validation"].as_array().unwrap().clone();
+    assert_eq!(validation.len(), 1);
+    assert_eq!(roles["labeled"].as_array().unwrap().len(), 2);
+    assert!(!roles["labeled"]
+        .as_array()
+        .unwrap()
+        .contains(&validation[0]));
+    assert!(!roles["test"].as_array().unwrap().contains(&validation[0]));
+    let log = read_log(&a.join("log.jsonl")).unwrap();
+    let scored: Vec<usize> = log
+        .iter()
+        .filter(|r| r.terms.contains_key("val_dice"))
+        .map(|r| r.iter)
+        .collect();
+    assert_eq!(scored, [2, 4]);
+    let best = log
+        .iter()
+        .filter_map(|r| r.terms.get("val_dice").map(|d| (r.iter, *d)))
+        .fold((0, f64::NEG_INFINITY), |b, x| if x.1 > b.1 { x } else { b });
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["model"]["checkpoint"], "best_val");
+    assert_eq!(summary["model"]["iteration"], best.0);
+    assert_eq!(summary["model"]["val_dice"], best.1);
+    assert_eq!(
+        summary["model"]["validation_cases"],
+        serde_json::Value::Array(validation)
+    );
+    assert!(a.join("best.safetensors").exists());
+
+    // interrupted after one iteration and resumed: the same log, best model and summary
+    let b = tmp("bestval-b");
+    let stopped =
+        duoseg_train::run_training(&cfg, None, opts(&b, false, true, &mut Silent)).unwrap();
+    assert!(
+        matches!(stopped, RunOutcome::TrainingStopped(1)),
+        "{stopped:?}"
+    );
+    duoseg_train::run_training(&cfg, None, opts(&b, true, false, &mut Silent)).unwrap();
+    assert_same_final_model(&a, &b);
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(read(&a, "best.json"), read(&b, "best.json"));
+    assert_eq!(read(&a, "summary.json"), read(&b, "summary.json"));
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
 }

@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use duoseg_metrics::{summary_markdown, table_rows, TABLE_HEADER};
 use duoseg_train::run::{write_atomic, write_json, RunDir};
-use duoseg_train::{Finish, TrainOptions};
 use duoseg_train::{Method, TrainConfig};
+use duoseg_train::{RunOutcome, TrainOptions};
 
 use crate::train::Progress;
 
@@ -85,12 +85,17 @@ pub fn run(args: DemoArgs) -> Result<crate::Outcome> {
             stop: stop.flag.clone(),
             observer: &mut progress,
         };
-        let (finish, report) = duoseg_train::run_training(&cfg, None, opts)?;
-        if let Finish::Interrupted(n) = finish {
-            eprintln!("interrupted after {n} iterations of {}", method.name());
-            return Ok(crate::Outcome::Interrupted(stop.exit_code()));
-        }
-        let report = report.context("no evaluation report")?;
+        let report = match duoseg_train::run_training(&cfg, None, opts)? {
+            RunOutcome::Evaluated(report) => report,
+            RunOutcome::TrainingStopped(n) => {
+                eprintln!("interrupted after {n} iterations of {}", method.name());
+                return Ok(crate::Outcome::Interrupted(stop.exit_code()));
+            }
+            RunOutcome::EvaluationStopped => {
+                eprintln!("interrupted while evaluating {}", method.name());
+                return Ok(crate::Outcome::Interrupted(stop.exit_code()));
+            }
+        };
         eprintln!(
             "[demo/{}] trained and evaluated in {:.0} s",
             method.name(),

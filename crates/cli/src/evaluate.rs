@@ -53,7 +53,8 @@ pub struct EvaluateArgs {
     /// (0-1), e.g. to gate a pipeline on a model's quality.
     #[arg(long, value_name = "DICE", value_parser = parse_fraction)]
     pub min_dice: Option<f64>,
-    /// Also write every number, the summary and the definitions used as JSON (atomically).
+    /// Also write every number, the summary and the definitions used as JSON (atomically); `-`
+    /// writes it to standard output instead of the table (which then goes to standard error).
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
     /// Keep only the largest 26-connected component of each predicted class before scoring.
@@ -164,11 +165,7 @@ pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
         cases.insert(pair.case.clone(), metrics);
     }
     let report = summarize(definition, cases);
-    print!("{}", per_case_table(&report));
-    if let Some(path) = &args.json {
-        write_json_atomic(path, &report)?;
-        eprintln!("wrote {}", path.display());
-    }
+    emit(&report, args.json.as_deref())?;
     check_min_dice(&report, args.min_dice)
 }
 
@@ -181,20 +178,12 @@ fn parse_fraction(s: &str) -> std::result::Result<f64, String> {
 }
 
 /// The mean Dice of a report: the "mean" row when there are several classes, else the one class's.
-fn mean_dice(report: &EvaluationReport) -> Option<f64> {
-    let row = report
-        .summary
-        .get("mean")
-        .or_else(|| report.summary.values().next())?;
-    row.get("dice")?.mean
-}
-
 /// Checks `--min-dice`: a failed check is exit code 1, with one line saying by how much.
 fn check_min_dice(report: &EvaluationReport, min: Option<f64>) -> Result<crate::Outcome> {
     let Some(min) = min else {
         return Ok(crate::Outcome::Ok);
     };
-    match mean_dice(report) {
+    match report.mean_dice() {
         Some(d) if d >= min => Ok(crate::Outcome::Ok),
         Some(d) => {
             eprintln!("check failed: mean Dice {d:.4} < --min-dice {min}");
@@ -212,20 +201,28 @@ fn run_again(args: &EvaluateArgs, dir: &Path) -> Result<crate::Outcome> {
     let device = args.device.open()?;
     let run = RunDir::create(dir).with_context(|| format!("cannot open {}", dir.display()))?;
     let nets = args.nets.as_deref().map(crate::infer::parse_nets);
-    let (cfg, report) =
-        duoseg_train::reevaluate_run(&run, nets, args.data.as_deref(), &device, &mut Silent)
-            .with_context(|| format!("cannot evaluate {}", dir.display()))?;
-    print!("{}", per_case_table(&report));
+    let stop = crate::signals::install()?;
+    let Some((cfg, report)) = duoseg_train::reevaluate_run(
+        &run,
+        nets,
+        args.data.as_deref(),
+        &device,
+        &mut Silent,
+        &stop.flag,
+    )
+    .with_context(|| format!("cannot evaluate {}", dir.display()))?
+    else {
+        eprintln!("interrupted; nothing written");
+        return Ok(crate::Outcome::Interrupted(stop.exit_code()));
+    };
     eprintln!(
-        "{}: final model, nets {:?}, {} test cases",
+        "{}: the run's model ({:?}), nets {:?}, {} test cases",
         dir.display(),
+        cfg.eval.checkpoint,
         cfg.eval.nets,
         report.cases.len()
     );
-    if let Some(path) = &args.json {
-        write_json_atomic(path, &report)?;
-        eprintln!("wrote {}", path.display());
-    }
+    emit(&report, args.json.as_deref())?;
     check_min_dice(&report, args.min_dice)
 }
 
@@ -324,8 +321,22 @@ fn pair_files(pred: &Path, label: &Path) -> Result<Vec<Pair>> {
     }
 }
 
-fn write_json_atomic(path: &Path, report: &EvaluationReport) -> Result<()> {
-    Ok(duoseg_train::run::write_json(path, report)?)
+/// The per-case table on standard output, and the JSON report to `json` (atomically); with
+/// `json` = `-` the JSON goes to standard output and the table to standard error.
+fn emit(report: &EvaluationReport, json: Option<&Path>) -> Result<()> {
+    match json {
+        Some(p) if p == Path::new("-") => {
+            eprint!("{}", per_case_table(report));
+            println!("{}", serde_json::to_string_pretty(report)?);
+        }
+        Some(p) => {
+            print!("{}", per_case_table(report));
+            duoseg_train::run::write_json(p, report)?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => print!("{}", per_case_table(report)),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

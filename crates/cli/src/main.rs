@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod device;
 mod evaluate;
+mod folds;
 mod infer;
 mod inspect;
 mod model;
@@ -37,7 +38,9 @@ enum Command {
     /// Show a volume's shape, spacing, data type, intensity statistics and label counts.
     Inspect(inspect::InspectArgs),
     Evaluate(evaluate::EvaluateArgs),
-    /// Train both nets (V-Net + ResNet-34 V-Net) with the dual-stream method, then evaluate.
+    /// Write seeded K-fold cross-validation splits of a dataset folder (folds.json).
+    Folds(folds::FoldsArgs),
+    /// Train a method (duoseg: V-Net + ResNet-34 V-Net; or a comparison method), then evaluate.
     Train(train::TrainArgs),
     /// Predict label maps for new volumes with a trained run (sliding window).
     Infer(infer::InferArgs),
@@ -90,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Folds(args) => folds::run(args),
         Command::Train(args) => train::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Demo(args) => demo::run(args),

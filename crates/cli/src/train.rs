@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use duoseg_metrics::{table_rows, TABLE_HEADER};
 use duoseg_train::run::{LogRecord, RunDir};
-use duoseg_train::{Finish, Observer, TrainOptions};
 use duoseg_train::{Method, TrainConfig};
+use duoseg_train::{Observer, RunOutcome, TrainOptions};
 
 /// Train the dual-stream method (V-Net + ResNet-34 V-Net) on labeled and unlabeled volumes.
 ///
@@ -39,7 +39,7 @@ pub struct TrainArgs {
     /// Number of labeled training cases (overrides data.labeled).
     #[arg(long, value_name = "N")]
     pub labeled: Option<usize>,
-    /// Objective: duoseg, supervised, no_reg, no_contrastive, reference_code.
+    /// Method: duoseg, supervised, no_reg, no_contrastive, reference_code, mean_teacher, ua_mt, mcf (docs/methods.md).
     #[arg(long, value_name = "METHOD")]
     pub method: Option<Method>,
     #[command(flatten)]
@@ -177,16 +177,23 @@ pub fn run(args: TrainArgs) -> Result<crate::Outcome> {
         stop: stop.flag.clone(),
         observer: &mut progress,
     };
-    let (finish, report) = duoseg_train::run_training(&cfg, args.data.as_deref(), opts)?;
-    match (finish, report) {
-        (Finish::Interrupted(n), _) => {
+    match duoseg_train::run_training(&cfg, args.data.as_deref(), opts)? {
+        RunOutcome::TrainingStopped(n) => {
             eprintln!(
                 "interrupted after {n} iterations (checkpoint written); continue with --resume --out {}",
                 out.display()
             );
             Ok(crate::Outcome::Interrupted(stop.exit_code()))
         }
-        (Finish::Completed, Some(report)) => {
+        RunOutcome::EvaluationStopped => {
+            eprintln!(
+                "interrupted during evaluation; training is complete ({}); evaluate with --resume --out {}",
+                out.join("final.safetensors").display(),
+                out.display()
+            );
+            Ok(crate::Outcome::Interrupted(stop.exit_code()))
+        }
+        RunOutcome::Evaluated(report) => {
             println!("{TABLE_HEADER}");
             for row in table_rows(cfg.method.name(), &report) {
                 println!("{row}");
@@ -194,6 +201,5 @@ pub fn run(args: TrainArgs) -> Result<crate::Outcome> {
             eprintln!("run folder: {}", out.display());
             Ok(crate::Outcome::Ok)
         }
-        (Finish::Completed, None) => Ok(crate::Outcome::Ok),
     }
 }

@@ -153,6 +153,22 @@ pub fn read_folds(path: impl AsRef<Path>) -> Result<Vec<Split>> {
         .collect())
 }
 
+/// Writes `folds` as `folds.json` (the format [`read_folds`] reads, with `k` and `seed` recorded)
+/// to `path`, atomically.
+pub fn write_folds(path: impl AsRef<Path>, folds: &[Split], seed: u64) -> Result<()> {
+    let json = serde_json::json!({
+        "k": folds.len(),
+        "seed": seed,
+        "folds": folds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| serde_json::json!({ "fold": i, "train": f.train, "test": f.test }))
+            .collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::fs::write_atomic(path.as_ref(), (text + "\n").as_bytes())
+}
+
 /// `k` folds of `ids` from a seed: the ids are shuffled (ChaCha8, stable across platforms) and dealt
 /// into `k` near-equal test sets; each fold trains on the others.
 pub fn k_folds(ids: &[String], k: usize, seed: u64) -> Result<Vec<Split>> {
@@ -578,6 +594,18 @@ impl Dataset {
             }
         }
         Ok(())
+    }
+
+    /// `k` seeded folds of this dataset ([`k_folds`] over the labelled cases): each labelled case is
+    /// tested in exactly one fold; the unlabelled cases (images without a label) join every fold's
+    /// training cases, after the labelled ones, as unlabeled data.
+    pub fn make_folds(&self, k: usize, seed: u64) -> Result<Vec<Split>> {
+        let unlabelled = self.unlabelled_ids();
+        let mut folds = k_folds(&self.labelled_ids(), k, seed)?;
+        for f in &mut folds {
+            f.train.extend(unlabelled.iter().cloned());
+        }
+        Ok(folds)
     }
 
     /// The 5 folds of `<root>/folds.json` (checked against the cases).

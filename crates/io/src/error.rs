@@ -20,6 +20,14 @@ pub enum Error {
     #[error("{path}: another duoseg process is writing into this folder")]
     Locked { path: PathBuf },
     /// The gzip stream is truncated or corrupt.
+    #[error("{path}: too large to read: {reason}")]
+    TooLarge {
+        path: PathBuf,
+        /// The size in bytes that was refused.
+        size: u64,
+        reason: String,
+    },
+
     #[error("{path}: truncated or corrupt gzip stream: {source}")]
     Gzip {
         path: PathBuf,

@@ -185,38 +185,134 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
     bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
 }
 
-/// Reads a whole regular file, decompressing it when it is gzip (detected by content, not name).
-pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+/// The most a deflate stream can expand: 1032 output bytes per input byte (zlib's documented bound
+/// for the longest match per code). A multi-member gzip file obeys it member by member, so
+/// `1032 * file length` bounds any gzip file's decoded size.
+pub const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// How many bytes a gzip stream may decode to beyond the size its header declares (a file may
+/// carry some bytes after its content) before [`gunzip_bounded`] refuses it.
+pub const TRAILING_SLACK: u64 = 1 << 20;
+
+/// Memory the OS could give this process now (`MemAvailable` of `/proc/meminfo`), or `None` where
+/// that is unknown (other platforms, restricted `/proc`).
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Reads a whole regular file, decompressing it when it is gzip (detected by content, not name),
+/// with the decoded size bounded by [`gunzip_bounded`]'s rules.
+pub fn read_maybe_gz_bounded(
+    path: &Path,
+    prefix: usize,
+    declared: impl FnOnce(&[u8]) -> Result<u64>,
+) -> Result<Vec<u8>> {
     let raw = read_regular(path)?;
     if !is_gzip(&raw) {
         return Ok(raw);
     }
-    gunzip(&raw, path)
+    gunzip_bounded(&raw, path, prefix, declared)
 }
 
-/// Decompresses a (possibly multi-member) gzip buffer in one call per member, straight into an
-/// output buffer sized from the ISIZE trailer (CRC-32 and length of every member are checked).
-/// Errors are [`Error::Gzip`] naming `path`.
+/// Decompresses a (possibly multi-member) gzip buffer (CRC-32 and length of every member are
+/// checked). Errors are [`Error::Gzip`] naming `path`. Bounded like [`gunzip_bounded`] with no
+/// header: at most [`MAX_DEFLATE_RATIO`] times the input and the memory available.
 pub fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
+    gunzip_bounded(raw, path, 0, |_| Ok(u64::MAX))
+}
+
+/// Decompresses a gzip buffer whose content starts with a header that declares the content's size,
+/// without ever holding more than that size: the first `prefix` decoded bytes (or all of them, if
+/// fewer) are passed to `declared`, which returns the decoded size the header promises (or an error
+/// for a bad header). That size is then checked before anything larger is allocated: it must fit
+/// the input ([`MAX_DEFLATE_RATIO`]) and the memory available ([`available_memory`]), and decoding
+/// stops with an error as soon as the stream yields more than it (and [`TRAILING_SLACK`]). So a small "gzip bomb" costs at
+/// most what its header honestly declares, never what its stream would expand to.
+pub fn gunzip_bounded(
+    raw: &[u8],
+    path: &Path,
+    prefix: usize,
+    declared: impl FnOnce(&[u8]) -> Result<u64>,
+) -> Result<Vec<u8>> {
     let gz_err = |kind: std::io::ErrorKind, msg: String| Error::Gzip {
         path: path.to_path_buf(),
         source: std::io::Error::new(kind, msg),
     };
-    // ISIZE (last 4 bytes) is the uncompressed size mod 2^32 (of the last member): a good capacity
-    // hint, capped so that a corrupt trailer cannot make us allocate gigabytes up front.
+    let ratio_bound = (raw.len() as u64).saturating_mul(MAX_DEFLATE_RATIO);
+    let memory = available_memory();
+    let too_large = |size: u64, why: String| Error::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        reason: why,
+    };
+    // The limit is known once `prefix` bytes are decoded; until then decode only that many.
+    let mut declared = Some(declared);
+    let mut limit: Option<u64> = None;
+    let mut decide = |head: &[u8]| -> Result<u64> {
+        let Some(f) = declared.take() else {
+            return Ok(u64::MAX);
+        };
+        let size = f(head)?;
+        if size == u64::MAX {
+            // Nothing declared: deflate's own bound is all there is.
+            return Ok(ratio_bound);
+        }
+        if size > ratio_bound {
+            return Err(too_large(
+                size,
+                format!(
+                    "its header declares {size} bytes, more than a {}-byte gzip file can hold",
+                    raw.len()
+                ),
+            ));
+        }
+        if let Some(mem) = memory {
+            if size > mem {
+                return Err(too_large(
+                    size,
+                    format!("decoding needs {size} bytes; {mem} bytes of memory are available"),
+                ));
+            }
+        }
+        Ok(size.saturating_add(TRAILING_SLACK).min(ratio_bound))
+    };
+    // ISIZE (last 4 bytes) is the uncompressed size mod 2^32 (of the last member): a capacity hint.
     let hint = match raw.len().checked_sub(4) {
-        Some(at) => u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]) as usize,
+        Some(at) => u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]) as u64,
         None => 0,
     };
-    // +1: a full buffer would cost one more call (and a reallocation) just to see the stream end.
-    let cap = hint.min(raw.len().saturating_mul(1032)).min(1 << 30) + 1;
-    let mut out = Vec::with_capacity(cap);
+    let mut out: Vec<u8> = Vec::with_capacity(prefix);
+    if prefix == 0 {
+        limit = Some(decide(&[])?);
+    }
     let mut input = raw;
     loop {
         let mut inflate = flate2::Decompress::new_gzip(15);
         loop {
+            if limit.is_none() && out.len() >= prefix {
+                limit = Some(decide(&out[..prefix])?);
+            }
             if out.len() == out.capacity() {
-                out.reserve(out.capacity().max(1 << 16));
+                let want = match limit {
+                    // +1: a full buffer would cost one more call just to see the stream end, and
+                    // a byte past the limit is how an over-long stream is caught.
+                    Some(limit) => {
+                        let room = limit.saturating_add(1).saturating_sub(out.len() as u64);
+                        if room == 0 {
+                            return Err(too_large(
+                                limit,
+                                format!("the stream decodes to more than the {limit} bytes its header declares"),
+                            ));
+                        }
+                        let first = hint.max(out.len() as u64).max(1 << 16);
+                        usize::try_from(room.min(first)).unwrap_or(usize::MAX)
+                    }
+                    None => prefix - out.len(),
+                };
+                out.reserve_exact(want);
             }
             let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
             let consumed = usize::try_from(before_in).unwrap_or(usize::MAX);
@@ -238,9 +334,23 @@ pub fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
                 ));
             }
         }
+        if let Some(limit) = limit {
+            if out.len() as u64 > limit {
+                return Err(too_large(
+                    limit,
+                    format!(
+                        "the stream decodes to more than the {limit} bytes its header declares"
+                    ),
+                ));
+            }
+        }
         let consumed = usize::try_from(inflate.total_in()).unwrap_or(usize::MAX);
         input = input.get(consumed..).unwrap_or_default();
         if input.is_empty() {
+            if limit.is_none() {
+                // Shorter than the header: let the format's own check name what is missing.
+                decide(&out)?;
+            }
             return Ok(out);
         }
         if !is_gzip(input) {

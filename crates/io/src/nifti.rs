@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::dtype::DataType;
 use crate::error::{Error, Result};
-use crate::fs::{read_maybe_gz, write_atomic};
+use crate::fs::{read_maybe_gz_bounded, write_atomic};
 use crate::header::{header_err, WRITE_VOX_OFFSET};
 pub use crate::header::{NiftiHeader, HEADER_SIZE};
 use crate::volume::Volume;
@@ -27,9 +27,9 @@ struct Layout<'a> {
     raw: &'a [u8],
 }
 
-/// Parses and checks the header and locates the voxel bytes.
-fn layout<'a>(bytes: &'a [u8], path: &Path) -> Result<Layout<'a>> {
-    let header = NiftiHeader::parse(bytes, path)?;
+/// The header's shape and data type, where the voxels start, and where they end (the file size the
+/// header declares).
+fn declared_layout(header: &NiftiHeader, path: &Path) -> Result<([usize; 3], DataType, u64, u64)> {
     let shape = header.shape(path)?;
     let dtype =
         DataType::from_nifti_code(header.datatype).ok_or_else(|| Error::UnsupportedDataType {
@@ -48,6 +48,28 @@ fn layout<'a>(bytes: &'a [u8], path: &Path) -> Result<Layout<'a>> {
         .and_then(|n| n.checked_mul(dtype.size() as u64))
         .and_then(|n| n.checked_add(offset))
         .ok_or_else(|| header_err(path, format!("shape {shape:?} overflows")))?;
+    Ok((shape, dtype, offset, expected))
+}
+
+/// Reads a `.nii` or `.nii.gz` file's bytes; a gzip stream is decoded only up to the size its
+/// header declares (plus [`crate::fs::TRAILING_SLACK`]), so a small file that expands to gigabytes is refused
+/// before it is held in memory.
+fn read_nifti_bytes(path: &Path) -> Result<Vec<u8>> {
+    read_maybe_gz_bounded(path, HEADER_SIZE, |head| {
+        if head.len() < HEADER_SIZE {
+            // Too short for a header: decoded whole (it is small), and `layout` says what is wrong.
+            return Ok(HEADER_SIZE as u64);
+        }
+        let header = NiftiHeader::parse(head, path)?;
+        let (_, _, _, expected) = declared_layout(&header, path)?;
+        Ok(expected)
+    })
+}
+
+/// Parses and checks the header and locates the voxel bytes.
+fn layout<'a>(bytes: &'a [u8], path: &Path) -> Result<Layout<'a>> {
+    let header = NiftiHeader::parse(bytes, path)?;
+    let (shape, dtype, offset, expected) = declared_layout(&header, path)?;
     if (bytes.len() as u64) < expected {
         return Err(Error::Truncated {
             path: path.to_path_buf(),
@@ -102,12 +124,13 @@ pub fn decode_nifti(bytes: &[u8], path: &Path) -> Result<Volume> {
 
 /// Reads a `.nii` or `.nii.gz` file.
 pub fn read_nifti(path: &Path) -> Result<Volume> {
-    let bytes = read_maybe_gz(path)?;
+    let bytes = read_nifti_bytes(path)?;
     decode_nifti(&bytes, path)
 }
 
 /// A label map decoded straight from NIfTI voxels (see [`decode_nifti_labels`]).
-pub(crate) struct NiftiLabels {
+#[derive(Debug)]
+pub struct NiftiLabels {
     pub header: NiftiHeader,
     pub shape: [usize; 3],
     /// The labels (C order), or the [`Error::BadLabel`] of the first voxel (C order) that is not
@@ -119,7 +142,8 @@ pub(crate) struct NiftiLabels {
 /// Decodes a `.nii` buffer straight to `u8` labels in C order, without the `f32` volume: the same
 /// labels and errors as [`decode_nifti`] followed by [`Volume::to_labels`] (a non-finite value is
 /// [`Error::NonFinite`], a fraction, negative or > 255 value [`Error::BadLabel`]; scaling applied).
-pub(crate) fn decode_nifti_labels(bytes: &[u8], path: &Path) -> Result<NiftiLabels> {
+/// `path` only names the file in errors (the fuzzed entry point of [`crate::read_labels`]).
+pub fn decode_nifti_labels(bytes: &[u8], path: &Path) -> Result<NiftiLabels> {
     let Layout {
         header,
         shape,
@@ -214,7 +238,7 @@ pub(crate) fn decode_nifti_labels(bytes: &[u8], path: &Path) -> Result<NiftiLabe
 
 /// Reads a `.nii` or `.nii.gz` file as labels (see [`decode_nifti_labels`]).
 pub(crate) fn read_nifti_labels(path: &Path) -> Result<NiftiLabels> {
-    let bytes = read_maybe_gz(path)?;
+    let bytes = read_nifti_bytes(path)?;
     decode_nifti_labels(&bytes, path)
 }
 
@@ -722,6 +746,63 @@ mod tests {
         let mut b = good;
         b[108..112].copy_from_slice(&(-5.0f32).to_le_bytes());
         assert!(matches!(decode_nifti(&b, p), Err(Error::Header { .. })));
+    }
+
+    /// A gzip bomb: a valid header declaring a few voxels, followed by 200 MB of zeros (about 200 KB
+    /// compressed). Reading it must stop at the declared size, not expand the stream.
+    #[test]
+    fn a_gzip_stream_longer_than_its_header_declares_is_refused_before_expanding() {
+        let dir = scratch("gzbomb");
+        let mut bytes = small_nii(DataType::U8);
+        let declared = bytes.len() as u64;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&bytes).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..200 {
+            enc.write_all(&zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let path = dir.join("bomb.nii.gz");
+        std::fs::write(&path, &bomb).unwrap();
+        for result in [
+            read_nifti(&path).map(|_| ()),
+            read_nifti_labels(&path).map(|_| ()),
+        ] {
+            match result {
+                Err(Error::TooLarge { size, reason, .. }) => {
+                    assert_eq!(size, declared + crate::fs::TRAILING_SLACK);
+                    assert!(reason.contains("more than"), "{reason}");
+                }
+                other => panic!("expected TooLarge, got {:?}", other.err()),
+            }
+        }
+        // The same header with its true voxels and a little trailing data is read.
+        bytes.extend([7u8; 100]);
+        let path = dir.join("ok.nii.gz");
+        std::fs::write(&path, gzip(&bytes)).unwrap();
+        assert_eq!(read_nifti(&path).unwrap().shape, [3, 2, 2]);
+    }
+
+    /// A header declaring more voxels than its gzip file could ever decode to (deflate expands at
+    /// most 1032-fold) is refused from the header alone, before any large allocation.
+    #[test]
+    fn a_header_declaring_more_than_the_gzip_file_can_hold_is_refused() {
+        let dir = scratch("gzhuge");
+        let h = header([2000, 2000, 2000], DataType::F64);
+        let mut bytes = h.to_bytes().to_vec();
+        bytes.extend([0u8; 4]);
+        bytes.extend([0u8; 4096]);
+        let path = dir.join("huge.nii.gz");
+        std::fs::write(&path, gzip(&bytes)).unwrap();
+        match read_nifti(&path) {
+            Err(Error::TooLarge { size, .. }) => assert_eq!(size, 64_000_000_352),
+            other => panic!("expected TooLarge, got {:?}", other.err()),
+        }
+        // Uncompressed, the same file is simply truncated.
+        let path = dir.join("huge.nii");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read_nifti(&path), Err(Error::Truncated { .. })));
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {

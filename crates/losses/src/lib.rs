@@ -7,6 +7,7 @@
 //! pseudo-labels are integer tensors `[N, D, H, W]` (u32 internally); voxel masks are f32 0/1 `[N, D, H, W]`.
 //! Every normalisation by a voxel count divides by `max(1, count)`, so empty sets give 0, never NaN.
 
+mod baselines;
 mod config;
 mod consistency;
 mod contrastive;
@@ -16,6 +17,11 @@ mod reliability;
 mod schedule;
 mod supervised;
 
+pub use baselines::{
+    ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, sharpen, sigmoid_rampup,
+    softmax_squared_difference, uncertainty_masked_consistency, uncertainty_threshold,
+    ConsistencyRamp, McfTerms,
+};
 pub use config::{LossConfig, Preset, StudentRule};
 pub use consistency::{
     consistency_l1, consistency_l1_normalized, disagreement_mask, mean_confidence,

@@ -65,6 +65,18 @@ pub struct EvaluationReport {
     pub undefined: Vec<UndefinedEntry>,
 }
 
+impl EvaluationReport {
+    /// The headline Dice: the mean over classes (`"mean"` row) when there are several, else the one
+    /// class's mean over cases; `None` when no case defines it.
+    pub fn mean_dice(&self) -> Option<f64> {
+        let row = self
+            .summary
+            .get("mean")
+            .or_else(|| self.summary.values().next())?;
+        row.get("dice")?.mean
+    }
+}
+
 /// Builds the report from per-case results (case -> class -> metrics).
 pub fn summarize(
     definition: MetricDefinition,

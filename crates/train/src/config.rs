@@ -25,16 +25,209 @@ pub enum Method {
     NoContrastive,
     /// The published reference code's effective objective (`LossConfig::reference_code`).
     ReferenceCode,
+    /// Mean Teacher (Tarvainen & Valpola 2017) on a V-Net, as UA-MT's LA code runs it without the
+    /// uncertainty mask (docs/methods.md section 1); options in `baseline`.
+    MeanTeacher,
+    /// UA-MT (Yu et al. 2019): Mean Teacher whose consistency counts only voxels where T noisy
+    /// teacher passes agree (docs/methods.md section 2); options in `baseline`.
+    UaMt,
+    /// MCF (Wang et al. 2023): the V-Net and the ResNet-34 V-Net, the one with the lower Dice loss
+    /// teaching the other with sharpened pseudo-labels, plus a review of the labeled voxels where
+    /// they disagree (docs/methods.md section 6); options in `baseline`.
+    Mcf,
+}
+
+/// The options of the comparison methods (`mean_teacher`, `ua_mt`, `mcf`); every default is the
+/// value of the method's public LA code (docs/methods.md). A method refuses a changed option it
+/// does not read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// Weight of the consistency term at the end of its ramp (all three: 0.1).
+    pub consistency: f64,
+    /// Length of the ramp `exp(-5 (1 - e / L)^2)` in "epochs" of `epoch_iterations` (40).
+    pub rampup_epochs: f64,
+    /// Iterations per "epoch" of the ramp (150: the code's `iter_num // 150`).
+    pub epoch_iterations: usize,
+    /// EMA decay of the teacher, `min(1 - 1 / (t + 1), ema_decay)` (Mean Teacher, UA-MT: 0.99).
+    pub ema_decay: f64,
+    /// Standard deviation of the Gaussian noise added to the teacher's input (0.1).
+    pub noise_std: f64,
+    /// The noise is clipped to `[-noise_clip, noise_clip]` (0.2).
+    pub noise_clip: f64,
+    /// UA-MT's Monte-Carlo teacher passes T (8; an even number: the code runs T/2 passes of the
+    /// unlabeled batch repeated twice).
+    pub mc_passes: usize,
+    /// MCF's sharpening temperature of the pseudo-labels (0.1).
+    pub temperature: f64,
+    /// MCF's weight of the review term on labeled voxels where the nets disagree (0.5).
+    pub review_weight: f64,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        BaselineConfig {
+            consistency: 0.1,
+            rampup_epochs: 40.0,
+            epoch_iterations: 150,
+            ema_decay: 0.99,
+            noise_std: 0.1,
+            noise_clip: 0.2,
+            mc_passes: 8,
+            temperature: 0.1,
+            review_weight: 0.5,
+        }
+    }
+}
+
+impl BaselineConfig {
+    fn is_default(&self) -> bool {
+        *self == BaselineConfig::default()
+    }
+
+    /// The options `method` reads (the others must keep their defaults).
+    fn used_by(method: Method) -> &'static [&'static str] {
+        const RAMP: [&str; 3] = ["consistency", "rampup_epochs", "epoch_iterations"];
+        match method {
+            Method::MeanTeacher => &[
+                RAMP[0],
+                RAMP[1],
+                RAMP[2],
+                "ema_decay",
+                "noise_std",
+                "noise_clip",
+            ],
+            Method::UaMt => &[
+                RAMP[0],
+                RAMP[1],
+                RAMP[2],
+                "ema_decay",
+                "noise_std",
+                "noise_clip",
+                "mc_passes",
+            ],
+            Method::Mcf => &[RAMP[0], RAMP[1], RAMP[2], "temperature", "review_weight"],
+            _ => &[],
+        }
+    }
+
+    /// The options that differ from their defaults, by name.
+    fn changed(&self) -> Vec<&'static str> {
+        let d = BaselineConfig::default();
+        let mut out = Vec::new();
+        let mut check = |name, changed: bool| {
+            if changed {
+                out.push(name);
+            }
+        };
+        check("consistency", self.consistency != d.consistency);
+        check("rampup_epochs", self.rampup_epochs != d.rampup_epochs);
+        check(
+            "epoch_iterations",
+            self.epoch_iterations != d.epoch_iterations,
+        );
+        check("ema_decay", self.ema_decay != d.ema_decay);
+        check("noise_std", self.noise_std != d.noise_std);
+        check("noise_clip", self.noise_clip != d.noise_clip);
+        check("mc_passes", self.mc_passes != d.mc_passes);
+        check("temperature", self.temperature != d.temperature);
+        check("review_weight", self.review_weight != d.review_weight);
+        out
+    }
+
+    /// Ranges, and no changed option `method` does not read.
+    fn validate(&self, method: Method) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(name) = self
+            .changed()
+            .into_iter()
+            .find(|n| !Self::used_by(method).contains(n))
+        {
+            return bad(format!(
+                "baseline.{name} is not an option of method {}{}",
+                method.name(),
+                match Self::used_by(method) {
+                    [] =>
+                        " (the baseline section belongs to mean_teacher, ua_mt and mcf)".to_string(),
+                    used => format!(" (it reads baseline.{})", used.join(", baseline.")),
+                }
+            ));
+        }
+        let finite_non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        for (name, v) in [
+            ("consistency", self.consistency),
+            ("rampup_epochs", self.rampup_epochs),
+            ("noise_std", self.noise_std),
+            ("noise_clip", self.noise_clip),
+            ("review_weight", self.review_weight),
+        ] {
+            if !finite_non_negative(v) {
+                return bad(format!("baseline.{name} {v} must be finite and >= 0"));
+            }
+        }
+        if self.epoch_iterations == 0 {
+            return bad("baseline.epoch_iterations must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad(format!(
+                "baseline.ema_decay {} must lie in [0, 1)",
+                self.ema_decay
+            ));
+        }
+        if self.mc_passes < 2 || self.mc_passes % 2 != 0 {
+            return bad(format!(
+                "baseline.mc_passes {} must be an even number >= 2",
+                self.mc_passes
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!(
+                "baseline.temperature {} must be positive",
+                self.temperature
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The networks a method trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Networks {
+    /// Subnet A (V-Net) and subnet B (ResNet-34 V-Net).
+    Pair,
+    /// Subnet A (V-Net) alone.
+    VNet,
 }
 
 impl Method {
+    /// The networks the method trains (its papers' backbones).
+    pub fn networks(self) -> Networks {
+        match self {
+            Method::Duoseg
+            | Method::Supervised
+            | Method::NoReg
+            | Method::NoContrastive
+            | Method::ReferenceCode
+            | Method::Mcf => Networks::Pair,
+            Method::MeanTeacher | Method::UaMt => Networks::VNet,
+        }
+    }
+
+    /// Whether the method is one of the comparison methods (options in `baseline`, not `loss`).
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Method::MeanTeacher | Method::UaMt | Method::Mcf)
+    }
+
     /// All methods, for `--help` and sweeps.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 8] = [
         Method::Duoseg,
         Method::Supervised,
         Method::NoReg,
         Method::NoContrastive,
         Method::ReferenceCode,
+        Method::MeanTeacher,
+        Method::UaMt,
+        Method::Mcf,
     ];
 
     /// The snake_case name used in configs and reports.
@@ -45,15 +238,18 @@ impl Method {
             Method::NoReg => "no_reg",
             Method::NoContrastive => "no_contrastive",
             Method::ReferenceCode => "reference_code",
+            Method::MeanTeacher => "mean_teacher",
+            Method::UaMt => "ua_mt",
+            Method::Mcf => "mcf",
         }
     }
 
-    /// The loss actually assembled for this method from the configured one; `None` for supervised-only,
-    /// which never forwards unlabeled crops.
+    /// The duoseg loss actually assembled for this method from the configured one; `None` for
+    /// supervised-only and the comparison methods, which do not read `loss`.
     pub fn effective_loss(self, loss: &LossConfig) -> Option<LossConfig> {
         match self {
             Method::Duoseg => Some(loss.clone()),
-            Method::Supervised => None,
+            Method::Supervised | Method::MeanTeacher | Method::UaMt | Method::Mcf => None,
             Method::NoReg => Some(LossConfig {
                 use_reg: false,
                 ..loss.clone()
@@ -73,7 +269,12 @@ impl std::str::FromStr for Method {
         Method::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown method {s:?} (one of duoseg, supervised, no_reg, no_contrastive, reference_code)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown method {s:?} (one of {})",
+                    Method::ALL.map(Method::name).join(", ")
+                )
+            })
     }
 }
 
@@ -225,6 +426,48 @@ pub struct EvalConfig {
     /// Number of test cases shown in `figures/` (image, ground truth, prediction slices).
     #[serde(default = "three")]
     pub figure_cases: usize,
+    /// The model the test cases score: `last` (default; the seed / MCF protocol) or `best_val`, the
+    /// model with the best mean Dice on validation cases carved from the labeled training cases
+    /// (never the test cases).
+    #[serde(default, skip_serializing_if = "CheckpointChoice::is_last")]
+    pub checkpoint: CheckpointChoice,
+    /// `best_val`: this many labeled cases (the last of the labeled list) become validation cases
+    /// and are not trained on.
+    #[serde(default = "two", skip_serializing_if = "is_two")]
+    pub validation_cases: usize,
+    /// `best_val`: score the validation cases every this many iterations (and after the last).
+    #[serde(default = "two_hundred", skip_serializing_if = "is_two_hundred")]
+    pub validate_every: usize,
+}
+
+/// Which model a run's evaluation uses (`eval.checkpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointChoice {
+    /// The model after the last iteration.
+    #[default]
+    Last,
+    /// The model that scored the best mean Dice on the validation cases.
+    BestVal,
+}
+
+impl CheckpointChoice {
+    fn is_last(&self) -> bool {
+        *self == CheckpointChoice::Last
+    }
+}
+
+fn two() -> usize {
+    2
+}
+fn is_two(n: &usize) -> bool {
+    *n == 2
+}
+fn two_hundred() -> usize {
+    200
+}
+fn is_two_hundred(n: &usize) -> bool {
+    *n == 200
 }
 
 fn four() -> usize {
@@ -287,6 +530,9 @@ pub struct TrainConfig {
     /// Mean Teacher's remedy for confirmation bias, a SPEC section 6 candidate.
     #[serde(default)]
     pub ema_teacher: Option<f64>,
+    /// Options of the comparison methods (`mean_teacher`, `ua_mt`, `mcf`); written only when changed.
+    #[serde(default, skip_serializing_if = "BaselineConfig::is_default")]
+    pub baseline: BaselineConfig,
     /// Evaluation and inference.
     pub eval: EvalConfig,
     /// Checkpoints.
@@ -386,6 +632,24 @@ impl TrainConfig {
                 self.batch
             ));
         }
+        self.baseline.validate(self.method)?;
+        if self.method.is_baseline() && self.ema_teacher.is_some() {
+            return bad(format!(
+                "ema_teacher is an option of the duoseg method; {} does not read it{} (unset it with --set ema_teacher=null)",
+                self.method.name(),
+                if matches!(self.method, Method::MeanTeacher | Method::UaMt) {
+                    ", its teacher's decay is baseline.ema_decay"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if self.method.networks() == Networks::VNet && self.eval.nets == EvalNets::B {
+            return bad(format!(
+                "eval.nets = \"b\": {} trains the V-Net (subnet A) only",
+                self.method.name()
+            ));
+        }
         if let Some(m) = self.ema_teacher {
             if !(0.0..1.0).contains(&m) {
                 return bad(format!("ema_teacher {m}: the momentum must lie in [0, 1)"));
@@ -399,6 +663,15 @@ impl TrainConfig {
         }
         if self.data.pad_to_multiple == 0 {
             return bad("data.pad_to_multiple must be at least 1".into());
+        }
+        if self.eval.checkpoint == CheckpointChoice::BestVal
+            && (self.eval.validation_cases == 0 || self.eval.validate_every == 0)
+        {
+            return bad(format!(
+                "eval.checkpoint = \"best_val\" needs eval.validation_cases >= 1 (got {}) and \
+                 eval.validate_every >= 1 (got {})",
+                self.eval.validation_cases, self.eval.validate_every
+            ));
         }
         if let Some(a) = (0..3).find(|&a| self.eval.stride[a] > self.patch[a]) {
             return bad(format!(
@@ -460,6 +733,11 @@ impl TrainConfig {
             return Err(fail("expected key=value".into()));
         };
         let mut v = serde_json::to_value(self).map_err(|e| fail(e.to_string()))?;
+        // sections written only when changed are still there to be set
+        if let Some(o) = v.as_object_mut() {
+            let baseline = serde_json::to_value(self.baseline).map_err(|e| fail(e.to_string()))?;
+            o.entry("baseline").or_insert(baseline);
+        }
         let mut node = &mut v;
         for part in key.split('.') {
             node = node

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use duoseg_io::dataset::LabeledSplit;
 
-use crate::config::{DataConfig, LabeledCases, Split};
+use crate::config::{ConfigError, DataConfig, LabeledCases, Split};
 use crate::error::{Result, TrainError};
 use crate::phantom::PhantomCase;
 
@@ -24,6 +24,65 @@ pub struct TrainData {
     pub unlabeled: Arc<[PreparedCase]>,
     /// Test cases (with labels).
     pub test: Vec<PreparedCase>,
+    /// Validation cases (with labels), carved from the labeled ones for `eval.checkpoint = best_val`
+    /// ([`TrainData::carve_validation`]); empty otherwise.
+    pub validation: Vec<PreparedCase>,
+}
+
+impl TrainData {
+    /// Moves the last `n` labeled cases into [`TrainData::validation`] (they are then neither
+    /// trained on nor tested). At least one labeled case must remain.
+    pub fn carve_validation(self, n: usize) -> Result<TrainData> {
+        let labeled = self.labeled.len();
+        if n >= labeled {
+            return Err(TrainError::Dataset(format!(
+                "eval.validation_cases = {n} would leave none of the {labeled} labeled cases to train on"
+            )));
+        }
+        let mut cases = self.labeled.to_vec();
+        let validation = cases.split_off(labeled - n);
+        Ok(TrainData {
+            labeled: cases.into(),
+            validation,
+            ..self
+        })
+    }
+
+    /// Checks `patch` against the training volumes (labeled and unlabeled, before padding): a patch
+    /// larger than every volume along some axis is an error (every crop would be mostly padding);
+    /// one larger than some volumes is a warning naming how many are padded.
+    pub fn check_patch(&self, patch: [usize; 3]) -> Result<Option<String>> {
+        let cases: Vec<&PreparedCase> = self.labeled.iter().chain(self.unlabeled.iter()).collect();
+        if cases.is_empty() {
+            return Ok(None);
+        }
+        for (axis, &p) in patch.iter().enumerate() {
+            let largest = cases
+                .iter()
+                .map(|c| c.original_shape[axis])
+                .max()
+                .unwrap_or(0);
+            if p > largest {
+                return Err(TrainError::Config(ConfigError::Invalid(format!(
+                    "patch {patch:?} is larger than every training volume along axis {axis} \
+                     (largest {largest} voxels): every crop would be mostly padding; use a patch \
+                     of at most {} there (a multiple of 16)",
+                    (largest / 16).max(1) * 16
+                ))));
+            }
+        }
+        let smaller = cases
+            .iter()
+            .filter(|c| (0..3).any(|a| c.original_shape[a] < patch[a]))
+            .count();
+        Ok((smaller > 0).then(|| {
+            format!(
+                "warning: {smaller} of {} training volumes are smaller than the patch {patch:?} \
+                 along some axis; they are padded to it",
+                cases.len()
+            )
+        }))
+    }
 }
 
 /// A file's volume prepared as `cfg` says (normalisation, padding).
@@ -67,6 +126,7 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
         }
         let set = s.generate();
         return Ok(TrainData {
+            validation: Vec::new(),
             labeled: set
                 .labeled
                 .into_iter()
@@ -131,6 +191,7 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
         prepare(s.id, s.image, if keep_label { s.label } else { None }, cfg)
     };
     Ok(TrainData {
+        validation: Vec::new(),
         labeled: assigned
             .labeled
             .iter()
@@ -221,6 +282,9 @@ pub struct CaseRoles {
     pub unlabeled: Vec<String>,
     /// Held-out test cases.
     pub test: Vec<String>,
+    /// Validation cases (labeled cases set aside to choose the checkpoint), when there are any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation: Vec<String>,
 }
 
 impl TrainData {
@@ -231,6 +295,7 @@ impl TrainData {
             labeled: names(&self.labeled),
             unlabeled: names(&self.unlabeled),
             test: names(&self.test),
+            validation: names(&self.validation),
         }
     }
 }

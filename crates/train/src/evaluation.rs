@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
 use duoseg_metrics::{EvaluationReport, MetricDefinition};
 
-use crate::config::{EvalNets, TrainConfig};
+use crate::config::{CheckpointChoice, EvalNets, TrainConfig};
+use crate::learner::BestModel;
 use duoseg_io::PreparedCase;
 
 use crate::error::{Result, TrainError};
@@ -70,19 +72,28 @@ pub fn predict_case(
     })
 }
 
-/// Evaluates the nets on the test cases: the metrics crate's report, plus each prediction.
+/// Evaluates the nets on the test cases: the metrics crate's report, plus each prediction. `stop`
+/// is polled before each case: once it is set (Ctrl-C), evaluation ends early with `None`.
 pub fn evaluate(
     cfg: &TrainConfig,
     nets: &Nets,
     test: &[PreparedCase],
     device: &Device,
     observer: &mut dyn Observer,
-) -> Result<(EvaluationReport, Vec<Prediction>)> {
+    stop: &AtomicBool,
+) -> Result<Option<(EvaluationReport, Vec<Prediction>)>> {
     let classes: Vec<u8> = (1..cfg.model.n_classes as u8).collect();
     let definition = MetricDefinition::default();
     let mut cases = BTreeMap::new();
     let mut preds = Vec::new();
     for (i, case) in test.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            observer.message(&format!(
+                "evaluation stopped after {i} of {} cases",
+                test.len()
+            ));
+            return Ok(None);
+        }
         let Some(gt) = &case.label else {
             return Err(TrainError::case(&case.name, "a test case needs a label"));
         };
@@ -106,21 +117,25 @@ pub fn evaluate(
         ));
         preds.push(pred);
     }
-    Ok((duoseg_metrics::summarize(definition, cases), preds))
+    Ok(Some((duoseg_metrics::summarize(definition, cases), preds)))
 }
 
 /// After training: loads `final.safetensors`, evaluates on the test cases and writes `summary.json`,
 /// `summary.md`, `figures/` (loss curves, overlays of the first `eval.figure_cases` test cases) and
-/// `predictions/<case>.nii.gz`. Returns the report.
+/// `predictions/<case>.nii.gz`. Returns the report, or `None` when `stop` ended it early (then
+/// nothing is written).
 pub fn evaluate_run(
     run: &RunDir,
     test: &[PreparedCase],
     device: &Device,
     observer: &mut dyn Observer,
-) -> Result<EvaluationReport> {
-    let (cfg, nets) = Nets::load(&run.final_weights(), device)?;
-    let (report, preds) = evaluate(&cfg, &nets, test, device, observer)?;
-    write_summary(run, &cfg, &report)?;
+    stop: &AtomicBool,
+) -> Result<Option<EvaluationReport>> {
+    let (cfg, nets, model) = chosen_model(run, device)?;
+    let Some((report, preds)) = evaluate(&cfg, &nets, test, device, observer, stop)? else {
+        return Ok(None);
+    };
+    write_summary(run, &cfg, &report, &model)?;
     let records = crate::run::read_log(&run.log()).map_err(TrainError::file(run.log()))?;
     let fig = run.figures().join("losses.png");
     crate::figures::loss_curves(&records, &fig)?;
@@ -140,12 +155,60 @@ pub fn evaluate_run(
         let p = run.predictions().join(format!("{}.nii.gz", case.name));
         duoseg_io::write_labels(&p, shape, &pred.labels, &like)?;
     }
-    Ok(report)
+    Ok(Some(report))
 }
 
-/// `summary.json` and `summary.md` of a run.
-fn write_summary(run: &RunDir, cfg: &TrainConfig, report: &EvaluationReport) -> Result<()> {
-    crate::run::write_json(&run.summary_json(), report)?;
+/// The model a finished run is evaluated with, as its `eval.checkpoint` says: `final.safetensors`
+/// (`last`) or `best.safetensors` (`best_val`); with the config and a description of the choice
+/// for `summary.json` (`"model"`).
+pub fn chosen_model(
+    run: &RunDir,
+    device: &Device,
+) -> Result<(TrainConfig, Nets, serde_json::Value)> {
+    let (cfg, last) = Nets::load(&run.final_weights(), device)?;
+    match cfg.eval.checkpoint {
+        CheckpointChoice::Last => Ok((
+            cfg.clone(),
+            last,
+            serde_json::json!({ "checkpoint": "last", "iteration": cfg.iterations }),
+        )),
+        CheckpointChoice::BestVal => {
+            let Some(best) = BestModel::read(run)? else {
+                return Err(TrainError::RunFolder(format!(
+                    "{}: eval.checkpoint is best_val but the run has no best.json",
+                    run.root.display()
+                )));
+            };
+            let (_, nets) = Nets::load(&run.best_weights(), device)?;
+            let validation: Vec<String> = std::fs::read_to_string(run.split())
+                .ok()
+                .and_then(|t| serde_json::from_str::<crate::data::CaseRoles>(&t).ok())
+                .map(|r| r.validation)
+                .unwrap_or_default();
+            let model = serde_json::json!({
+                "checkpoint": "best_val",
+                "iteration": best.iteration,
+                "val_dice": best.val_dice,
+                "validation_cases": validation,
+            });
+            Ok((cfg, nets, model))
+        }
+    }
+}
+
+/// `summary.json` (the report, plus `"model"`: which checkpoint was scored) and `summary.md`.
+fn write_summary(
+    run: &RunDir,
+    cfg: &TrainConfig,
+    report: &EvaluationReport,
+    model: &serde_json::Value,
+) -> Result<()> {
+    let mut json = serde_json::to_value(report)
+        .map_err(|e| TrainError::file(run.summary_json())(std::io::Error::other(e)))?;
+    if let Some(o) = json.as_object_mut() {
+        o.insert("model".into(), model.clone());
+    }
+    crate::run::write_json(&run.summary_json(), &json)?;
     let md =
         duoseg_metrics::summary_markdown(&cfg.name, &[(cfg.method.name().to_string(), report)]);
     Ok(crate::run::write_atomic(&run.summary_md(), md.as_bytes())?)
@@ -153,15 +216,17 @@ fn write_summary(run: &RunDir, cfg: &TrainConfig, report: &EvaluationReport) -> 
 
 /// Evaluates a finished run's `final.safetensors` again on its test cases, optionally with other net(s)
 /// than its config's `eval.nets` (e.g. to see which subnetwork carries the averaged result). Loads the
-/// data the run's config names (or `data_root`); writes nothing. Returns the config used and the report.
+/// data the run's config names (or `data_root`); writes nothing. Returns the config used and the
+/// report, or `None` when `stop` ended it early.
 pub fn reevaluate_run(
     run: &RunDir,
     nets: Option<EvalNets>,
     data_root: Option<&Path>,
     device: &Device,
     observer: &mut dyn Observer,
-) -> Result<(TrainConfig, EvaluationReport)> {
-    let (mut cfg, loaded) = Nets::load(&run.final_weights(), device)?;
+    stop: &AtomicBool,
+) -> Result<Option<(TrainConfig, EvaluationReport)>> {
+    let (mut cfg, loaded, _) = chosen_model(run, device)?;
     if let Some(n) = nets {
         cfg.eval.nets = n;
     }
@@ -172,6 +237,6 @@ pub fn reevaluate_run(
             run.config().display()
         )));
     }
-    let (report, _) = evaluate(&cfg, &loaded, &data.test, device, observer)?;
-    Ok((cfg, report))
+    let report = evaluate(&cfg, &loaded, &data.test, device, observer, stop)?;
+    Ok(report.map(|(report, _)| (cfg, report)))
 }

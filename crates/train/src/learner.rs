@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use duoseg_io::loader::{Loader, LoaderConfig};
+use duoseg_io::PreparedCase;
 
 use crate::checkpoint::{self, CheckpointMeta, MOMENTUM, NET_A, NET_B};
-use crate::config::TrainConfig;
+use crate::config::{CheckpointChoice, TrainConfig};
 use crate::data::TrainData;
 use crate::error::{Result, TrainError};
 use crate::method::{self, StepBatch, TrainingMethod};
@@ -82,12 +83,37 @@ struct Learner<'c, 'o> {
     loader: Loader,
     /// Iterations already done (0, or the resumed checkpoint's).
     start: usize,
+    /// `eval.checkpoint = best_val`: the validation cases, and the best (iteration, mean Dice) so far.
+    validation: &'c [PreparedCase],
+    best: Option<BestModel>,
+}
+
+/// The model `eval.checkpoint = best_val` keeps: `best.safetensors`, described by `best.json`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BestModel {
+    /// Iterations done when it was saved.
+    pub iteration: usize,
+    /// Its mean Dice on the validation cases.
+    pub val_dice: f64,
+}
+
+impl BestModel {
+    /// Reads a run's `best.json`, when there is one.
+    pub fn read(run: &RunDir) -> Result<Option<BestModel>> {
+        let path = run.best_json();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| TrainError::RunFolder(format!("{}: {e}", path.display())))
+    }
 }
 
 impl<'c, 'o> Learner<'c, 'o> {
     /// Builds the nets, the method and the optimiser, resumes when asked, records the config and
     /// starts the batch loader.
-    fn new(cfg: &'c TrainConfig, data: &TrainData, opts: TrainOptions<'o>) -> Result<Self> {
+    fn new(cfg: &'c TrainConfig, data: &'c TrainData, opts: TrainOptions<'o>) -> Result<Self> {
         let TrainOptions {
             run,
             device,
@@ -98,6 +124,13 @@ impl<'c, 'o> Learner<'c, 'o> {
         } = opts;
         let method = method::for_config(cfg, &device)?;
         let n_unlabeled = method.unlabeled_per_batch();
+        let best_val = cfg.eval.checkpoint == CheckpointChoice::BestVal;
+        if best_val && data.validation.is_empty() {
+            return Err(TrainError::Dataset(
+                "eval.checkpoint = \"best_val\" needs validation cases (TrainData::carve_validation)"
+                    .into(),
+            ));
+        }
         if data.labeled.is_empty() {
             return Err(TrainError::Dataset(format!(
                 "{} needs labeled cases; the data has none",
@@ -124,7 +157,7 @@ impl<'c, 'o> Learner<'c, 'o> {
         if resume {
             check_same_cases(&run, data)?;
         }
-        let students = Nets::build(&cfg.model, &device, cfg.seed)?;
+        let students = Nets::build(&cfg.model, cfg.method.networks(), &device, cfg.seed)?;
         let opt = Sgd::new(students.trainable()?, &cfg.optim)?;
         let mut learner_state = (students, method, opt);
         let start = if resume {
@@ -134,7 +167,6 @@ impl<'c, 'o> Learner<'c, 'o> {
         };
         let (students, method, opt) = learner_state;
         crate::run::write_json(&run.config(), cfg)?;
-        crate::run::write_json(&run.split(), &data.roles())?;
         crate::run::write_json(&run.split(), &data.roles())?;
         let log = LogWriter::open(&run.log(), start)?;
         let loader_cfg = LoaderConfig {
@@ -157,6 +189,11 @@ impl<'c, 'o> Learner<'c, 'o> {
             loader_cfg,
             start as u64,
         )?;
+        // a best model saved after the resumed checkpoint is found again by the same iterations
+        let best = match resume {
+            true => BestModel::read(&run)?.filter(|b| b.iteration <= start),
+            false => None,
+        };
         Ok(Learner {
             _lock: lock,
             cfg,
@@ -170,6 +207,8 @@ impl<'c, 'o> Learner<'c, 'o> {
             log,
             loader,
             start,
+            validation: if best_val { &data.validation } else { &[] },
+            best,
         })
     }
 
@@ -177,12 +216,17 @@ impl<'c, 'o> Learner<'c, 'o> {
     fn run(mut self) -> Result<Finish> {
         let t_max = self.cfg.iterations;
         for t in self.start..t_max {
-            let rec = self.step(t)?;
+            let mut rec = self.step(t)?;
+            let done = t + 1;
+            let every = self.cfg.eval.validate_every;
+            if !self.validation.is_empty() && (done % every == 0 || done == t_max) {
+                let dice = self.validate(done)?;
+                rec.terms.insert("val_dice".into(), dice);
+            }
             self.log
                 .write(&rec)
                 .map_err(TrainError::file(self.run.log()))?;
             self.observer.iteration(&rec, t_max);
-            let done = t + 1;
             let interrupted = self.stop.load(Ordering::SeqCst) && done < t_max;
             let every = self.cfg.checkpoint.every;
             if (every > 0 && done % every == 0) || interrupted || done == t_max {
@@ -194,6 +238,39 @@ impl<'c, 'o> Learner<'c, 'o> {
         }
         self.save(&self.run.final_weights(), t_max)?;
         Ok(Finish::Completed)
+    }
+
+    /// Scores the students on the validation cases after `done` iterations; a better mean Dice than
+    /// the best so far saves them as `best.safetensors` (then `best.json`). Returns the mean Dice
+    /// (an undefined one, every validation label empty, counts as 0).
+    fn validate(&mut self, done: usize) -> Result<f64> {
+        let never = AtomicBool::new(false);
+        let report = crate::evaluation::evaluate(
+            self.cfg,
+            &self.students,
+            self.validation,
+            &self.device,
+            &mut Silent,
+            &never,
+        )?
+        .map(|(report, _)| report);
+        let dice = report.and_then(|r| r.mean_dice()).unwrap_or(0.0);
+        if self.best.is_none_or(|b| dice > b.val_dice) {
+            self.save(&self.run.best_weights(), done)?;
+            let best = BestModel {
+                iteration: done,
+                val_dice: dice,
+            };
+            crate::run::write_json(&self.run.best_json(), &best)?;
+            self.best = Some(best);
+        }
+        if let Some(b) = self.best {
+            self.observer.message(&format!(
+                "validation after {done} iterations: mean Dice {dice:.4} (best {:.4} after {})",
+                b.val_dice, b.iteration
+            ));
+        }
+        Ok(dice)
     }
 
     /// Iteration `t` (0-based): batch, loss, checks, SGD step, the method's update; returns the log record.
@@ -242,7 +319,7 @@ impl<'c, 'o> Learner<'c, 'o> {
         self.opt.set_lr(lr);
         let grads = loss.total.backward()?;
         self.opt.step(&grads)?;
-        self.method.after_update(&self.students)?;
+        self.method.after_update(&self.students, t)?;
         // so that every checkpoint, and the model a finished run leaves, is finite
         if let Some(tensor) = self.students.first_non_finite()? {
             return Err(self.with_last_checkpoint(TrainError::NonFiniteState {
@@ -341,6 +418,7 @@ fn check_same_cases(run: &RunDir, data: &TrainData) -> Result<()> {
         ("labeled", &recorded.labeled, &now.labeled),
         ("unlabeled", &recorded.unlabeled, &now.unlabeled),
         ("test", &recorded.test, &now.test),
+        ("validation", &recorded.validation, &now.validation),
     ] {
         if a != b {
             return Err(TrainError::RunFolder(format!(

@@ -19,6 +19,7 @@ mod error;
 pub mod evaluation;
 pub mod figures;
 pub mod learner;
+pub mod memory;
 pub mod method;
 pub mod nets;
 pub mod phantom;
@@ -33,6 +34,6 @@ pub use evaluation::{evaluate, evaluate_run, predict_case, reevaluate_run, Predi
 pub use learner::{train, Finish, Observer, Silent, TrainOptions};
 pub use method::TrainingMethod;
 pub use nets::Nets;
-pub use pipeline::run_training;
+pub use pipeline::{run_training, RunOutcome};
 pub use sgd::{OptimConfig, Sgd};
 pub use sliding::{Blend, SlidingWindow};

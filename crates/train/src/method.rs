@@ -9,11 +9,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use duoseg_losses::{supervised_loss, IterationInput, NetOutputs, Objective};
+use duoseg_losses::{
+    ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, supervised_loss,
+    uncertainty_masked_consistency, uncertainty_threshold, ConsistencyRamp, IterationInput,
+    NetOutputs, Objective,
+};
 use duoseg_models::SegNet;
 
 use crate::checkpoint::{EMA_A, EMA_B};
-use crate::config::TrainConfig;
+use crate::config::{Method, Networks, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::nets::{mix, Nets};
 
@@ -22,6 +26,11 @@ const STUDENT_DROPOUT: [u64; 2] = [3, 4];
 const TEACHER_DROPOUT: [u64; 2] = [5, 6];
 /// The per-iteration stream of the loss's own random draws (contrastive voxel sampling).
 const LOSS_STREAM: u64 = 2;
+/// The per-iteration stream of the noise added to the teacher's input (Mean Teacher, UA-MT); pass
+/// `k` of UA-MT's Monte-Carlo passes draws from `NOISE_STREAM + 1 + k`, its dropout from
+/// `MC_DROPOUT + k`.
+const NOISE_STREAM: u64 = 100;
+const MC_DROPOUT: u64 = 200;
 
 /// One iteration's batch on the device.
 pub struct StepBatch<'a> {
@@ -57,8 +66,9 @@ pub trait TrainingMethod {
     /// Runs the forward passes of iteration `batch.iteration` and assembles its loss.
     fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss>;
 
-    /// After the students' SGD step (e.g. moving-average teachers follow them).
-    fn after_update(&mut self, _students: &Nets) -> Result<()> {
+    /// After the students' SGD step of 0-based iteration `iteration` (e.g. moving-average teachers
+    /// follow them).
+    fn after_update(&mut self, _students: &Nets, _iteration: usize) -> Result<()> {
         Ok(())
     }
 
@@ -80,20 +90,50 @@ pub trait TrainingMethod {
 
 /// The method `cfg.method` names, on `device`.
 pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn TrainingMethod>> {
-    Ok(match cfg.method.effective_loss(&cfg.loss) {
-        None => Box::new(SupervisedOnly),
-        Some(loss) => Box::new(DualStream {
-            objective: Objective::new(loss, cfg.model.n_classes)?,
+    let b = &cfg.baseline;
+    let ramp = ConsistencyRamp {
+        weight: b.consistency,
+        rampup_epochs: b.rampup_epochs,
+        iterations_per_epoch: b.epoch_iterations,
+    };
+    Ok(match cfg.method {
+        Method::Supervised => Box::new(SupervisedOnly),
+        Method::MeanTeacher | Method::UaMt => Box::new(MeanTeacher {
+            // the teacher starts as an exact copy (same seed, same initialisation)
+            teacher: Nets::build(&cfg.model, Networks::VNet, device, cfg.seed)?,
+            ramp,
+            ema_decay: b.ema_decay,
+            noise_std: b.noise_std,
+            noise_clip: b.noise_clip,
+            mc_passes: (cfg.method == Method::UaMt).then_some(b.mc_passes),
             unlabeled_per_batch: cfg.batch.unlabeled,
-            teachers: match cfg.ema_teacher {
-                // the smoothed teachers start as exact copies (same seed, same initialisation)
-                Some(momentum) => Some(EmaTeachers {
-                    nets: Nets::build(&cfg.model, device, cfg.seed)?,
-                    momentum,
-                }),
-                None => None,
-            },
         }),
+        Method::Mcf => Box::new(Mcf {
+            ramp,
+            temperature: b.temperature,
+            review_weight: b.review_weight,
+            unlabeled_per_batch: cfg.batch.unlabeled,
+        }),
+        Method::Duoseg | Method::NoReg | Method::NoContrastive | Method::ReferenceCode => {
+            let Some(loss) = cfg.method.effective_loss(&cfg.loss) else {
+                return Err(TrainError::Tensor(candle_core::Error::Msg(format!(
+                    "{} has no loss",
+                    cfg.method.name()
+                ))));
+            };
+            Box::new(DualStream {
+                objective: Objective::new(loss, cfg.model.n_classes)?,
+                unlabeled_per_batch: cfg.batch.unlabeled,
+                teachers: match cfg.ema_teacher {
+                    // the smoothed teachers start as exact copies (same seed, same initialisation)
+                    Some(momentum) => Some(EmaTeachers {
+                        nets: Nets::build(&cfg.model, cfg.method.networks(), device, cfg.seed)?,
+                        momentum,
+                    }),
+                    None => None,
+                },
+            })
+        }
     })
 }
 
@@ -117,7 +157,9 @@ fn ensure_finite(name: &str, logits: &Tensor, iteration: usize) -> Result<()> {
 fn forward_students(students: &Nets, batch: &StepBatch) -> Result<[(Tensor, Tensor); 2]> {
     students.reseed_dropout(batch.seed, batch.iteration, STUDENT_DROPOUT);
     let a = students.a.forward_t(batch.images, true)?;
-    let b = students.b.forward_t(batch.images, true)?;
+    let b = students
+        .require_b("the dual-stream loss")?
+        .forward_t(batch.images, true)?;
     ensure_finite("logits_a", &a.0, batch.iteration)?;
     ensure_finite("logits_b", &b.0, batch.iteration)?;
     Ok([a, b])
@@ -179,7 +221,11 @@ impl TrainingMethod for DualStream {
                 let t = &teachers.nets;
                 t.reseed_dropout(batch.seed, batch.iteration, TEACHER_DROPOUT);
                 let ta = t.a.forward_t(&xu, true)?.0.detach();
-                let tb = t.b.forward_t(&xu, true)?.0.detach();
+                let tb = t
+                    .require_b("the EMA teacher")?
+                    .forward_t(&xu, true)?
+                    .0
+                    .detach();
                 Some((ta, tb))
             }
             None => None,
@@ -216,7 +262,7 @@ impl TrainingMethod for DualStream {
         })
     }
 
-    fn after_update(&mut self, students: &Nets) -> Result<()> {
+    fn after_update(&mut self, students: &Nets, _iteration: usize) -> Result<()> {
         match &self.teachers {
             Some(t) => t.nets.ema_update(students, t.momentum),
             None => Ok(()),
@@ -243,5 +289,168 @@ impl TrainingMethod for DualStream {
             self.objective.threshold_state().set_ema(ema);
         }
         Ok(())
+    }
+}
+
+/// `x + clamp(n, -clip, clip)` with `n ~ N(0, std^2)` drawn from `seed` (on the host, then moved to
+/// `x`'s device): the noise Mean Teacher and UA-MT add to the teacher's input.
+fn add_clipped_noise(x: &Tensor, std: f64, clip: f64, seed: u64) -> Result<Tensor> {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let noise: Vec<f32> = (0..x.elem_count())
+        .map(|_| (duoseg_models::standard_normal(&mut rng) * std).clamp(-clip, clip) as f32)
+        .collect();
+    let noise = Tensor::from_vec(noise, x.dims(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x + noise)?)
+}
+
+/// Mean Teacher and UA-MT (docs/methods.md sections 1-2): a V-Net student on labeled and unlabeled
+/// crops, `0.5 (CE + Dice)` on the labeled ones, and the squared distance of its softmax to an EMA
+/// teacher's (input noise, dropout and batch statistics on: the teacher runs in training mode, as in
+/// the public code) on the unlabeled ones, weighted by the ramp. UA-MT (`mc_passes`) counts only
+/// voxels whose uncertainty over T noisy teacher passes is below its threshold.
+pub struct MeanTeacher {
+    teacher: Nets,
+    ramp: ConsistencyRamp,
+    ema_decay: f64,
+    noise_std: f64,
+    noise_clip: f64,
+    mc_passes: Option<usize>,
+    unlabeled_per_batch: usize,
+}
+
+impl TrainingMethod for MeanTeacher {
+    fn unlabeled_per_batch(&self) -> usize {
+        self.unlabeled_per_batch
+    }
+
+    fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss> {
+        let (t, seed) = (batch.iteration, batch.seed);
+        students.reseed_dropout(seed, t, STUDENT_DROPOUT);
+        let logits = students.a.forward_t(batch.images, true)?.0;
+        ensure_finite("logits_a", &logits, t)?;
+        let sup = supervised_loss(&logits.narrow(0, 0, batch.n_labeled)?, batch.labels, None)?;
+        let student_u = logits.narrow(0, batch.n_labeled, batch.n_unlabeled)?;
+        let xu = batch.images.narrow(0, batch.n_labeled, batch.n_unlabeled)?;
+        let teacher = |x: &Tensor, noise: u64, dropout: [u64; 2]| -> Result<Tensor> {
+            let noisy = add_clipped_noise(
+                x,
+                self.noise_std,
+                self.noise_clip,
+                mix(seed, t as u64, noise),
+            )?;
+            self.teacher.reseed_dropout(seed, t, dropout);
+            Ok(self.teacher.a.forward_t(&noisy, true)?.0.detach())
+        };
+        let target = teacher(&xu, NOISE_STREAM, TEACHER_DROPOUT)?;
+        let weight = self.ramp.at(t);
+        let mut terms = BTreeMap::new();
+        let consistency = match self.mc_passes {
+            None => mean_teacher_consistency(&student_u, &target)?,
+            Some(passes) => {
+                // as the code: T/2 passes of the unlabeled crops repeated twice, each with its own
+                // noise and dropout; row 2p + i of a pass is crop i
+                let twice = Tensor::cat(&[&xu, &xu], 0)?;
+                let mut samples = Vec::with_capacity(passes);
+                for p in 0..passes / 2 {
+                    let k = p as u64;
+                    let z = teacher(
+                        &twice,
+                        NOISE_STREAM + 1 + k,
+                        [MC_DROPOUT + k, MC_DROPOUT + k],
+                    )?;
+                    samples.push(z.narrow(0, 0, batch.n_unlabeled)?);
+                    samples.push(z.narrow(0, batch.n_unlabeled, batch.n_unlabeled)?);
+                }
+                let uncertainty = predictive_entropy(&samples)?;
+                let k = logits.dim(1)?;
+                let threshold = uncertainty_threshold(t, batch.total_iterations, k);
+                let (c, mask) =
+                    uncertainty_masked_consistency(&student_u, &target, &uncertainty, threshold)?;
+                terms.insert("uncertainty_threshold".to_string(), threshold);
+                terms.insert("certain_fraction".to_string(), host(&mask.mean_all()?)?);
+                c
+            }
+        };
+        let supervised = (sup.total()? * 0.5)?;
+        let total = (&supervised + (&consistency * weight)?)?;
+        terms.extend([
+            ("total".to_string(), host(&total)?),
+            ("ce_a".to_string(), host(&sup.ce)?),
+            ("dice_a".to_string(), host(&sup.dice)?),
+            ("consistency".to_string(), host(&consistency)?),
+            ("lambda_u".to_string(), weight),
+        ]);
+        Ok(StepLoss { total, terms })
+    }
+
+    fn after_update(&mut self, students: &Nets, iteration: usize) -> Result<()> {
+        self.teacher
+            .ema_update(students, ema_decay(iteration, self.ema_decay))
+    }
+
+    fn save_state(&self, tensors: &mut BTreeMap<String, Tensor>) -> Result<serde_json::Value> {
+        tensors.extend(self.teacher.tensors([EMA_A, EMA_B])?);
+        Ok(serde_json::json!({}))
+    }
+
+    fn load_state(
+        &mut self,
+        path: &Path,
+        tensors: &BTreeMap<String, Tensor>,
+        _state: &serde_json::Value,
+    ) -> Result<()> {
+        self.teacher.restore(path, [EMA_A, EMA_B], tensors)
+    }
+}
+
+/// MCF (docs/methods.md section 6): the V-Net and the ResNet-34 V-Net on the same crops; each
+/// `CE + Dice` plus the review of the labeled voxels where they disagree; the net with the lower
+/// Dice loss gives sharpened pseudo-labels to the other on the unlabeled crops
+/// ([`duoseg_losses::mcf_loss`]). One SGD step over both nets is the code's two optimisers: each
+/// net's gradient comes from its own terms only (the pseudo-labels carry no gradient).
+pub struct Mcf {
+    ramp: ConsistencyRamp,
+    temperature: f64,
+    review_weight: f64,
+    unlabeled_per_batch: usize,
+}
+
+impl TrainingMethod for Mcf {
+    fn unlabeled_per_batch(&self) -> usize {
+        self.unlabeled_per_batch
+    }
+
+    fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss> {
+        let [(la, _), (lb, _)] = forward_students(students, batch)?;
+        let weight = self.ramp.at(batch.iteration);
+        let m = mcf_loss(
+            &la,
+            &lb,
+            batch.labels,
+            weight,
+            self.temperature,
+            self.review_weight,
+        )?;
+        let terms = BTreeMap::from([
+            ("total".to_string(), host(&m.total)?),
+            ("supervised_a".to_string(), host(&m.supervised_v)?),
+            ("supervised_b".to_string(), host(&m.supervised_r)?),
+            ("dice_a".to_string(), m.dice_v),
+            ("dice_b".to_string(), m.dice_r),
+            ("review_a".to_string(), host(&m.review_v)?),
+            ("review_b".to_string(), host(&m.review_r)?),
+            ("consistency".to_string(), host(&m.consistency)?),
+            (
+                "teacher_is_a".to_string(),
+                f64::from(u8::from(m.vnet_teaches)),
+            ),
+            ("n_disagree".to_string(), m.n_disagree),
+            ("lambda_u".to_string(), weight),
+        ]);
+        Ok(StepLoss {
+            total: m.total,
+            terms,
+        })
     }
 }

@@ -1,4 +1,5 @@
-//! The two subnetworks as one unit: building them with seeded weights, their trainable variables, the
+//! A method's networks as one unit: the V-Net (subnet A) and, for the methods that train a pair, the
+//! ResNet-34 V-Net (subnet B). Building them with seeded weights, their trainable variables, the
 //! moving-average (EMA) update, checkpoint round trips and eval-mode prediction.
 
 use std::collections::BTreeMap;
@@ -9,20 +10,21 @@ use candle_nn::{VarBuilder, VarMap};
 use duoseg_models::{init_seeded, NetConfig, ResNet34VNet, SegNet, VNet};
 
 use crate::checkpoint::{self, lock_vars};
-use crate::config::{EvalNets, ModelConfig, TrainConfig};
+use crate::config::{EvalNets, ModelConfig, Networks, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::sgd::is_buffer_name;
 
-/// The two subnetworks and their variables.
+/// The networks a method trains and their variables: always subnet A (V-Net), and subnet B
+/// (ResNet-34 V-Net) for the methods that train a pair ([`Networks::Pair`]).
 pub struct Nets {
     /// Subnet A, V-Net.
     pub a: VNet,
-    /// Subnet B, ResNet-34 V-Net.
-    pub b: ResNet34VNet,
+    /// Subnet B, ResNet-34 V-Net (pair methods only).
+    pub b: Option<ResNet34VNet>,
     /// Variables of A (PyTorch names).
     pub vars_a: VarMap,
-    /// Variables of B (PyTorch names).
-    pub vars_b: VarMap,
+    /// Variables of B (PyTorch names), when B exists.
+    pub vars_b: Option<VarMap>,
 }
 
 /// SplitMix64-style mixing of the run seed with stream identifiers: every random stream of a run
@@ -56,9 +58,15 @@ pub fn first_non_finite(tensors: &BTreeMap<String, Tensor>) -> Result<Option<Str
 }
 
 impl Nets {
-    /// Builds both nets on `device`, weights drawn from `seed` (`duoseg_models::init_seeded`, one
-    /// stream per net), so that initialisation is reproducible.
-    pub fn build(model: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
+    /// Builds the nets `networks` names on `device`, weights drawn from `seed`
+    /// (`duoseg_models::init_seeded`, one stream per net: A's weights do not depend on whether B
+    /// exists), so that initialisation is reproducible.
+    pub fn build(
+        model: &ModelConfig,
+        networks: Networks,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         let cfg = NetConfig {
             in_channels: 1,
             n_classes: model.n_classes,
@@ -66,12 +74,18 @@ impl Nets {
             dropout: model.dropout,
         };
         let vars_a = VarMap::new();
-        let vars_b = VarMap::new();
         let a = VNet::new(cfg, VarBuilder::from_varmap(&vars_a, DType::F32, device))?;
-        let b = ResNet34VNet::new(cfg, VarBuilder::from_varmap(&vars_b, DType::F32, device))?;
-        for (i, vm) in [&vars_a, &vars_b].into_iter().enumerate() {
-            init_seeded(vm, mix(seed, i as u64, 0xA11CE))?;
-        }
+        init_seeded(&vars_a, mix(seed, 0, 0xA11CE))?;
+        let (b, vars_b) = match networks {
+            Networks::VNet => (None, None),
+            Networks::Pair => {
+                let vars_b = VarMap::new();
+                let b =
+                    ResNet34VNet::new(cfg, VarBuilder::from_varmap(&vars_b, DType::F32, device))?;
+                init_seeded(&vars_b, mix(seed, 1, 0xA11CE))?;
+                (Some(b), Some(vars_b))
+            }
+        };
         Ok(Nets {
             a,
             b,
@@ -80,7 +94,16 @@ impl Nets {
         })
     }
 
-    /// Loads both nets (and nothing else) from a checkpoint or `final.safetensors`, with its config.
+    /// The nets with their variables and checkpoint prefixes (`prefix[0]` for A, `prefix[1]` for B).
+    fn members<'a>(&'a self, prefix: [&'a str; 2]) -> Vec<(&'a str, &'a VarMap)> {
+        let mut out = vec![(prefix[0], &self.vars_a)];
+        if let Some(vb) = &self.vars_b {
+            out.push((prefix[1], vb));
+        }
+        out
+    }
+
+    /// Loads the nets (and nothing else) from a checkpoint or `final.safetensors`, with its config.
     pub fn load(path: &Path, device: &Device) -> Result<(TrainConfig, Self)> {
         let (tensors, meta) = checkpoint::load(path, device)?;
         if let Some(name) = first_non_finite(&tensors)? {
@@ -91,15 +114,17 @@ impl Nets {
         }
         let cfg: TrainConfig = serde_json::from_value(meta.config)
             .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?;
-        let nets = Nets::build(&cfg.model, device, cfg.seed)?;
+        let nets = Nets::build(&cfg.model, cfg.method.networks(), device, cfg.seed)?;
         nets.restore(path, [checkpoint::NET_A, checkpoint::NET_B], &tensors)?;
         Ok((cfg, nets))
     }
 
-    /// Every tensor of both nets, named `<prefix[0]>.<name>` / `<prefix[1]>.<name>`.
+    /// Every tensor of the nets, named `<prefix[0]>.<name>` (A) / `<prefix[1]>.<name>` (B).
     pub fn tensors(&self, prefix: [&str; 2]) -> Result<BTreeMap<String, Tensor>> {
-        let mut out = checkpoint::varmap_tensors(prefix[0], &self.vars_a)?;
-        out.extend(checkpoint::varmap_tensors(prefix[1], &self.vars_b)?);
+        let mut out = BTreeMap::new();
+        for (p, vm) in self.members(prefix) {
+            out.extend(checkpoint::varmap_tensors(p, vm)?);
+        }
         Ok(out)
     }
 
@@ -110,24 +135,23 @@ impl Nets {
         first_non_finite(&self.tensors([checkpoint::NET_A, checkpoint::NET_B])?)
     }
 
-    /// Sets both nets from `tensors` named as [`Nets::tensors`] names them (read from `path`).
+    /// Sets the nets from `tensors` named as [`Nets::tensors`] names them (read from `path`).
     pub fn restore(
         &self,
         path: &Path,
         prefix: [&str; 2],
         tensors: &BTreeMap<String, Tensor>,
     ) -> Result<()> {
-        checkpoint::restore_varmap(path, prefix[0], &self.vars_a, tensors)?;
-        checkpoint::restore_varmap(path, prefix[1], &self.vars_b, tensors)
+        for (p, vm) in self.members(prefix) {
+            checkpoint::restore_varmap(path, p, vm, tensors)?;
+        }
+        Ok(())
     }
 
-    /// Trainable parameters of both nets, named `net_a.<name>` / `net_b.<name>`.
+    /// Trainable parameters of the nets, named `net_a.<name>` / `net_b.<name>`.
     pub fn trainable(&self) -> Result<Vec<(String, Var)>> {
         let mut out = Vec::new();
-        for (prefix, vm) in [
-            (checkpoint::NET_A, &self.vars_a),
-            (checkpoint::NET_B, &self.vars_b),
-        ] {
+        for (prefix, vm) in self.members([checkpoint::NET_A, checkpoint::NET_B]) {
             for (n, v) in lock_vars(vm)?.iter() {
                 if !is_buffer_name(n) {
                     out.push((format!("{prefix}.{n}"), v.clone()));
@@ -137,16 +161,27 @@ impl Nets {
         Ok(out)
     }
 
-    /// Draws both nets' Dropout3d masks of the next forward pass from `(seed, t)` streams `streams`.
+    /// Draws the nets' Dropout3d masks of the next forward pass from `(seed, t)` streams `streams`.
     pub fn reseed_dropout(&self, seed: u64, t: usize, streams: [u64; 2]) {
         self.a.reseed_dropout(mix(seed, t as u64, streams[0]));
-        self.b.reseed_dropout(mix(seed, t as u64, streams[1]));
+        if let Some(b) = &self.b {
+            b.reseed_dropout(mix(seed, t as u64, streams[1]));
+        }
     }
 
     /// `self = m self + (1 - m) live` for every trainable variable (batch-norm buffers: the copies keep
     /// their own, from their own forward passes).
     pub fn ema_update(&self, live: &Nets, momentum: f64) -> Result<()> {
-        for (e, l) in [(&self.vars_a, &live.vars_a), (&self.vars_b, &live.vars_b)] {
+        let pairs = self
+            .members(["", ""])
+            .into_iter()
+            .zip(live.members(["", ""]));
+        if self.vars_b.is_some() != live.vars_b.is_some() {
+            return Err(TrainError::Tensor(candle_core::Error::Msg(
+                "the EMA copy and the live nets are different sets of networks".into(),
+            )));
+        }
+        for ((_, e), (_, l)) in pairs {
             let e = lock_vars(e)?.clone();
             let l = lock_vars(l)?.clone();
             for (name, live_var) in l.iter().filter(|(n, _)| !is_buffer_name(n)) {
@@ -163,14 +198,24 @@ impl Nets {
         Ok(())
     }
 
-    /// Softmax probabilities `[B, K, ...]` of the chosen net(s) in eval mode (both: their mean).
+    /// Subnet B, or an error naming what needed it.
+    pub fn require_b(&self, what: &str) -> candle_core::Result<&ResNet34VNet> {
+        self.b.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{what} needs subnet B (ResNet-34 V-Net), which this method does not train"
+            ))
+        })
+    }
+
+    /// Softmax probabilities `[B, K, ...]` of the chosen net(s) in eval mode (both: their mean;
+    /// with subnet A alone, `Both` is A).
     pub fn predict_probs(&self, which: EvalNets, x: &Tensor) -> candle_core::Result<Tensor> {
         let p = |l: Tensor| candle_nn::ops::softmax(&l, 1);
-        match which {
-            EvalNets::A => p(self.a.forward_t(x, false)?.0),
-            EvalNets::B => p(self.b.forward_t(x, false)?.0),
-            EvalNets::Both => {
-                (p(self.a.forward_t(x, false)?.0)? + p(self.b.forward_t(x, false)?.0)?)? * 0.5
+        match (which, &self.b) {
+            (EvalNets::A, _) | (EvalNets::Both, None) => p(self.a.forward_t(x, false)?.0),
+            (EvalNets::B, _) => p(self.require_b("eval.nets = \"b\"")?.forward_t(x, false)?.0),
+            (EvalNets::Both, Some(b)) => {
+                (p(self.a.forward_t(x, false)?.0)? + p(b.forward_t(x, false)?.0)?)? * 0.5
             }
         }
     }
@@ -188,12 +233,12 @@ mod tests {
             base_width: 2,
             dropout: false,
         };
-        let a = Nets::build(&m, &Device::Cpu, 3)?;
-        let b = Nets::build(&m, &Device::Cpu, 3)?;
-        let c = Nets::build(&m, &Device::Cpu, 4)?;
-        let ta = checkpoint::varmap_tensors(NET_B, &a.vars_b)?;
-        let tb = checkpoint::varmap_tensors(NET_B, &b.vars_b)?;
-        let tc = checkpoint::varmap_tensors(NET_B, &c.vars_b)?;
+        let a = Nets::build(&m, Networks::Pair, &Device::Cpu, 3)?;
+        let b = Nets::build(&m, Networks::Pair, &Device::Cpu, 3)?;
+        let c = Nets::build(&m, Networks::Pair, &Device::Cpu, 4)?;
+        let ta = checkpoint::varmap_tensors(NET_B, a.vars_b.as_ref().unwrap())?;
+        let tb = checkpoint::varmap_tensors(NET_B, b.vars_b.as_ref().unwrap())?;
+        let tc = checkpoint::varmap_tensors(NET_B, c.vars_b.as_ref().unwrap())?;
         let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
         let mut differs = false;
         for (k, t) in &ta {
@@ -218,8 +263,8 @@ mod tests {
             base_width: 2,
             dropout: false,
         };
-        let live = Nets::build(&m, &Device::Cpu, 1)?;
-        let ema = Nets::build(&m, &Device::Cpu, 2)?;
+        let live = Nets::build(&m, Networks::Pair, &Device::Cpu, 1)?;
+        let ema = Nets::build(&m, Networks::Pair, &Device::Cpu, 2)?;
         let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
         // host copies: a variable's tensor shares its storage, which the update overwrites
         let host = |n: &Nets| -> Result<BTreeMap<String, Vec<f32>>> {

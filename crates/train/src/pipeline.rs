@@ -2,21 +2,34 @@
 //! final model.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use duoseg_metrics::EvaluationReport;
 
-use crate::config::TrainConfig;
+use crate::config::{CheckpointChoice, TrainConfig};
 use crate::error::Result;
 use crate::evaluation::evaluate_run;
 use crate::learner::{train, Finish, TrainOptions};
 
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// Trained to the last iteration and evaluated on the test cases.
+    Evaluated(EvaluationReport),
+    /// Stopped (Ctrl-C, SIGTERM) during training after this many iterations; a checkpoint was written.
+    TrainingStopped(usize),
+    /// Trained to the end (`final.safetensors` and the last checkpoint written), then stopped during
+    /// evaluation; `--resume` evaluates it without training again.
+    EvaluationStopped,
+}
+
 /// Loads the data `cfg` names (`data_root` overrides `cfg.data.root`), trains, and evaluates the final
-/// model on the test cases. The report is `None` when the run was interrupted.
+/// model on the test cases.
 pub fn run_training(
     cfg: &TrainConfig,
     data_root: Option<&Path>,
     opts: TrainOptions,
-) -> Result<(Finish, Option<EvaluationReport>)> {
+) -> Result<RunOutcome> {
     let TrainOptions {
         run,
         device,
@@ -35,13 +48,31 @@ pub fn run_training(
     for warning in crate::data::check(&cfg.data, cfg.model.n_classes, data_root)? {
         observer.message(&warning);
     }
-    let data = crate::data::load(&cfg.data, data_root)?;
+    let mut data = crate::data::load(&cfg.data, data_root)?;
+    if cfg.eval.checkpoint == CheckpointChoice::BestVal {
+        data = data.carve_validation(cfg.eval.validation_cases)?;
+        observer.message(&format!(
+            "validation cases (eval.checkpoint = best_val, never trained on): {}",
+            data.roles().validation.join(", ")
+        ));
+    }
     observer.message(&format!(
         "{} labeled, {} unlabeled, {} test cases",
         data.labeled.len(),
         data.unlabeled.len(),
         data.test.len()
     ));
+    if let Some(warning) = data.check_patch(cfg.patch)? {
+        observer.message(&warning);
+    }
+    // Host memory only: on a GPU the activations live in device memory, which candle cannot query.
+    if device.is_cpu() {
+        if let Some(available) = duoseg_io::fs::available_memory() {
+            if let Some(warning) = crate::memory::check_fits(cfg, &data, available)? {
+                observer.message(&warning);
+            }
+        }
+    }
     let finish = train(
         cfg,
         &data,
@@ -50,16 +81,20 @@ pub fn run_training(
             device: device.clone(),
             resume,
             overwrite,
-            stop,
+            stop: Arc::clone(&stop),
             observer: &mut *observer,
         },
     )?;
     match finish {
         Finish::Completed => {
             observer.message("evaluating the final model on the test cases");
-            let report = evaluate_run(&run, &data.test, &device, observer)?;
-            Ok((finish, Some(report)))
+            Ok(
+                match evaluate_run(&run, &data.test, &device, observer, &stop)? {
+                    Some(report) => RunOutcome::Evaluated(report),
+                    None => RunOutcome::EvaluationStopped,
+                },
+            )
         }
-        Finish::Interrupted(_) => Ok((finish, None)),
+        Finish::Interrupted(n) => Ok(RunOutcome::TrainingStopped(n)),
     }
 }

@@ -41,10 +41,15 @@ impl RunDir {
 
     /// The files of a run that are already in the folder (config, log, weights, checkpoints).
     pub fn run_files(&self) -> Vec<PathBuf> {
-        let mut found: Vec<PathBuf> = [self.config(), self.log(), self.final_weights()]
-            .into_iter()
-            .filter(|p| p.exists())
-            .collect();
+        let mut found: Vec<PathBuf> = [
+            self.config(),
+            self.log(),
+            self.final_weights(),
+            self.best_weights(),
+        ]
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect();
         found.extend(
             crate::checkpoint::list(&self.checkpoints())
                 .into_iter()
@@ -61,6 +66,8 @@ impl RunDir {
             self.split(),
             self.log(),
             self.final_weights(),
+            self.best_weights(),
+            self.best_json(),
             self.summary_json(),
             self.summary_md(),
         ] {
@@ -98,6 +105,14 @@ impl RunDir {
     /// `final.safetensors`.
     pub fn final_weights(&self) -> PathBuf {
         self.root.join("final.safetensors")
+    }
+    /// `best.safetensors`: the model with the best validation Dice (`eval.checkpoint = best_val`).
+    pub fn best_weights(&self) -> PathBuf {
+        self.root.join("best.safetensors")
+    }
+    /// `best.json`: which iteration `best.safetensors` holds and its validation Dice.
+    pub fn best_json(&self) -> PathBuf {
+        self.root.join("best.json")
     }
     /// `summary.json`.
     pub fn summary_json(&self) -> PathBuf {
@@ -188,11 +203,17 @@ impl LogWriter {
         Ok(Self { file })
     }
 
-    /// Appends one record and flushes.
+    /// Appends one record as one line. A write that fails part-way (a full disk) is cut back off,
+    /// so the log only ever holds whole lines.
     pub fn write(&mut self, rec: &LogRecord) -> std::io::Result<()> {
-        let line = serde_json::to_string(rec).map_err(std::io::Error::other)?;
-        writeln!(self.file, "{line}")?;
-        self.file.flush()
+        let mut line = serde_json::to_string(rec).map_err(std::io::Error::other)?;
+        line.push('\n');
+        let before = self.file.metadata()?.len();
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            let _ = self.file.set_len(before);
+            return Err(e);
+        }
+        Ok(())
     }
 }
 

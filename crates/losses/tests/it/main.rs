@@ -1,6 +1,7 @@
 //! Integration tests of duoseg-losses: finite-difference gradient checks, edge cases, schedules, config,
 //! and agreement with PyTorch fixtures.
 
+mod baselines;
 mod edge;
 mod fixtures;
 mod gradcheck;

@@ -1,0 +1,236 @@
+//! The loss terms of the comparison methods, as their public LA code computes them (docs/methods.md
+//! gives each formula with its source): Mean Teacher and UA-MT (Yu et al. 2019, yulequan/UA-MT) and
+//! MCF (Wang et al. 2023, WYC-321/MCF). The supervised parts reuse [`cross_entropy`] and
+//! [`dice_loss`], which are that code's `F.cross_entropy` and `dice_loss` (squared denominators,
+//! smooth 1e-5, foreground channel(s), pooled over the batch).
+//!
+//! Where the public code hard-codes two classes, these functions take K classes and reduce to the
+//! code's formula at K = 2; each function says how.
+
+use candle_core::{Result, Tensor};
+
+use crate::reduce;
+use crate::supervised::{check_pair, cross_entropy, dice_loss, one_hot};
+
+/// The field's ramp (Laine & Aila; `utils/ramps.py` of every compared repository):
+/// `exp(-5 (1 - c / L)^2)` with `c` clipped to `[0, L]`; a zero length gives 1.
+pub fn sigmoid_rampup(current: f64, length: f64) -> f64 {
+    if length <= 0.0 {
+        return 1.0;
+    }
+    let phase = 1.0 - current.clamp(0.0, length) / length;
+    (-5.0 * phase * phase).exp()
+}
+
+/// The consistency weight of the compared LA scripts: `weight * sigmoid_rampup(t / per_epoch,
+/// rampup_epochs)` with integer division (`iter_num // 150`: "epochs" of 150 iterations).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConsistencyRamp {
+    /// The weight reached at the end of the ramp (UA-MT 0.1).
+    pub weight: f64,
+    /// Ramp length in "epochs" (40).
+    pub rampup_epochs: f64,
+    /// Iterations per "epoch" (150).
+    pub iterations_per_epoch: usize,
+}
+
+impl ConsistencyRamp {
+    /// The weight at 0-based iteration `t`.
+    pub fn at(&self, t: usize) -> f64 {
+        let epoch = t / self.iterations_per_epoch.max(1);
+        self.weight * sigmoid_rampup(epoch as f64, self.rampup_epochs)
+    }
+}
+
+/// Mean Teacher's EMA decay at 0-based iteration `t`: `min(1 - 1 / (t + 1), alpha)`, so the first
+/// update copies the student.
+pub fn ema_decay(t: usize, alpha: f64) -> f64 {
+    (1.0 - 1.0 / (t as f64 + 1.0)).min(alpha)
+}
+
+/// `(softmax(student) - softmax(teacher))^2` per class and voxel, `[N, K, ...]` (`softmax_mse_loss`
+/// with `reduction='none'`); the teacher side carries no gradient.
+pub fn softmax_squared_difference(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    if student.dims() != teacher.dims() {
+        candle_core::bail!(
+            "consistency: student logits {:?} vs teacher logits {:?}",
+            student.dims(),
+            teacher.dims()
+        );
+    }
+    let ps = candle_nn::ops::softmax(student, 1)?;
+    let pt = candle_nn::ops::softmax(&teacher.detach(), 1)?;
+    (ps - pt)?.sqr()
+}
+
+/// Mean Teacher's consistency: the mean over every class and voxel of
+/// [`softmax_squared_difference`].
+pub fn mean_teacher_consistency(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    reduce::mean_all(&softmax_squared_difference(student, teacher)?)
+}
+
+/// UA-MT's uncertainty: the entropy of the mean softmax of T stochastic teacher passes,
+/// `-sum_c p_c ln(p_c + 1e-6)`, `[N, 1, ...]`. `passes` are the T logits `[N, K, ...]`.
+pub fn predictive_entropy(passes: &[Tensor]) -> Result<Tensor> {
+    let Some(first) = passes.first() else {
+        candle_core::bail!("uncertainty: no teacher pass");
+    };
+    let mut sum = candle_nn::ops::softmax(&first.detach(), 1)?;
+    for p in &passes[1..] {
+        sum = (sum + candle_nn::ops::softmax(&p.detach(), 1)?)?;
+    }
+    let mean = (sum / passes.len() as f64)?;
+    let log = (&mean + 1e-6)?.log()?;
+    (mean * log)?.sum_keepdim(1)?.neg()
+}
+
+/// UA-MT's uncertainty threshold at 0-based iteration `t` of `t_max`:
+/// `(0.75 + 0.25 sigmoid_rampup(t, t_max)) ln K` (the code's `ln 2` at K = 2: the largest entropy).
+pub fn uncertainty_threshold(t: usize, t_max: usize, n_classes: usize) -> f64 {
+    (0.75 + 0.25 * sigmoid_rampup(t as f64, t_max as f64)) * (n_classes as f64).ln()
+}
+
+/// UA-MT's masked consistency: `sum(M d) / (K sum(M) + 1e-16)` with `d` the
+/// [`softmax_squared_difference`] `[N, K, ...]` and `M = (uncertainty < threshold)` `[N, 1, ...]`
+/// broadcast over the K classes (the code's hard-coded `2 * sum(M)` at K = 2). Returns the loss and
+/// the mask.
+pub fn uncertainty_masked_consistency(
+    student: &Tensor,
+    teacher: &Tensor,
+    uncertainty: &Tensor,
+    threshold: f64,
+) -> Result<(Tensor, Tensor)> {
+    let d = softmax_squared_difference(student, teacher)?;
+    let k = d.dim(1)?;
+    let mask = uncertainty.lt(threshold)?.to_dtype(d.dtype())?;
+    let num = reduce::sum_all(&d.broadcast_mul(&mask)?)?;
+    let den = ((reduce::sum_all(&mask)? * k as f64)? + 1e-16)?;
+    Ok((num.div(&den)?, mask))
+}
+
+/// Sharpening of a probability map over its classes (MCF's pseudo-label):
+/// `q^(1/T) / sum_c q^(1/T)`, computed as a softmax of `ln(q) / T` for stability; no gradient.
+pub fn sharpen(probs: &Tensor, temperature: f64) -> Result<Tensor> {
+    let log = probs.detach().clamp(1e-30, 1.0)?.log()?;
+    candle_nn::ops::softmax(&(log / temperature)?, 1)
+}
+
+/// The terms of one MCF iteration (see [`mcf_loss`]).
+#[derive(Debug, Clone)]
+pub struct McfTerms {
+    /// `CE + Dice` of the V-Net on the labeled crops.
+    pub supervised_v: Tensor,
+    /// `CE + Dice` of the ResNet-34 V-Net on the labeled crops.
+    pub supervised_r: Tensor,
+    /// The Dice parts (they choose the teacher).
+    pub dice_v: f64,
+    /// See `dice_v`.
+    pub dice_r: f64,
+    /// CDR: the squared error against the labels where the two nets disagree, V-Net.
+    pub review_v: Tensor,
+    /// See `review_v`, ResNet-34 V-Net.
+    pub review_r: Tensor,
+    /// Whether the V-Net teaches this iteration (its Dice loss is lower).
+    pub vnet_teaches: bool,
+    /// The student's squared distance to the sharpened pseudo-labels on the unlabeled crops.
+    pub consistency: Tensor,
+    /// Labeled voxels where the nets disagree.
+    pub n_disagree: f64,
+    /// The total: both supervised parts, 0.5 x both review terms, `weight` x the consistency.
+    pub total: Tensor,
+}
+
+/// MCF's loss (WYC-321/MCF `train_MCF.py`; docs/methods.md section 6) for logits `[N_l + N_u, K,
+/// ...]` of the V-Net (`logits_v`) and of the ResNet-34 V-Net (`logits_r`), labeled crops first:
+///
+/// - supervised: `CE + Dice` of each net on the labeled crops;
+/// - teacher (DCPLG): the net with the lower Dice loss (ties: the ResNet, as the code's `<`);
+/// - review (CDR): on the labeled crops, voxels where the nets' argmax differ (the code's XOR of
+///   "argmax is foreground", the same at K = 2), each net's `sum_{c>=1} (p_c - y_c)^2` averaged over
+///   them (`/ (count + 1e-16)`), weight `review_weight` (0.5);
+/// - consistency: the other net's softmax on the unlabeled crops against the teacher's sharpened
+///   (temperature `temperature`, 0.1), detached softmax, mean over classes and voxels, times `weight`.
+pub fn mcf_loss(
+    logits_v: &Tensor,
+    logits_r: &Tensor,
+    labels: &Tensor,
+    weight: f64,
+    temperature: f64,
+    review_weight: f64,
+) -> Result<McfTerms> {
+    let n_l = labels.dim(0)?;
+    let n = logits_v.dim(0)?;
+    if logits_r.dims() != logits_v.dims() || n_l >= n {
+        candle_core::bail!(
+            "mcf: logits {:?} and {:?} need {} labeled crops first and at least one unlabeled",
+            logits_v.dims(),
+            logits_r.dims(),
+            n_l
+        );
+    }
+    let (lv, lr) = (logits_v.narrow(0, 0, n_l)?, logits_r.narrow(0, 0, n_l)?);
+    let k = check_pair("mcf", &lv, labels)?;
+    let pv_all = candle_nn::ops::softmax(logits_v, 1)?;
+    let pr_all = candle_nn::ops::softmax(logits_r, 1)?;
+    let (pv, pr) = (pv_all.narrow(0, 0, n_l)?, pr_all.narrow(0, 0, n_l)?);
+    let dice_v_t = dice_loss(&pv, labels, None)?;
+    let dice_r_t = dice_loss(&pr, labels, None)?;
+    let supervised_v = (cross_entropy(&lv, labels, None)? + &dice_v_t)?;
+    let supervised_r = (cross_entropy(&lr, labels, None)? + &dice_r_t)?;
+    let dice_v = f64::from(
+        dice_v_t
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()?,
+    );
+    let dice_r = f64::from(
+        dice_r_t
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()?,
+    );
+
+    let disagree = pv
+        .argmax(1)?
+        .ne(&pr.argmax(1)?)?
+        .to_dtype(pv.dtype())?
+        .unsqueeze(1)?; // [N_l, 1, ...]
+    let count = reduce::sum_all(&disagree)?;
+    let y = one_hot(labels, k)?
+        .to_dtype(pv.dtype())?
+        .narrow(1, 1, k - 1)?;
+    let review = |p: &Tensor| -> Result<Tensor> {
+        let fg = p.narrow(1, 1, k - 1)?;
+        let err = (fg - &y)?.sqr()?.broadcast_mul(&disagree)?;
+        reduce::sum_all(&err)?.div(&(&count + 1e-16)?)
+    };
+    let review_v = review(&pv)?;
+    let review_r = review(&pr)?;
+
+    let vnet_teaches = dice_v < dice_r;
+    let (teacher, student) = if vnet_teaches {
+        (&pv_all, &pr_all)
+    } else {
+        (&pr_all, &pv_all)
+    };
+    let n_u = n - n_l;
+    let target = sharpen(&teacher.narrow(0, n_l, n_u)?, temperature)?;
+    let consistency = reduce::mean_all(&(student.narrow(0, n_l, n_u)? - target)?.sqr()?)?;
+    let total = ((&supervised_v + &supervised_r)? + ((&review_v + &review_r)? * review_weight)?)?
+        .add(&(&consistency * weight)?)?;
+    let n_disagree = f64::from(
+        count
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()?,
+    );
+    Ok(McfTerms {
+        supervised_v,
+        supervised_r,
+        dice_v,
+        dice_r,
+        review_v,
+        review_r,
+        vnet_teaches,
+        consistency,
+        n_disagree,
+        total,
+    })
+}
