@@ -28,14 +28,20 @@ fn decode_file(bytes: Vec<u8>, path: &Path) -> Result<Hdf5File> {
     Hdf5File::from_vec(bytes).map_err(|e| h5_err(path, e))
 }
 
-/// Upper bound on decoded elements per stored byte: deflate cannot expand more than ~1032:1, so a
-/// dataset claiming more is corrupt (and must not make us allocate gigabytes up front).
+/// Upper bound on decoded bytes per byte of the file: deflate cannot expand more than ~1032:1, so a
+/// dataset whose elements take more bytes is corrupt (and must not make us allocate gigabytes up
+/// front).
 const MAX_EXPANSION: usize = 1032;
 
 /// Names of the datasets in the file's root group, sorted.
 pub fn h5_dataset_names(path: impl AsRef<Path>) -> Result<Vec<String>> {
     let path = path.as_ref();
-    let file = open(path)?;
+    decode_h5_dataset_names(read_regular(path)?, path)
+}
+
+/// [`h5_dataset_names`] of an in-memory HDF5 file (`path` only names it in errors; fuzzed).
+pub fn decode_h5_dataset_names(bytes: Vec<u8>, path: &Path) -> Result<Vec<String>> {
+    let file = decode_file(bytes, path)?;
     let (_, datasets) = file
         .root_group()
         .and_then(|g| g.members())
@@ -77,7 +83,14 @@ pub(crate) fn read_h5_image_labels(path: &Path) -> Result<(Volume, Vec<u8>)> {
 
 /// The `label` dataset of an HDF5 file as `u8` labels, geometry checked against `image` if given.
 pub(crate) fn read_h5_labels(path: &Path, image: Option<&Volume>) -> Result<Vec<u8>> {
-    let file = open(path)?;
+    decode_h5_labels(read_regular(path)?, path, image)
+}
+
+/// The `label` dataset of an in-memory HDF5 file as `u8` labels (C order), geometry checked against
+/// `image` if given: what [`crate::read_labels`] gives for an `.h5` path (`path` only names the
+/// file in errors; fuzzed).
+pub fn decode_h5_labels(bytes: Vec<u8>, path: &Path, image: Option<&Volume>) -> Result<Vec<u8>> {
+    let file = decode_file(bytes, path)?;
     labels_from_file(&file, path, image)
 }
 
@@ -134,16 +147,6 @@ fn dataset_layout(
         shape[a] = usize::try_from(dims[a])
             .map_err(|_| h5_err(path, format!("dataset {name:?} shape {dims:?} too large")))?;
     }
-    let n = shape
-        .iter()
-        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
-        .filter(|&n| n <= (1 << 31) && n <= file_len.saturating_mul(MAX_EXPANSION))
-        .ok_or_else(|| {
-            h5_err(
-                path,
-                format!("dataset {name:?} shape {dims:?} too large for a {file_len}-byte file"),
-            )
-        })?;
     let dtype = match ds.dtype() {
         Datatype::FixedPoint { size, signed, .. } => match (size, signed) {
             (1, false) => DataType::U8,
@@ -160,6 +163,24 @@ fn dataset_layout(
         Datatype::FloatingPoint { size: 8, .. } => DataType::F64,
         other => return Err(unsupported(path, name, other)),
     };
+    // Bytes, not elements: deflate makes at most MAX_EXPANSION bytes per file byte, whatever the type
+    // (counting elements let an 8-byte type ask for 8x more).
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+        .filter(|&n| {
+            n <= (1 << 31)
+                && n.saturating_mul(dtype.size()) <= file_len.saturating_mul(MAX_EXPANSION)
+        })
+        .ok_or_else(|| {
+            h5_err(
+                path,
+                format!(
+                    "dataset {name:?} shape {dims:?} of {} too large for a {file_len}-byte file",
+                    dtype.name()
+                ),
+            )
+        })?;
     Ok((ds, shape, n, dtype))
 }
 
@@ -340,6 +361,69 @@ mod tests {
             read_h5_image_labels(&bad),
             Err(Error::BadLabel { index: 2, .. })
         ));
+    }
+
+    /// A file with one chunked dataset `image` of type `T` (3 x 5 x 7 zeros) whose dataspace then
+    /// claims `dims` (object header checksum redone): chunks outside the stored ones read as the fill
+    /// value, so a few hundred bytes can declare any size.
+    fn h5_claiming<T: hdf5_writer::H5WriteElement + Default + Copy>(dims: [u64; 3]) -> Vec<u8> {
+        use hdf5_writer::{jenkins_lookup3, DatasetBuilder, Hdf5Builder, Hdf5Writer, WriteOptions};
+        let stored = [3u64, 5, 7];
+        let plan = Hdf5Builder::new()
+            .dataset(
+                DatasetBuilder::typed_data("image", stored.to_vec(), &[T::default(); 105])
+                    .unwrap()
+                    .chunked(vec![2u64, 3, 4]),
+            )
+            .into_plan()
+            .unwrap();
+        let mut b = Hdf5Writer::new(std::io::Cursor::new(Vec::new()), WriteOptions::default())
+            .finish(plan)
+            .unwrap()
+            .into_inner();
+        let le = |d: [u64; 3]| -> Vec<u8> { d.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let from = le(stored);
+        let at = b.windows(24).position(|w| w == from.as_slice()).unwrap();
+        b[at..at + 24].copy_from_slice(&le(dims));
+        // The v2 object header holding the dataspace: "OHDR", version, flags, chunk size, messages,
+        // then the Jenkins lookup3 checksum of all that.
+        let start = b[..at].windows(4).rposition(|w| w == b"OHDR").unwrap();
+        let width = 1usize << (b[start + 5] & 3);
+        let mut size = [0u8; 8];
+        size[..width].copy_from_slice(&b[start + 6..start + 6 + width]);
+        let end = start + 6 + width + usize::try_from(u64::from_le_bytes(size)).unwrap();
+        let checksum = jenkins_lookup3(&b[start..end]);
+        b[end..end + 4].copy_from_slice(&checksum.to_le_bytes());
+        b
+    }
+
+    /// Regression (docs/reliability.md; found reviewing the allocation bound the fuzz targets
+    /// check): the size bound counts the bytes a dataset's elements take, not the elements, so a
+    /// float64 dataset whose dimensions claim more bytes than deflate can make from the file is
+    /// refused before its buffer is allocated (the element bound let an 8-byte type allocate 8x
+    /// more: here 2400 bytes per file byte, read as fill values).
+    #[test]
+    fn h5_size_bound_counts_bytes_not_elements() {
+        let p = Path::new("big.h5");
+        let len = h5_claiming::<f64>([3, 5, 7]).len() as u64;
+        // 300 elements per file byte: within the bound for uint8, 2400 bytes for float64.
+        let dims = [300 * len, 1, 1];
+        let e = match decode_h5(h5_claiming::<f64>(dims), p, "image") {
+            Ok(v) => panic!(
+                "a {len}-byte file decoded to a float64 volume of {:?}",
+                v.shape
+            ),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(e, Error::Hdf5 { .. })
+                && e.to_string().contains("big.h5")
+                && e.to_string().contains("float64 too large"),
+            "{e}"
+        );
+        if let Err(e) = decode_h5(h5_claiming::<u8>(dims), p, "image") {
+            assert!(!e.to_string().contains("too large"), "{e}");
+        }
     }
 
     /// Seeded fuzzing of the HDF5 entry point with mutated and arbitrary bytes: every input must

@@ -49,7 +49,10 @@ pub use dataset::{Case, Dataset, LabeledSplit, Layout, Sample, Split};
 pub use dtype::DataType;
 pub use error::{Error, Result};
 pub use format::{read_labels, read_volume, write_labels, write_probabilities};
-pub use h5::{decode_h5, h5_dataset_names, read_h5_dataset, read_h5_pair};
+pub use h5::{
+    decode_h5, decode_h5_dataset_names, decode_h5_labels, h5_dataset_names, read_h5_dataset,
+    read_h5_pair,
+};
 pub use loader::{load_cases, Batch, Loader, LoaderConfig};
 pub use nifti::NiftiHeader;
 pub use prepared::{Normalize, PreparedCase};
