@@ -775,6 +775,7 @@ fn comparison_methods_train_resume_and_fit_the_phantoms() {
         (Method::MeanTeacher, false, true),
         (Method::UaMt, false, true),
         (Method::Mcf, true, false),
+        (Method::Dtc, false, false),
     ] {
         let mut cfg = tiny_config(4, true);
         cfg.method = method;
@@ -794,6 +795,12 @@ fn comparison_methods_train_resume_and_fit_the_phantoms() {
         assert!(any("net_a."), "{}", method.name());
         assert_eq!(any("net_b."), has_b, "{}", method.name());
         assert_eq!(any("ema_a."), has_ema, "{}", method.name());
+        assert_eq!(
+            any("net_a.out_sdf."),
+            method == Method::Dtc,
+            "{}",
+            method.name()
+        );
         let (loaded_cfg, nets) =
             Nets::load(&a.join("final.safetensors"), &candle_core::Device::Cpu).unwrap();
         assert_eq!(loaded_cfg.method, method);
@@ -849,7 +856,7 @@ fn options_a_method_does_not_read_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("belongs to mean_teacher, ua_mt and mcf"),
+        err.contains("belongs to mean_teacher, ua_mt, mcf and dtc"),
         "{err}"
     );
     let err = cfg(Method::Mcf, "ema_teacher=0.99")
@@ -974,4 +981,33 @@ fn best_val_scores_validation_cases_and_evaluates_the_best_model() {
     assert_eq!(read(&a, "summary.json"), read(&b, "summary.json"));
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();
+}
+
+/// The signed distance targets of DTC / SASSNet equal the public code's `compute_sdf` (scipy EDT,
+/// skimage inner boundaries), on the fixture's labels and on an ellipsoid, a slab touching the
+/// border and an empty mask.
+#[test]
+fn signed_distance_maps_match_the_public_compute_sdf() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/methods/dtc.safetensors"
+    );
+    let f = candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap();
+    for (labels, want) in [
+        ("in.labels", "out.sdf_target"),
+        ("in.sdf_case_labels", "out.sdf_cases"),
+    ] {
+        let l: Vec<i64> = f[labels].flatten_all().unwrap().to_vec1().unwrap();
+        let w: Vec<f32> = f[want].flatten_all().unwrap().to_vec1().unwrap();
+        for (item, (l, w)) in l.chunks(512).zip(w.chunks(512)).enumerate() {
+            let mask: Vec<bool> = l.iter().map(|&v| v == 1).collect();
+            let got = duoseg_metrics::normalized_signed_distance(&mask, [8, 8, 8]).unwrap();
+            for (i, (g, w)) in got.iter().zip(w).enumerate() {
+                assert!(
+                    (g - f64::from(*w)).abs() < 1e-6,
+                    "{labels}[{item}] voxel {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
 }

@@ -9,7 +9,15 @@ const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
   ci                 run the checks CI runs (fmt, clippy, tests)
+  chaos [--kills N] [--config FILE] [--iters N] [--seed S]
+                     kill a training run N times at random points, resume it, and check it equals
+                     the run left alone, bit for bit (bench/chaos.json)
   bench <name>       run a benchmark, write bench/<name>.json
+  fuzz [--minutes N] [--target nifti|hdf5|all]
+                     fuzz the NIfTI and HDF5 readers (cargo-fuzz, fuzz/), N minutes in all (10)
+  compare --config FILE [--methods all|m1,m2] [--seeds 1,2,3] [--iters N] [--data DIR]
+                     the method and the comparison methods (docs/methods.md) beside supervised-only on
+                     the same seeds and budget: a sweep whose variants are methods (bench/sweep-compare-*)
   gpu-build          build the `cuda` feature here (CUDA wheels, stub libcuda) into gpu/bin
   gpu-run -- <bin>   print the device call that runs gpu/bin/<bin> on the GPU machine
   gpu-check          print (or --exec) the CUDA-vs-CPU op check for the GPU machine
@@ -36,7 +44,10 @@ fn dispatch() -> Result<()> {
     let rest: Vec<String> = args.collect();
     match task.as_str() {
         "ci" => ci::run(&rest),
+        "chaos" => chaos::chaos(&rest),
+        "compare" => compare::run(&rest),
         "bench" => bench::run(&rest),
+        "fuzz" => fuzz::run(&rest),
         "gpu-build" => gpu::build(&rest),
         "gpu-run" => gpu::run(&rest),
         "gpu-check" => gpu::check(&rest),
@@ -53,7 +64,10 @@ fn dispatch() -> Result<()> {
 }
 
 mod bench;
+mod chaos;
 mod ci;
+mod compare;
+mod fuzz;
 mod gpu;
 mod reproduce;
 mod sweep;

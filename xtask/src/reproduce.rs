@@ -101,6 +101,8 @@ fn run(s: &Setting, args: &[String]) -> Result<()> {
             "--set".into(),
             format!("data.split={{\"fold\":{{\"fold\":{k}}}}}"),
             "--no-progress".into(),
+            // a fold stopped part-way continues from its checkpoint
+            "--resume".into(),
         ];
         v.extend(extra.iter().cloned());
         v

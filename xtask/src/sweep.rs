@@ -137,7 +137,8 @@ pub fn run(args: &[String]) -> Result<()> {
                     .arg(&config)
                     .arg("--out")
                     .arg(&out);
-                cmd.args(["--seed", &seed.to_string(), "--no-progress"])
+                // a run stopped part-way continues from its checkpoint (and must have the same config)
+                cmd.args(["--seed", &seed.to_string(), "--no-progress", "--resume"])
                     .args(&extra);
                 for s in common.iter().chain(&v.sets) {
                     cmd.args(["--set", s]);

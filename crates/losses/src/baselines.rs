@@ -234,3 +234,64 @@ pub fn mcf_loss(
         total,
     })
 }
+
+/// The terms of one DTC iteration (see [`dtc_loss`]).
+#[derive(Debug, Clone)]
+pub struct DtcTerms {
+    /// Dice of the segmentation on the labeled crops.
+    pub dice: Tensor,
+    /// Squared error of the level-set head against the signed distance targets (labeled crops).
+    pub sdf_mse: Tensor,
+    /// Dual-task consistency over every crop.
+    pub consistency: Tensor,
+    /// `dice + sdf_weight sdf_mse + weight consistency`.
+    pub total: Tensor,
+}
+
+/// DTC's loss (HiLab-git/DTC `train_la_dtc.py`; docs/methods.md section 4) for segmentation logits
+/// `[N_l + N_u, K, ...]`, the level-set head's output `sdf` (after tanh) `[N_l + N_u, K - 1, ...]`,
+/// the signed distance targets `[N_l, K - 1, ...]` of the labeled crops and their labels:
+///
+/// - supervised: [`dice_loss`] of the softmax on the labeled crops, plus `sdf_weight` (0.3) times
+///   the mean squared error of the level-set head against the targets (the code's BCE is only
+///   logged, so it is left out);
+/// - dual-task consistency on every crop: the mean of `(sigmoid(-k sdf) - p_c)^2` over the
+///   foreground classes c (`k` = 1500), both sides carrying gradient, times `weight`.
+///
+/// The code's one-channel sigmoid head is the K = 2 case: softmax's `p_1` is the sigmoid of
+/// `z_1 - z_0`.
+pub fn dtc_loss(
+    logits: &Tensor,
+    sdf: &Tensor,
+    sdf_target: &Tensor,
+    labels: &Tensor,
+    transform_k: f64,
+    sdf_weight: f64,
+    weight: f64,
+) -> Result<DtcTerms> {
+    let n_l = labels.dim(0)?;
+    let k = logits.dim(1)?;
+    let mut want = logits.dims().to_vec();
+    want[1] = k - 1;
+    if sdf.dims() != want.as_slice() || sdf_target.dim(0)? != n_l {
+        candle_core::bail!(
+            "dtc: logits {:?}, level-set head {:?} and targets {:?} do not fit ({} labeled crops)",
+            logits.dims(),
+            sdf.dims(),
+            sdf_target.dims(),
+            n_l
+        );
+    }
+    let probs = candle_nn::ops::softmax(logits, 1)?;
+    let dice = dice_loss(&probs.narrow(0, 0, n_l)?, labels, None)?;
+    let sdf_mse = reduce::mean_all(&(sdf.narrow(0, 0, n_l)? - sdf_target)?.sqr()?)?;
+    let to_mask = candle_nn::ops::sigmoid(&(sdf * -transform_k)?)?;
+    let consistency = reduce::mean_all(&(to_mask - probs.narrow(1, 1, k - 1)?)?.sqr()?)?;
+    let total = ((&dice + (&sdf_mse * sdf_weight)?)? + (&consistency * weight)?)?;
+    Ok(DtcTerms {
+        dice,
+        sdf_mse,
+        consistency,
+        total,
+    })
+}

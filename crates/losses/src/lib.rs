@@ -18,9 +18,9 @@ mod schedule;
 mod supervised;
 
 pub use baselines::{
-    ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, sharpen, sigmoid_rampup,
-    softmax_squared_difference, uncertainty_masked_consistency, uncertainty_threshold,
-    ConsistencyRamp, McfTerms,
+    dtc_loss, ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, sharpen,
+    sigmoid_rampup, softmax_squared_difference, uncertainty_masked_consistency,
+    uncertainty_threshold, ConsistencyRamp, DtcTerms, McfTerms,
 };
 pub use config::{LossConfig, Preset, StudentRule};
 pub use consistency::{

@@ -36,6 +36,7 @@ mod edt;
 mod error;
 mod labels;
 mod report;
+mod sdf;
 mod surface;
 
 pub use binary::{
@@ -51,6 +52,7 @@ pub use report::{
     per_case_table, summarize, summary_markdown, table_rows, EvaluationReport, Stat,
     UndefinedEntry, TABLE_HEADER,
 };
+pub use sdf::normalized_signed_distance;
 pub use surface::surface;
 
 /// Number of voxels of `shape`, checked against a slice length.

@@ -35,6 +35,10 @@ pub enum Method {
     /// teaching the other with sharpened pseudo-labels, plus a review of the labeled voxels where
     /// they disagree (docs/methods.md section 6); options in `baseline`.
     Mcf,
+    /// DTC (Luo et al. 2021): a V-Net with a level-set head regressing the signed distance map, and
+    /// a consistency between the segmentation and the level set mapped back to a mask
+    /// (docs/methods.md section 4); options in `baseline`.
+    Dtc,
 }
 
 /// The options of the comparison methods (`mean_teacher`, `ua_mt`, `mcf`); every default is the
@@ -43,8 +47,9 @@ pub enum Method {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BaselineConfig {
-    /// Weight of the consistency term at the end of its ramp (all three: 0.1).
-    pub consistency: f64,
+    /// Weight of the consistency term at the end of its ramp; `null` (default): the method's public
+    /// value (mean_teacher, ua_mt, mcf 0.1; dtc 1.0).
+    pub consistency: Option<f64>,
     /// Length of the ramp `exp(-5 (1 - e / L)^2)` in "epochs" of `epoch_iterations` (40).
     pub rampup_epochs: f64,
     /// Iterations per "epoch" of the ramp (150: the code's `iter_num // 150`).
@@ -62,12 +67,16 @@ pub struct BaselineConfig {
     pub temperature: f64,
     /// MCF's weight of the review term on labeled voxels where the nets disagree (0.5).
     pub review_weight: f64,
+    /// DTC's transform constant k of `sigmoid(-k sdf)` (1500).
+    pub transform_k: f64,
+    /// DTC's weight of the level-set regression in the supervised loss (beta, 0.3).
+    pub sdf_weight: f64,
 }
 
 impl Default for BaselineConfig {
     fn default() -> Self {
         BaselineConfig {
-            consistency: 0.1,
+            consistency: None,
             rampup_epochs: 40.0,
             epoch_iterations: 150,
             ema_decay: 0.99,
@@ -76,6 +85,8 @@ impl Default for BaselineConfig {
             mc_passes: 8,
             temperature: 0.1,
             review_weight: 0.5,
+            transform_k: 1500.0,
+            sdf_weight: 0.3,
         }
     }
 }
@@ -107,6 +118,7 @@ impl BaselineConfig {
                 "mc_passes",
             ],
             Method::Mcf => &[RAMP[0], RAMP[1], RAMP[2], "temperature", "review_weight"],
+            Method::Dtc => &[RAMP[0], RAMP[1], RAMP[2], "transform_k", "sdf_weight"],
             _ => &[],
         }
     }
@@ -132,10 +144,18 @@ impl BaselineConfig {
         check("mc_passes", self.mc_passes != d.mc_passes);
         check("temperature", self.temperature != d.temperature);
         check("review_weight", self.review_weight != d.review_weight);
+        check("transform_k", self.transform_k != d.transform_k);
+        check("sdf_weight", self.sdf_weight != d.sdf_weight);
         out
     }
 
     /// Ranges, and no changed option `method` does not read.
+    /// The consistency weight `method` uses: the configured one, else its public code's.
+    pub fn consistency_for(&self, method: Method) -> f64 {
+        self.consistency
+            .unwrap_or(if method == Method::Dtc { 1.0 } else { 0.1 })
+    }
+
     fn validate(&self, method: Method) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Some(name) = self
@@ -147,16 +167,18 @@ impl BaselineConfig {
                 "baseline.{name} is not an option of method {}{}",
                 method.name(),
                 match Self::used_by(method) {
-                    [] =>
-                        " (the baseline section belongs to mean_teacher, ua_mt and mcf)".to_string(),
+                    [] => " (the baseline section belongs to mean_teacher, ua_mt, mcf and dtc)"
+                        .to_string(),
                     used => format!(" (it reads baseline.{})", used.join(", baseline.")),
                 }
             ));
         }
         let finite_non_negative = |x: f64| x.is_finite() && x >= 0.0;
         for (name, v) in [
-            ("consistency", self.consistency),
+            ("consistency", self.consistency.unwrap_or(0.0)),
             ("rampup_epochs", self.rampup_epochs),
+            ("transform_k", self.transform_k),
+            ("sdf_weight", self.sdf_weight),
             ("noise_std", self.noise_std),
             ("noise_clip", self.noise_clip),
             ("review_weight", self.review_weight),
@@ -197,6 +219,8 @@ pub enum Networks {
     Pair,
     /// Subnet A (V-Net) alone.
     VNet,
+    /// Subnet A (V-Net) with a level-set head (`models::SdfHead`, `out_sdf`).
+    VNetSdf,
 }
 
 impl Method {
@@ -210,16 +234,20 @@ impl Method {
             | Method::ReferenceCode
             | Method::Mcf => Networks::Pair,
             Method::MeanTeacher | Method::UaMt => Networks::VNet,
+            Method::Dtc => Networks::VNetSdf,
         }
     }
 
     /// Whether the method is one of the comparison methods (options in `baseline`, not `loss`).
     pub fn is_baseline(self) -> bool {
-        matches!(self, Method::MeanTeacher | Method::UaMt | Method::Mcf)
+        matches!(
+            self,
+            Method::MeanTeacher | Method::UaMt | Method::Mcf | Method::Dtc
+        )
     }
 
     /// All methods, for `--help` and sweeps.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Duoseg,
         Method::Supervised,
         Method::NoReg,
@@ -228,6 +256,7 @@ impl Method {
         Method::MeanTeacher,
         Method::UaMt,
         Method::Mcf,
+        Method::Dtc,
     ];
 
     /// The snake_case name used in configs and reports.
@@ -241,6 +270,7 @@ impl Method {
             Method::MeanTeacher => "mean_teacher",
             Method::UaMt => "ua_mt",
             Method::Mcf => "mcf",
+            Method::Dtc => "dtc",
         }
     }
 
@@ -249,7 +279,9 @@ impl Method {
     pub fn effective_loss(self, loss: &LossConfig) -> Option<LossConfig> {
         match self {
             Method::Duoseg => Some(loss.clone()),
-            Method::Supervised | Method::MeanTeacher | Method::UaMt | Method::Mcf => None,
+            Method::Supervised | Method::MeanTeacher | Method::UaMt | Method::Mcf | Method::Dtc => {
+                None
+            }
             Method::NoReg => Some(LossConfig {
                 use_reg: false,
                 ..loss.clone()
@@ -644,7 +676,7 @@ impl TrainConfig {
                 }
             ));
         }
-        if self.method.networks() == Networks::VNet && self.eval.nets == EvalNets::B {
+        if self.method.networks() != Networks::Pair && self.eval.nets == EvalNets::B {
             return bad(format!(
                 "eval.nets = \"b\": {} trains the V-Net (subnet A) only",
                 self.method.name()

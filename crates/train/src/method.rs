@@ -10,7 +10,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use duoseg_losses::{
-    ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, supervised_loss,
+    dtc_loss, ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, supervised_loss,
     uncertainty_masked_consistency, uncertainty_threshold, ConsistencyRamp, IterationInput,
     NetOutputs, Objective,
 };
@@ -92,7 +92,7 @@ pub trait TrainingMethod {
 pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn TrainingMethod>> {
     let b = &cfg.baseline;
     let ramp = ConsistencyRamp {
-        weight: b.consistency,
+        weight: b.consistency_for(cfg.method),
         rampup_epochs: b.rampup_epochs,
         iterations_per_epoch: b.epoch_iterations,
     };
@@ -106,6 +106,12 @@ pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn Training
             noise_std: b.noise_std,
             noise_clip: b.noise_clip,
             mc_passes: (cfg.method == Method::UaMt).then_some(b.mc_passes),
+            unlabeled_per_batch: cfg.batch.unlabeled,
+        }),
+        Method::Dtc => Box::new(Dtc {
+            ramp,
+            transform_k: b.transform_k,
+            sdf_weight: b.sdf_weight,
             unlabeled_per_batch: cfg.batch.unlabeled,
         }),
         Method::Mcf => Box::new(Mcf {
@@ -450,6 +456,82 @@ impl TrainingMethod for Mcf {
         ]);
         Ok(StepLoss {
             total: m.total,
+            terms,
+        })
+    }
+}
+
+/// The normalised signed distance maps of the labeled crops, one channel per foreground class
+/// (`duoseg_metrics::normalized_signed_distance`, DTC's `compute_sdf`), computed on the host:
+/// `[N_l, K - 1, D, H, W]` f32 on `labels`' device.
+fn signed_distance_targets(labels: &Tensor, n_classes: usize) -> Result<Tensor> {
+    let dims = labels.dims().to_vec();
+    let (n, shape) = (dims[0], [dims[1], dims[2], dims[3]]);
+    let host: Vec<u32> = labels.flatten_all()?.to_vec1()?;
+    let per = shape.iter().product::<usize>();
+    let mut out = Vec::with_capacity(n * (n_classes - 1) * per);
+    for item in host.chunks(per) {
+        for c in 1..n_classes as u32 {
+            let mask: Vec<bool> = item.iter().map(|&l| l == c).collect();
+            let sdf = duoseg_metrics::normalized_signed_distance(&mask, shape)
+                .map_err(|e| TrainError::Tensor(candle_core::Error::Msg(e.to_string())))?;
+            out.extend(sdf.into_iter().map(|v| v as f32));
+        }
+    }
+    Ok(Tensor::from_vec(
+        out,
+        (n, n_classes - 1, shape[0], shape[1], shape[2]),
+        labels.device(),
+    )?)
+}
+
+/// DTC (docs/methods.md section 4): a V-Net with a level-set head (`out_sdf`); Dice on the labeled
+/// crops plus `sdf_weight` x the level set's squared error against the signed distance maps of the
+/// labels, and on every crop the ramped consistency between the segmentation and
+/// `sigmoid(-k level set)` ([`duoseg_losses::dtc_loss`]).
+pub struct Dtc {
+    ramp: ConsistencyRamp,
+    transform_k: f64,
+    sdf_weight: f64,
+    unlabeled_per_batch: usize,
+}
+
+impl TrainingMethod for Dtc {
+    fn unlabeled_per_batch(&self) -> usize {
+        self.unlabeled_per_batch
+    }
+
+    fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss> {
+        let t = batch.iteration;
+        students.reseed_dropout(batch.seed, t, STUDENT_DROPOUT);
+        let (logits, x9) = students.a.forward_t(batch.images, true)?;
+        ensure_finite("logits_a", &logits, t)?;
+        let head = students.sdf_a.as_ref().ok_or_else(|| {
+            TrainError::Tensor(candle_core::Error::Msg(
+                "dtc needs the V-Net's level-set head".into(),
+            ))
+        })?;
+        let sdf = head.forward(&x9)?;
+        let target = signed_distance_targets(batch.labels, logits.dim(1)?)?;
+        let weight = self.ramp.at(t);
+        let d = dtc_loss(
+            &logits,
+            &sdf,
+            &target,
+            batch.labels,
+            self.transform_k,
+            self.sdf_weight,
+            weight,
+        )?;
+        let terms = BTreeMap::from([
+            ("total".to_string(), host(&d.total)?),
+            ("dice_a".to_string(), host(&d.dice)?),
+            ("sdf_mse".to_string(), host(&d.sdf_mse)?),
+            ("consistency".to_string(), host(&d.consistency)?),
+            ("lambda_u".to_string(), weight),
+        ]);
+        Ok(StepLoss {
+            total: d.total,
             terms,
         })
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use duoseg_models::{init_seeded, NetConfig, ResNet34VNet, SegNet, VNet};
+use duoseg_models::{init_seeded, NetConfig, ResNet34VNet, SdfHead, SegNet, VNet};
 
 use crate::checkpoint::{self, lock_vars};
 use crate::config::{EvalNets, ModelConfig, Networks, TrainConfig};
@@ -21,6 +21,8 @@ pub struct Nets {
     pub a: VNet,
     /// Subnet B, ResNet-34 V-Net (pair methods only).
     pub b: Option<ResNet34VNet>,
+    /// A's level-set head (DTC), its variables in `vars_a` as `out_sdf.*`.
+    pub sdf_a: Option<SdfHead>,
     /// Variables of A (PyTorch names).
     pub vars_a: VarMap,
     /// Variables of B (PyTorch names), when B exists.
@@ -74,10 +76,15 @@ impl Nets {
             dropout: model.dropout,
         };
         let vars_a = VarMap::new();
-        let a = VNet::new(cfg, VarBuilder::from_varmap(&vars_a, DType::F32, device))?;
+        let vb_a = VarBuilder::from_varmap(&vars_a, DType::F32, device);
+        let a = VNet::new(cfg, vb_a.clone())?;
+        let sdf_a = match networks {
+            Networks::VNetSdf => Some(SdfHead::new(cfg, vb_a.pp("out_sdf"))?),
+            Networks::Pair | Networks::VNet => None,
+        };
         init_seeded(&vars_a, mix(seed, 0, 0xA11CE))?;
         let (b, vars_b) = match networks {
-            Networks::VNet => (None, None),
+            Networks::VNet | Networks::VNetSdf => (None, None),
             Networks::Pair => {
                 let vars_b = VarMap::new();
                 let b =
@@ -89,6 +96,7 @@ impl Nets {
         Ok(Nets {
             a,
             b,
+            sdf_a,
             vars_a,
             vars_b,
         })

@@ -53,7 +53,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 .arg(&data)
                 .arg("--out")
                 .arg(&dir)
-                .args(["--method", method, "--seed", &seed, "--no-progress"])
+                // a benchmark times a whole run: a previous one's folder is replaced
+                .args([
+                    "--method",
+                    method,
+                    "--seed",
+                    &seed,
+                    "--no-progress",
+                    "--overwrite",
+                ])
                 .args(&extra),
         )?;
         let secs = t0.elapsed().as_secs_f64();

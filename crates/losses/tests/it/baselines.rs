@@ -214,3 +214,47 @@ fn sharpening_and_the_ramp_edge_cases() {
         assert!((g - w).abs() < 1e-6, "{q:?}");
     }
 }
+
+#[test]
+fn dtc_matches_the_public_code() {
+    let f = load("dtc");
+    let y = labels(&f);
+    // the code's one sigmoid channel z is the two-class softmax of (0, z)
+    let z = Var::from_tensor(&f["in.seg_logits"]).unwrap();
+    let logits = Tensor::cat(&[&z.as_tensor().zeros_like().unwrap(), z.as_tensor()], 1).unwrap();
+    let sdf = Var::from_tensor(&f["in.sdf_pred"]).unwrap();
+    let target = f["out.sdf_target"].unsqueeze(1).unwrap();
+    let ramp = ConsistencyRamp {
+        weight: 1.0,
+        ..UA_MT_RAMP
+    };
+    for (i, (t, w)) in iterations(&f)
+        .iter()
+        .zip(host(&f["out.ramp_weight"]))
+        .enumerate()
+    {
+        close(&format!("ramp[{i}]"), ramp.at(*t), w);
+    }
+    let w = ramp.at(T_EVAL);
+    close("weight_at_t", w, scalar(&f["out.weight_at_t"]));
+    let d = dtc_loss(&logits, sdf.as_tensor(), &target, &y, 1500.0, 0.3, w).unwrap();
+    close("sup_dice", scalar(&d.dice), scalar(&f["out.sup_dice"]));
+    close("loss_sdf", scalar(&d.sdf_mse), scalar(&f["out.loss_sdf"]));
+    close(
+        "consistency",
+        scalar(&d.consistency),
+        scalar(&f["out.consistency"]),
+    );
+    close("total", scalar(&d.total), scalar(&f["out.total"]));
+    let grads = d.total.backward().unwrap();
+    close_all(
+        "grad seg",
+        grads.get(z.as_tensor()).unwrap(),
+        &f["grad.seg_logits"],
+    );
+    close_all(
+        "grad sdf",
+        grads.get(sdf.as_tensor()).unwrap(),
+        &f["grad.sdf_pred"],
+    );
+}
