@@ -1011,3 +1011,32 @@ fn signed_distance_maps_match_the_public_compute_sdf() {
         }
     }
 }
+
+/// A checkpoint whose stored config cannot predict (a stride of 0 would never end) is refused when
+/// loaded, naming the file and the field.
+#[test]
+fn a_checkpoint_with_a_damaged_config_is_refused() {
+    let cfg = tiny_config(1, false);
+    let dir = tmp("bad-meta");
+    duoseg_train::train(
+        &cfg,
+        &data::load(&cfg.data, None).unwrap(),
+        opts(&dir, false, false, &mut Silent),
+    )
+    .unwrap();
+    let good = dir.join("final.safetensors");
+    let dev = candle_core::Device::Cpu;
+    let (tensors, mut meta) = checkpoint::load(&good, &dev).unwrap();
+    meta.config["eval"]["stride"] = serde_json::json!([0, 8, 8]);
+    let bad = dir.join("bad.safetensors");
+    checkpoint::save(&bad, &tensors, &meta).unwrap();
+    let Err(err) = Nets::load(&bad, &dev) else {
+        panic!("a stride of 0 was accepted");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("bad.safetensors") && err.contains("eval.stride"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -629,8 +629,10 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    /// Checks values that serde cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what a trained model's config must satisfy to predict (the networks and the sliding
+    /// window): run on every checkpoint's config when it is loaded, so that a damaged or hand-edited
+    /// one (a stride of 0 would never end) is refused instead of used.
+    pub fn validate_model(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.patch.iter().any(|&p| p == 0 || p % 16 != 0) {
             return bad(format!(
@@ -653,6 +655,23 @@ impl TrainConfig {
         if self.model.base_width == 0 {
             return bad("model.base_width must be positive".into());
         }
+        if self.eval.sw_batch == 0 {
+            return bad("eval.sw_batch must be positive".into());
+        }
+        if let Some(a) = (0..3).find(|&a| self.eval.stride[a] > self.patch[a]) {
+            return bad(format!(
+                "eval.stride {:?} exceeds the window (patch {:?}) on axis {a}: voxels between windows \
+                 would never be predicted",
+                self.eval.stride, self.patch
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.validate_model()?;
         if self.iterations == 0 {
             return bad("iterations must be positive".into());
         }
@@ -703,13 +722,6 @@ impl TrainConfig {
                 "eval.checkpoint = \"best_val\" needs eval.validation_cases >= 1 (got {}) and \
                  eval.validate_every >= 1 (got {})",
                 self.eval.validation_cases, self.eval.validate_every
-            ));
-        }
-        if let Some(a) = (0..3).find(|&a| self.eval.stride[a] > self.patch[a]) {
-            return bad(format!(
-                "eval.stride {:?} exceeds the window (patch {:?}) on axis {a}: voxels between windows \
-                 would never be predicted",
-                self.eval.stride, self.patch
             ));
         }
         let o = &self.optim;

@@ -122,6 +122,8 @@ impl Nets {
         }
         let cfg: TrainConfig = serde_json::from_value(meta.config)
             .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?;
+        cfg.validate_model()
+            .map_err(|e| TrainError::checkpoint(path, format!("its {e}")))?;
         let nets = Nets::build(&cfg.model, cfg.method.networks(), device, cfg.seed)?;
         nets.restore(path, [checkpoint::NET_A, checkpoint::NET_B], &tensors)?;
         Ok((cfg, nets))
