@@ -30,7 +30,12 @@ impl Canvas {
     }
 
     fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
-        let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+        if ![x0, y0, x1, y1].iter().all(|v| v.is_finite()) {
+            return;
+        }
+        // at most one step per pixel of the canvas, whatever the end points
+        let steps = (x1 - x0).abs().max((y1 - y0).abs()).ceil();
+        let n = (steps.min((self.w + self.h) as f64) as usize).max(1);
         for i in 0..=n {
             let t = i as f64 / n as f64;
             let (x, y) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
@@ -166,12 +171,17 @@ pub fn loss_curves(records: &[LogRecord], path: &Path) -> crate::error::Result<(
                     .collect()
             })
             .collect();
-        let max = series
+        // the plot spans [min(0, lowest), highest]: a series with no positive value (all zero,
+        // all negative) still gets a finite, non-zero span
+        let (bottom, max) = series
             .iter()
             .flatten()
             .map(|p| p.1)
-            .fold(0f64, f64::max)
-            .max(1e-12);
+            .fold((0f64, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        let max = if max.is_finite() { max } else { 0.0 };
+        let span = (max - bottom).max(1e-12 * max.abs().max(bottom.abs()).max(1.0));
         // frame
         for x in m..m + pw {
             c.set(x, y0, [180; 3]);
@@ -199,7 +209,7 @@ pub fn loss_curves(records: &[LogRecord], path: &Path) -> crate::error::Result<(
                     let mean = s[lo..=i].iter().map(|q| q.1).sum::<f64>() / (i - lo + 1) as f64;
                     (
                         m as f64 + p.0 / last * pw as f64,
-                        (y0 + ph) as f64 - mean / max * (ph - 20) as f64,
+                        (y0 + ph) as f64 - (mean - bottom) / span * (ph - 20) as f64,
                     )
                 })
                 .collect();
@@ -276,6 +286,34 @@ pub fn overlay_slices(
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// Series with no positive value (all zero, negative, NaN, one point) draw and return: a curve
+    /// scaled by its maximum must not loop or divide by zero.
+    #[test]
+    fn series_without_positive_values_draw_and_return() {
+        let dir = std::env::temp_dir().join(format!("duoseg-fig0-{}", std::process::id()));
+        for values in [
+            vec![0.0; 5],
+            vec![-1.0, -2.0, -0.5],
+            vec![f64::NAN; 3],
+            vec![0.0],
+        ] {
+            let recs: Vec<LogRecord> = values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| LogRecord {
+                    iter: i + 1,
+                    lr: 0.0,
+                    s_per_step: 1.0,
+                    samples_per_s: 4.0,
+                    terms: BTreeMap::from([("total".to_string(), v), ("unsup".to_string(), v)]),
+                })
+                .collect();
+            loss_curves(&recs, &dir.join("losses.png")).unwrap();
+        }
+        loss_curves(&[], &dir.join("empty.png")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn writes_valid_pngs() {
