@@ -155,10 +155,11 @@ fn train_writes_the_whole_run_folder() {
     let saved: TrainConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(saved, cfg);
-    // `duoseg infer` on the test image reproduces the evaluation's prediction file
+    // `duoseg infer` on the test image reproduces the evaluation's prediction file; the input's
+    // nnU-Net channel suffix `_0000` is not part of the prediction's name
     let test = data::load(&cfg.data, None).unwrap().test.remove(0);
     let img = duoseg_io::Volume::from_data(test.shape, test.spacing, test.image.clone()).unwrap();
-    let input = dir.join("input").join("phantom_004.nii.gz");
+    let input = dir.join("input").join("phantom_004_0000.nii.gz");
     std::fs::create_dir_all(input.parent().unwrap()).unwrap();
     duoseg_io::write_probabilities(&input, test.shape, &test.image, &img).unwrap();
     duoseg_ok(

@@ -228,7 +228,7 @@ fn run_again(args: &EvaluateArgs, dir: &Path) -> Result<crate::Outcome> {
 
 /// The case name of a label file: the file name without `.nii.gz` / `.nii` and without an
 /// nnU-Net `_0000` channel suffix; `None` for other files.
-fn case_name(path: &Path) -> Option<String> {
+pub(crate) fn case_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let stem = name
         .strip_suffix(".nii.gz")

@@ -52,11 +52,16 @@ fn is_nifti(p: &Path) -> bool {
     n.ends_with(".nii") || n.ends_with(".nii.gz")
 }
 
-fn stem(p: &Path) -> String {
-    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("case");
-    n.trim_end_matches(".gz")
-        .trim_end_matches(".nii")
-        .to_string()
+/// The case name of an input volume: the file name without `.nii.gz` / `.nii` and without the
+/// nnU-Net channel suffix `_0000` (as nnU-Net names its predictions).
+fn case_name(p: &Path) -> String {
+    crate::evaluate::case_name(p).unwrap_or_else(|| "case".to_string())
+}
+
+/// The file name of a case's prediction: its case name with the input's extension.
+fn prediction_name(p: &Path) -> String {
+    let gz = p.to_string_lossy().ends_with(".gz");
+    format!("{}.nii{}", case_name(p), if gz { ".gz" } else { "" })
 }
 
 /// Runs `duoseg infer`.
@@ -91,19 +96,15 @@ pub fn run(args: InferArgs) -> Result<crate::Outcome> {
             data: Vec::new(),
             ..vol.clone()
         };
-        let case = duoseg_train::data::prepare(stem(path), vol, None, &cfg.data)?;
+        let case = duoseg_train::data::prepare(case_name(path), vol, None, &cfg.data)?;
         let t0 = std::time::Instant::now();
         let pred = duoseg_train::predict_case(&cfg, &nets, &case, &device, args.probs)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        let out = args.out.join(&name);
+        let out = args.out.join(prediction_name(path));
         duoseg_io::write_labels(&out, case.original_shape, &pred.labels, &like)?;
         if let Some(p) = &pred.probs {
             let n: usize = case.original_shape.iter().product();
             for k in 1..cfg.model.n_classes {
-                let q = args.out.join(format!("{}_prob{k}.nii.gz", stem(path)));
+                let q = args.out.join(format!("{}_prob{k}.nii.gz", case_name(path)));
                 duoseg_io::write_probabilities(
                     &q,
                     case.original_shape,
@@ -121,4 +122,19 @@ pub fn run(args: InferArgs) -> Result<crate::Outcome> {
         );
     }
     Ok(crate::Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predictions_are_named_by_case_without_the_channel_suffix() {
+        assert_eq!(
+            prediction_name(Path::new("in/la_003_0000.nii.gz")),
+            "la_003.nii.gz"
+        );
+        assert_eq!(prediction_name(Path::new("la_003.nii")), "la_003.nii");
+        assert_eq!(prediction_name(Path::new("x_0001.nii.gz")), "x_0001.nii.gz");
+    }
 }
