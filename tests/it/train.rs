@@ -177,7 +177,22 @@ fn train_writes_the_whole_run_folder() {
     let b = duoseg_io::read_volume(dir.join("predictions/phantom_004.nii.gz")).unwrap();
     assert_eq!(a.shape, test.shape);
     assert_eq!(a.data, b.data);
-    assert!(dir.join("infer/phantom_004_prob1.nii.gz").is_file());
+    // `--probs`: one 4-D file per case in its own folder, whose channels sum to 1
+    let probs = dir.join("infer/probabilities/phantom_004.nii.gz");
+    let bytes = duoseg_io::fs::gunzip(&std::fs::read(&probs).unwrap(), &probs).unwrap();
+    let header = duoseg_io::NiftiHeader::parse(&bytes, &probs).unwrap();
+    assert_eq!(header.dim[0], 4);
+    assert_eq!(header.dim[4] as usize, cfg.model.n_classes);
+    let values: Vec<f32> = bytes[header.vox_offset as usize..]
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let n: usize = test.shape.iter().product();
+    assert_eq!(values.len(), n * cfg.model.n_classes);
+    for v in 0..n {
+        let sum: f32 = (0..cfg.model.n_classes).map(|k| values[k * n + v]).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "voxel {v}: channels sum to {sum}");
+    }
     // `duoseg evaluate --run` scores the final model again: the same report as summary.json, and with
     // `--nets a` the same as evaluating net A alone in process
     let evaluate_run = |nets: &[&str], json: &Path| {

@@ -27,7 +27,8 @@ pub struct InferArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
-    /// Also write per-class probability maps.
+    /// Also write each case's class probabilities as one multi-channel float NIfTI (x, y, z, K;
+    /// channel k = class k) into OUT/probabilities/, apart from the label maps.
     #[arg(long)]
     pub probs: bool,
     /// Keep only the largest connected component of each class.
@@ -102,16 +103,17 @@ pub fn run(args: InferArgs) -> Result<crate::Outcome> {
         let out = args.out.join(prediction_name(path));
         duoseg_io::write_labels(&out, case.original_shape, &pred.labels, &like)?;
         if let Some(p) = &pred.probs {
-            let n: usize = case.original_shape.iter().product();
-            for k in 1..cfg.model.n_classes {
-                let q = args.out.join(format!("{}_prob{k}.nii.gz", case_name(path)));
-                duoseg_io::write_probabilities(
-                    &q,
-                    case.original_shape,
-                    &p[k * n..(k + 1) * n],
-                    &like,
-                )?;
-            }
+            let dir = args.out.join("probabilities");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let q = dir.join(format!("{}.nii.gz", case_name(path)));
+            duoseg_io::write_probability_maps(
+                &q,
+                case.original_shape,
+                p,
+                cfg.model.n_classes,
+                &like,
+            )?;
         }
         let fg = pred.labels.iter().filter(|&&l| l > 0).count();
         println!(

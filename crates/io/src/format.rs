@@ -103,10 +103,79 @@ pub fn write_probabilities(
     nifti::write_nifti_bytes(path, &header, &bytes)
 }
 
+/// Writes the class probabilities of one case as one multi-channel float NIfTI: a 4-D image
+/// `(x, y, z, K)`, channel k the probability of class k (background included), with `like`'s
+/// geometry and `intent_name` "probabilities". `probs` is class-major: K blocks of `shape` voxels
+/// in C order, as [`write_probabilities`] takes one of them.
+pub fn write_probability_maps(
+    path: impl AsRef<Path>,
+    shape: [usize; 3],
+    probs: &[f32],
+    n_classes: usize,
+    like: &Volume,
+) -> Result<()> {
+    let path = path.as_ref();
+    let n: usize = shape.iter().product();
+    if n_classes == 0 || probs.len() != n * n_classes {
+        return Err(Error::Length {
+            what: format!("{n_classes}-class probabilities for {}", path.display()),
+            len: probs.len(),
+            shape,
+        });
+    }
+    let mut header = like.header_like(shape, DataType::F32)?;
+    header.dim[0] = 4;
+    header.dim[4] = i16::try_from(n_classes)
+        .map_err(|_| Error::Invalid(format!("{n_classes} classes do not fit a NIfTI-1 axis")))?;
+    header.pixdim[4] = 1.0;
+    header.intent_name = [0; 16];
+    header.intent_name[..13].copy_from_slice(b"probabilities");
+    // NIfTI order: x fastest, then y, z, then the channel: each class's Fortran-order block in turn
+    let bytes: Vec<u8> = probs
+        .chunks(n)
+        .flat_map(|class| nifti::c_to_fortran(class, shape))
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    nifti::write_nifti_bytes(path, &header, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::{fortran_bytes, header, label_of, scratch, synth, write_raw_nifti};
+
+    /// The multi-channel probability file: a 4-D header (x, y, z, K) with the source's affine, and
+    /// channel k's voxels in NIfTI order equal to class k's map.
+    #[test]
+    fn probability_maps_are_one_4d_file_with_a_channel_per_class() {
+        let dir = scratch("probmaps");
+        let shape = [4, 3, 2];
+        let src = dir.join("img.nii.gz");
+        let h = header(shape, DataType::I16);
+        write_raw_nifti(&src, &h, &fortran_bytes(shape, DataType::I16, false, synth)).unwrap();
+        let like = read_volume(&src).unwrap();
+        let n = 24;
+        let probs: Vec<f32> = (0..3 * n).map(|i| i as f32 / 100.0).collect();
+        let out = dir.join("p.nii.gz");
+        write_probability_maps(&out, shape, &probs, 3, &like).unwrap();
+        let bytes = crate::fs::gunzip(&std::fs::read(&out).unwrap(), &out).unwrap();
+        let back = crate::NiftiHeader::parse(&bytes, &out).unwrap();
+        assert_eq!(&back.dim[..5], &[4, 4, 3, 2, 3]);
+        assert_eq!(back.srow, h.srow);
+        assert_eq!(&back.intent_name[..13], b"probabilities");
+        let data: Vec<f32> = bytes[back.vox_offset as usize..]
+            .chunks(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(data.len(), 3 * n);
+        for k in 0..3 {
+            let want = nifti::c_to_fortran(&probs[k * n..(k + 1) * n], shape);
+            assert_eq!(&data[k * n..(k + 1) * n], want.as_slice(), "channel {k}");
+        }
+        // a 4-D file is not mistaken for a label map or an image
+        assert!(read_volume(&out).is_err());
+        assert!(write_probability_maps(&out, shape, &probs[1..], 3, &like).is_err());
+    }
 
     #[test]
     fn labels_and_probabilities_keep_the_source_geometry() {

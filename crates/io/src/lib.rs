@@ -48,7 +48,9 @@ pub use augment::{Patch, RandCrop, RandRot90Flip, Rng};
 pub use dataset::{Case, Dataset, LabeledSplit, Layout, Sample, Split};
 pub use dtype::DataType;
 pub use error::{Error, Result};
-pub use format::{read_labels, read_volume, write_labels, write_probabilities};
+pub use format::{
+    read_labels, read_volume, write_labels, write_probabilities, write_probability_maps,
+};
 pub use h5::{
     decode_h5, decode_h5_dataset_names, decode_h5_labels, h5_dataset_names, read_h5_dataset,
     read_h5_pair,
