@@ -19,7 +19,8 @@ pub enum Error {
     /// Another process holds the folder's lock (another run writing into the same folder).
     #[error("{path}: another duoseg process is writing into this folder")]
     Locked { path: PathBuf },
-    /// The gzip stream is truncated or corrupt.
+    /// Decoding would hold more than the input can honestly declare (a gzip bomb, a header
+    /// declaring more than the file or the memory can hold).
     #[error("{path}: too large to read: {reason}")]
     TooLarge {
         path: PathBuf,
@@ -27,7 +28,7 @@ pub enum Error {
         size: u64,
         reason: String,
     },
-
+    /// The gzip stream is truncated or corrupt.
     #[error("{path}: truncated or corrupt gzip stream: {source}")]
     Gzip {
         path: PathBuf,

@@ -229,8 +229,9 @@ pub fn gunzip(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
 /// fewer) are passed to `declared`, which returns the decoded size the header promises (or an error
 /// for a bad header). That size is then checked before anything larger is allocated: it must fit
 /// the input ([`MAX_DEFLATE_RATIO`]) and the memory available ([`available_memory`]), and decoding
-/// stops with an error as soon as the stream yields more than it (and [`TRAILING_SLACK`]). So a small "gzip bomb" costs at
-/// most what its header honestly declares, never what its stream would expand to.
+/// stops with an error as soon as the stream yields more than it (and [`TRAILING_SLACK`]). So a
+/// small "gzip bomb" costs at most what its header honestly declares, never what its stream would
+/// expand to.
 pub fn gunzip_bounded(
     raw: &[u8],
     path: &Path,
@@ -242,11 +243,16 @@ pub fn gunzip_bounded(
         source: std::io::Error::new(kind, msg),
     };
     let ratio_bound = (raw.len() as u64).saturating_mul(MAX_DEFLATE_RATIO);
-    let memory = available_memory();
     let too_large = |size: u64, why: String| Error::TooLarge {
         path: path.to_path_buf(),
         size,
         reason: why,
+    };
+    let longer_than = |limit: u64| {
+        too_large(
+            limit,
+            format!("the stream decodes to more than the {limit} bytes its header declares"),
+        )
     };
     // The limit is known once `prefix` bytes are decoded; until then decode only that many.
     let mut declared = Some(declared);
@@ -269,7 +275,7 @@ pub fn gunzip_bounded(
                 ),
             ));
         }
-        if let Some(mem) = memory {
+        if let Some(mem) = available_memory() {
             if size > mem {
                 return Err(too_large(
                     size,
@@ -302,10 +308,7 @@ pub fn gunzip_bounded(
                     Some(limit) => {
                         let room = limit.saturating_add(1).saturating_sub(out.len() as u64);
                         if room == 0 {
-                            return Err(too_large(
-                                limit,
-                                format!("the stream decodes to more than the {limit} bytes its header declares"),
-                            ));
+                            return Err(longer_than(limit));
                         }
                         let first = hint.max(out.len() as u64).max(1 << 16);
                         usize::try_from(room.min(first)).unwrap_or(usize::MAX)
@@ -336,12 +339,7 @@ pub fn gunzip_bounded(
         }
         if let Some(limit) = limit {
             if out.len() as u64 > limit {
-                return Err(too_large(
-                    limit,
-                    format!(
-                        "the stream decodes to more than the {limit} bytes its header declares"
-                    ),
-                ));
+                return Err(longer_than(limit));
             }
         }
         let consumed = usize::try_from(inflate.total_in()).unwrap_or(usize::MAX);
