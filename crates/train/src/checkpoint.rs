@@ -77,13 +77,10 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &CheckpointMe
     Ok(())
 }
 
-/// Reads a checkpoint written by [`save`]: its tensors on `device` and its metadata.
-pub fn load(path: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
+/// The duoseg metadata of a safetensors header (`path` names the file in errors).
+fn parse_meta(info: Option<&HashMap<String, String>>, path: &Path) -> Result<CheckpointMeta> {
     let bad = |reason: String| TrainError::checkpoint(path, reason);
-    let bytes = std::fs::read(path).map_err(TrainError::file(path))?;
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let Some(info) = header.metadata() else {
+    let Some(info) = info else {
         return Err(bad("not a duoseg checkpoint (no metadata)".into()));
     };
     if info.get("format").map(String::as_str) != Some(FORMAT) {
@@ -99,17 +96,51 @@ pub fn load(path: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, C
     let parse_json = |k: &str| -> Result<serde_json::Value> {
         serde_json::from_str(field(k)?).map_err(|e| bad(format!("bad {k}: {e}")))
     };
-    let meta = CheckpointMeta {
+    Ok(CheckpointMeta {
         iteration: field("iteration")?
             .parse()
             .map_err(|_| bad("bad iteration".into()))?,
         seed: field("seed")?.parse().map_err(|_| bad("bad seed".into()))?,
         config: parse_json("config")?,
         state: parse_json("state")?,
-    };
+    })
+}
+
+/// Reads a checkpoint written by [`save`]: its tensors on `device` and its metadata.
+pub fn load(path: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
+    let bad = |reason: String| TrainError::checkpoint(path, reason);
+    let bytes = std::fs::read(path).map_err(TrainError::file(path))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = parse_meta(header.metadata().as_ref(), path)?;
     let tensors =
         candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
     Ok((tensors.into_iter().collect(), meta))
+}
+
+/// Reads only the metadata of a checkpoint written by [`save`] (its header, not its tensors).
+pub fn load_meta(path: &Path) -> Result<CheckpointMeta> {
+    use std::io::Read;
+    let bad = |reason: String| TrainError::checkpoint(path, reason);
+    let mut file = std::fs::File::open(path).map_err(TrainError::file(path))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(TrainError::file(path))?;
+    let n = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(TrainError::file(path))?.len();
+    if n > size.saturating_sub(8) {
+        return Err(bad(format!("header of {n} bytes in a {size}-byte file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(TrainError::file(path))?;
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__")]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let header: Header =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
+    parse_meta(header.metadata.as_ref(), path)
 }
 
 /// Sets every variable of `vm` from `tensors[prefix.name]` (read from the checkpoint `path`, which
@@ -227,6 +258,13 @@ mod tests {
         assert_eq!(names, [std::ffi::OsString::from("iter-7.safetensors")]);
         let (back, meta2) = load(&path, &dev)?;
         assert_eq!(meta, meta2);
+        // the header alone gives the same metadata; a header longer than the file is an error
+        assert_eq!(load_meta(&path)?, meta);
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..40]).unwrap();
+        assert!(load_meta(&cut).is_err());
+        std::fs::remove_file(&cut).unwrap();
         assert_eq!(
             back.keys().collect::<Vec<_>>(),
             tensors.keys().collect::<Vec<_>>()
@@ -293,6 +331,7 @@ mod tests {
         std::fs::write(&p, b"not a safetensors file").unwrap();
         assert!(load(&p, &Device::Cpu).is_err());
         assert!(load(&dir.join("missing.safetensors"), &Device::Cpu).is_err());
+        assert!(load_meta(&p).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

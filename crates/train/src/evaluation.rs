@@ -165,13 +165,12 @@ pub fn chosen_model(
     run: &RunDir,
     device: &Device,
 ) -> Result<(TrainConfig, Nets, serde_json::Value)> {
-    let (cfg, last) = Nets::load(&run.final_weights(), device)?;
-    match cfg.eval.checkpoint {
-        CheckpointChoice::Last => Ok((
-            cfg.clone(),
-            last,
+    let cfg = Nets::load_config(&run.final_weights())?;
+    let (weights, model) = match cfg.eval.checkpoint {
+        CheckpointChoice::Last => (
+            run.final_weights(),
             serde_json::json!({ "checkpoint": "last", "iteration": cfg.iterations }),
-        )),
+        ),
         CheckpointChoice::BestVal => {
             let Some(best) = BestModel::read(run)? else {
                 return Err(TrainError::RunFolder(format!(
@@ -179,7 +178,6 @@ pub fn chosen_model(
                     run.root.display()
                 )));
             };
-            let (_, nets) = Nets::load(&run.best_weights(), device)?;
             let validation: Vec<String> = std::fs::read_to_string(run.split())
                 .ok()
                 .and_then(|t| serde_json::from_str::<crate::data::CaseRoles>(&t).ok())
@@ -191,9 +189,11 @@ pub fn chosen_model(
                 "val_dice": best.val_dice,
                 "validation_cases": validation,
             });
-            Ok((cfg, nets, model))
+            (run.best_weights(), model)
         }
-    }
+    };
+    let (_, nets) = Nets::load(&weights, device)?;
+    Ok((cfg, nets, model))
 }
 
 /// `summary.json` (the report, plus `"model"`: which checkpoint was scored) and `summary.md`.

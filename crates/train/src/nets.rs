@@ -59,6 +59,15 @@ pub fn first_non_finite(tensors: &BTreeMap<String, Tensor>) -> Result<Option<Str
         .map(|i| floats[i].0.clone()))
 }
 
+/// A checkpoint's stored config, refused when it could not predict (a damaged or hand-edited one).
+fn config_of(path: &Path, stored: serde_json::Value) -> Result<TrainConfig> {
+    let cfg: TrainConfig = serde_json::from_value(stored)
+        .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?;
+    cfg.validate_model()
+        .map_err(|e| TrainError::checkpoint(path, format!("its {e}")))?;
+    Ok(cfg)
+}
+
 impl Nets {
     /// Builds the nets `networks` names on `device`, weights drawn from `seed`
     /// (`duoseg_models::init_seeded`, one stream per net: A's weights do not depend on whether B
@@ -120,13 +129,16 @@ impl Nets {
                 format!("{name} holds NaN or infinity; this model cannot be used"),
             ));
         }
-        let cfg: TrainConfig = serde_json::from_value(meta.config)
-            .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?;
-        cfg.validate_model()
-            .map_err(|e| TrainError::checkpoint(path, format!("its {e}")))?;
+        let cfg = config_of(path, meta.config)?;
         let nets = Nets::build(&cfg.model, cfg.method.networks(), device, cfg.seed)?;
         nets.restore(path, [checkpoint::NET_A, checkpoint::NET_B], &tensors)?;
         Ok((cfg, nets))
+    }
+
+    /// The config a checkpoint or `final.safetensors` was written with, read from its header alone
+    /// (no tensor is loaded), checked as [`Nets::load`] checks it.
+    pub fn load_config(path: &Path) -> Result<TrainConfig> {
+        config_of(path, checkpoint::load_meta(path)?.config)
     }
 
     /// Every tensor of the nets, named `<prefix[0]>.<name>` (A) / `<prefix[1]>.<name>` (B).
