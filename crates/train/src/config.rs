@@ -123,45 +123,34 @@ impl BaselineConfig {
         }
     }
 
-    /// The options that differ from their defaults, by name.
-    fn changed(&self) -> Vec<&'static str> {
-        let d = BaselineConfig::default();
-        let mut out = Vec::new();
-        let mut check = |name, changed: bool| {
-            if changed {
-                out.push(name);
-            }
+    /// The options that differ from their defaults, by their config names (the serialised fields,
+    /// so a new option is covered without being listed here).
+    fn changed(&self) -> Vec<String> {
+        let fields = |c: &BaselineConfig| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
         };
-        check("consistency", self.consistency != d.consistency);
-        check("rampup_epochs", self.rampup_epochs != d.rampup_epochs);
-        check(
-            "epoch_iterations",
-            self.epoch_iterations != d.epoch_iterations,
-        );
-        check("ema_decay", self.ema_decay != d.ema_decay);
-        check("noise_std", self.noise_std != d.noise_std);
-        check("noise_clip", self.noise_clip != d.noise_clip);
-        check("mc_passes", self.mc_passes != d.mc_passes);
-        check("temperature", self.temperature != d.temperature);
-        check("review_weight", self.review_weight != d.review_weight);
-        check("transform_k", self.transform_k != d.transform_k);
-        check("sdf_weight", self.sdf_weight != d.sdf_weight);
-        out
+        let default = fields(&BaselineConfig::default());
+        fields(self)
+            .into_iter()
+            .filter(|(name, value)| default.get(name) != Some(value))
+            .map(|(name, _)| name)
+            .collect()
     }
 
-    /// Ranges, and no changed option `method` does not read.
     /// The consistency weight `method` uses: the configured one, else its public code's.
     pub fn consistency_for(&self, method: Method) -> f64 {
         self.consistency
             .unwrap_or(if method == Method::Dtc { 1.0 } else { 0.1 })
     }
 
+    /// Ranges, and no changed option `method` does not read.
     fn validate(&self, method: Method) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Some(name) = self
             .changed()
             .into_iter()
-            .find(|n| !Self::used_by(method).contains(n))
+            .find(|n| !Self::used_by(method).contains(&n.as_str()))
         {
             return bad(format!(
                 "baseline.{name} is not an option of method {}{}",
