@@ -8,7 +8,9 @@
 //! [--release-gpu-memory] (leave the CUDA memory pool's release threshold at 0, as before the CLI kept
 //! freed memory). Prints one
 //! JSON object: median / min step seconds, the median of each phase (forward of each net, losses,
-//! backward, SGD) over the timed steps, the median of each part of the losses run alone
+//! backward, SGD) over the timed steps, the last step's time per phase split by nn3d op (CPU;
+//! `profile_last_step`: calls and seconds per op, and `other_s`, candle's own ops and glue), the
+//! median of each part of the losses run alone
 //! (`losses_median_s`: forward only), and the process's peak resident memory. On CUDA the device is
 //! synchronised before every clock reading, so each phase gets the GPU time it queued; convolutions use
 //! TF32 unless `--no-tf32` (as the CLI).
@@ -136,13 +138,38 @@ fn main() -> Res<()> {
     let mut objective = Objective::new(LossConfig::default(), 2)?;
     let mut times = Vec::new();
     let mut phases: Vec<[f64; 5]> = Vec::new();
+    // the last step's time by phase and by nn3d op (the rest of a phase is candle's own ops)
+    let mut profile = serde_json::Map::new();
+    let mut account = |phase: &str, seconds: f64, last: bool| {
+        if last {
+            let ops = duoseg_nn3d::profile::take();
+            let in_ops: f64 = ops.values().map(|t| t.seconds).sum();
+            let ops: serde_json::Map<String, serde_json::Value> = ops
+                .into_iter()
+                .map(|(op, t)| {
+                    (
+                        op.to_string(),
+                        serde_json::json!({"calls": t.calls, "s": t.seconds}),
+                    )
+                })
+                .collect();
+            profile.insert(
+                phase.to_string(),
+                serde_json::json!({"s": seconds, "nn3d_ops": ops, "other_s": seconds - in_ops}),
+            );
+        }
+    };
     for step in 0..warmup + iters {
+        let last = step + 1 == warmup + iters;
+        duoseg_nn3d::profile::enable(last && !dev.is_cuda());
         dev.synchronize()?;
         let t0 = Instant::now();
         let (la, fa) = net_a.forward_t(&x, true)?;
         let t_a = now(&t0)?;
+        account("forward_vnet", t_a, last);
         let (lb, fb) = net_b.forward_t(&x, true)?;
         let t_b = now(&t0)?;
+        account("forward_resnet34", t_b - t_a, last);
         let input = IterationInput {
             a: NetOutputs {
                 logits: &la,
@@ -160,10 +187,14 @@ fn main() -> Res<()> {
         };
         let terms = objective.assemble(&input)?;
         let t_loss = now(&t0)?;
+        account("losses", t_loss - t_b, last);
         let grads = terms.total.backward()?;
         let t_back = now(&t0)?;
+        account("backward", t_back - t_loss, last);
         sgd.step(&grads)?;
         let t_end = now(&t0)?;
+        account("sgd", t_end - t_back, last);
+        duoseg_nn3d::profile::enable(false);
         if step >= warmup {
             phases.push([
                 t_a,
@@ -207,6 +238,7 @@ fn main() -> Res<()> {
             "backward": phase_median(3), "sgd": phase_median(4)
         }),
         "losses_median_s": losses,
+        "profile_last_step": profile,
     });
     println!("{report}");
     Ok(())

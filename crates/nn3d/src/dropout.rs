@@ -134,6 +134,7 @@ impl CustomOp1 for ChannelScale {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp1::name(self));
         let CpuStorage::F32(data) = s else {
             bail!("channel scale expects f32, got {:?}", s.dtype())
         };

@@ -18,6 +18,7 @@ pub use conv::{
 mod batch_norm;
 mod dropout;
 mod memory;
+pub mod profile;
 mod threads;
 pub use batch_norm::{
     batch_norm3d, is_batch_norm_buffer, trainable_vars, BatchNorm3d, BatchNorm3dConfig,

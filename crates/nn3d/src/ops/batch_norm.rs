@@ -196,6 +196,7 @@ impl CustomOp1 for ChannelStats {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp1::name(self));
         let x = contiguous_f32(s, l, "input")?;
         let (n, c, plane) = planes(l)?;
         let origin: Vec<f64> = (0..c).map(|ci| x[ci * plane] as f64).collect();
@@ -257,6 +258,7 @@ impl CustomOp3 for BatchNormForward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp3::name(self));
         let x = contiguous_f32(s1, l1, "input")?;
         let (_, c, plane) = planes(l1)?;
         let stats = rows_f32(s2, l2, 2, c, "statistics")?;
@@ -346,6 +348,7 @@ impl CustomOp3 for ChannelGradSums {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp3::name(self));
         let x = contiguous_f32(s1, l1, "input")?;
         let dy = contiguous_f32(s2, l2, "output gradient")?;
         same_shape(l1, l2)?;
@@ -401,6 +404,7 @@ impl CustomOp3 for BatchNormGradInput {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp3::name(self));
         let x = contiguous_f32(s1, l1, "input")?;
         let dy = contiguous_f32(s2, l2, "output gradient")?;
         same_shape(l1, l2)?;

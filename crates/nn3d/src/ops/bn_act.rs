@@ -263,6 +263,7 @@ impl BnAct {
         params: &Tensor,
         dy: &Tensor,
     ) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+        let _timer = crate::profile::Timer::start("nn3d-bn-act-backward");
         let dy = dy.contiguous()?;
         let (_, c, _, _, _) = x.dims5()?;
         let p = params.detach().flatten_all()?.to_vec1::<f32>()?;
@@ -438,6 +439,7 @@ impl CustomOp2 for BnAct {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp2::name(self));
         self.forward_cpu((s1, l1), None, (s2, l2))
     }
 
@@ -467,6 +469,7 @@ impl CustomOp3 for BnAct {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp3::name(self));
         self.forward_cpu((s1, l1), Some((s2, l2)), (s3, l3))
     }
 

@@ -235,6 +235,7 @@ impl CustomOp2 for Conv3dFwd {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp2::name(self));
         self.cpu(sx, lx, sw, lw, None)
     }
 
@@ -278,6 +279,7 @@ impl CustomOp3 for Conv3dFwd {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp3::name(self));
         let (c_out, _, _) = layout_dims5("conv3d weight", lw)?;
         if lb.dims() != [c_out] {
             bail!(
@@ -356,6 +358,7 @@ macro_rules! backward_op2 {
                 sb: &CpuStorage,
                 lb: &Layout,
             ) -> Result<(CpuStorage, Shape)> {
+                let _timer = crate::profile::Timer::start(CustomOp2::name(self));
                 let (g, shape) = self.geometry(la, lb)?;
                 let a = slice($what_a, sa, la)?;
                 let b = slice($what_b, sb, lb)?;

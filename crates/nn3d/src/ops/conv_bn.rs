@@ -191,6 +191,7 @@ impl CustomOp3 for ConvBnRelu {
         sp: &CpuStorage,
         lp: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp3::name(self));
         let c = match *lw.dims() {
             [c, ..] => c,
             _ => bail!("conv3d weight must be rank 5, got {:?}", lw.dims()),

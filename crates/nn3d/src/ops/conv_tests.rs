@@ -326,7 +326,10 @@ fn fixed_cases() -> Vec<Case> {
             [0, 1, 2],
             [2, 1, 1],
         ),
+        // more output columns than one tile (cpu_gemm), so the tiled kernels rather than the
+        // whole-batch ones
         c(2, 2, 2, [4, 40, 70], [3; 3], [1; 3], [1; 3], [1; 3]),
+        c(2, 1, 2, [10, 20, 40], [7; 3], [1; 3], [3; 3], [1; 3]),
     ]
 }
 

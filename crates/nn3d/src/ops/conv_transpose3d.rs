@@ -135,6 +135,7 @@ impl CustomOp2 for CpuBiasAdd {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = crate::profile::Timer::start(CustomOp2::name(self));
         let (c, vol) = match *ly.dims() {
             [_, c, d, h, w] => (c, d * h * w),
             _ => bail!(

@@ -6,29 +6,36 @@
 //!
 //! - [`conv_forward`]: a tile is a run of output rows `(od, oh)` of one sample (about
 //!   [`TILE_COLUMNS`] output voxels). The tile's input patches are unfolded into a column buffer
-//!   `[C_in * kd * kh * kw, P]` (never the whole volume) and multiplied by the weight `[C_out, K]`
-//!   straight into the output, whose tile is contiguous along `P` for each output channel.
+//!   `[C_in * kd * kh * kw, P]` (never the whole volume) and multiplied by the weight into the
+//!   output, as `out^T [P, C_out] = col^T [P, K] * W^T [K, C_out]`: the tile's columns are the
+//!   GEMM's long `m` side, which `gemm`'s 16-row micro-kernel runs about 1.3-1.6x faster than
+//!   `C_out` rows (measured with `examples/bench_conv.rs`, AVX2, 2 threads: 16 -> 16 channels
+//!   forward 0.36 -> 0.23 s, 32 -> 32 0.086 -> 0.054 s, 128 -> 128 0.023 -> 0.016 s).
 //!   With unit W stride (the common case) the `kw` taps along W are folded out of the unfolding
 //!   ([`forward_tile_folded`]): rows padded to `OW + dw * (kw - 1)` are unfolded once per
 //!   `(c, a, b)` and each tap is the same buffer shifted, `kw` GEMMs with `K / kw`.
 //! - [`conv_backward_filter`]: the same unfolding; `dW^T [K, C_out] += col * dY_tile^T`,
-//!   accumulated per chunk of tiles, summed and transposed at the end (folded likewise,
+//!   accumulated per thread, summed and transposed at the end (folded likewise,
 //!   [`backward_filter_tile_folded`]).
+//! - A folded convolution whose whole batch fits in one tile ([`WHOLE_BATCH_COLUMNS`], the deep
+//!   layers) runs as one column buffer for all samples and GEMMs that are parallel inside.
 //! - [`conv_backward_data`]: for unit stride, a gather convolution of `dY` with the flipped,
 //!   transposed kernel (so the fast forward kernel is reused). Otherwise one task per input depth
 //!   slice `(n, id)`: `dcol [C_in * kh * kw, OH * OW] = sum_a W_a^T * dY[n, :, od(a)]` by GEMM, then a
 //!   2D col2im adds `dcol` into that slice, which no other task writes.
 //!
-//! Extra memory: one column buffer (`K * TILE_COLUMNS` floats, e.g. 1.7 MiB for 16 channels and
-//! 3^3) per chunk of tiles in flight, plus, for backward-filter, one `dW` per chunk (four chunks
-//! per thread, see [`for_each_chunked`]); outputs are allocated once, uninitialised where every
-//! element gets written.
+//! Extra memory: each rayon thread keeps two working buffers ([`with_scratch`]: a column buffer,
+//! `K * TILE_COLUMNS` floats at most, e.g. 1.7 MiB for 16 channels and 3^3, and a padded tile)
+//! from one call to the next, plus, for backward-filter, one `dW` per thread; outputs are
+//! allocated once, uninitialised where every element gets written.
 //!
 //! Measured (`examples/bench_conv.rs`, 2 cores shared with other jobs, CPU time of the process):
 //! 16 -> 16, 3^3, padding 1 on (2, 16, 112, 112, 80): forward 0.47 s, forward + backward about 1.6 s
-//! (0.6 s and 1.9 s before the W taps were folded).
+//! (0.6 s and 1.9 s before the W taps were folded), before the GEMM orientation above.
 //! `TILE_COLUMNS` 512, 1024 and 2048 were within noise of each other; 4096 and whole depth slices
 //! were slower.
+
+use std::cell::RefCell;
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -73,15 +80,37 @@ impl SharedMut {
     }
 }
 
-/// Runs `f` over `items` in parallel, in about four contiguous chunks per rayon thread, each with
-/// its own state from `init` (a column buffer, an accumulator), and returns the chunks' states.
-/// Bounding the number of states keeps buffer allocations (and their page faults) few.
+thread_local! {
+    /// Each thread's two working buffers (a column buffer and a padded output or gradient tile),
+    /// kept from one kernel call to the next: allocating them per call cost a page fault per 4 KiB
+    /// and a zero fill each time (about 4 % of a training step). They hold at most one tile's
+    /// columns, a few MiB per rayon thread.
+    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with this thread's two scratch buffers. Their contents are whatever the last call
+/// left: `f` must write every element it reads. (A nested call, which the kernels never make,
+/// gets fresh buffers.)
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let [a, b] = &mut *bufs;
+            f(a, b)
+        }
+        Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+/// Runs `f` over `items` in parallel, in `per_thread` contiguous chunks per rayon thread, each with
+/// its own state from `init` (an accumulator), and returns the chunks' states. More chunks balance
+/// the threads better; fewer keep the states (and their summation) cheap.
 fn for_each_chunked<T: Sync, S: Send>(
     items: &[T],
+    per_thread: usize,
     init: impl Fn() -> S + Sync + Send,
     f: impl Fn(&mut S, &T) + Sync + Send,
 ) -> Vec<S> {
-    let parts = 4 * rayon::current_num_threads();
+    let parts = per_thread * rayon::current_num_threads();
     let chunk = items.len().div_ceil(parts).max(1);
     items
         .par_chunks(chunk)
@@ -173,56 +202,73 @@ pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f3
     let mut out = crate::memory::f32_buffer(len);
     let out_ptr = SharedMut(out.as_mut_ptr().cast::<f32>());
     let folded = g.stride[2] == 1 && g.kernel[2] > 1;
-    let bufs = || (Vec::new(), Vec::new());
+    if folded && whole_batch(g) {
+        // SAFETY: `out` holds the whole output, which forward_whole_batch_folded writes in full.
+        unsafe { forward_whole_batch_folded(g, x, w, bias, out_ptr.get()) };
+        return unsafe { crate::memory::assume_init(out) };
+    }
     for_each_chunked(
         &tiles(g),
-        bufs,
-        |(col, tmp): &mut (Vec<f32>, Vec<f32>), &(n, r0, r1)| {
-            let x_n = &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in];
-            let base = n * g.c_out * s_out + r0 * ow;
-            if folded {
-                // SAFETY: as below; forward_tile_folded writes rows `base + o * s_out .. + p` only.
-                unsafe {
-                    forward_tile_folded(g, x_n, r0, r1, w, bias, out_ptr.get().add(base), col, tmp)
-                };
-                return;
-            }
-            let p = (r1 - r0) * ow;
-            col.resize(k * p, 0.0);
-            unfold(g, x_n, r0, r1, col);
-            let dst = out_ptr.get();
-            if let Some(b) = bias {
-                for (o, &bo) in b.iter().enumerate() {
-                    // SAFETY: the tile `base + o * s_out .. + p` belongs to this task only.
-                    unsafe { std::slice::from_raw_parts_mut(dst.add(base + o * s_out), p) }
-                        .fill(bo);
+        4,
+        || (),
+        |_, &(n, r0, r1)| {
+            with_scratch(|col, tmp| {
+                let x_n = &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in];
+                let base = n * g.c_out * s_out + r0 * ow;
+                if folded {
+                    // SAFETY: as below; forward_tile_folded writes rows `base + o * s_out .. + p` only.
+                    unsafe {
+                        forward_tile_folded(
+                            g,
+                            x_n,
+                            r0,
+                            r1,
+                            w,
+                            bias,
+                            out_ptr.get().add(base),
+                            col,
+                            tmp,
+                        )
+                    };
+                    return;
                 }
-            }
-            // SAFETY: dst rows `base + o * s_out .. + p` (o < c_out) lie inside `out` and belong to
-            // this task; lhs is `w` [c_out, k] row-major, rhs is `col` [k, p] row-major.
-            unsafe {
-                gemm(
-                    g.c_out,
-                    p,
-                    k,
-                    dst.add(base),
-                    1,
-                    s_out as isize,
-                    bias.is_some(),
-                    w.as_ptr(),
-                    1,
-                    k as isize,
-                    col.as_ptr(),
-                    1,
-                    p as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            }
+                let p = (r1 - r0) * ow;
+                col.resize(k * p, 0.0);
+                unfold(g, x_n, r0, r1, col);
+                let dst = out_ptr.get();
+                if let Some(b) = bias {
+                    for (o, &bo) in b.iter().enumerate() {
+                        // SAFETY: the tile `base + o * s_out .. + p` belongs to this task only.
+                        unsafe { std::slice::from_raw_parts_mut(dst.add(base + o * s_out), p) }
+                            .fill(bo);
+                    }
+                }
+                // SAFETY: dst rows `base + o * s_out .. + p` (o < c_out) lie inside `out` and belong to
+                // this task; lhs is `w` [c_out, k] row-major, rhs is `col` [k, p] row-major.
+                unsafe {
+                    gemm(
+                        p,
+                        g.c_out,
+                        k,
+                        dst.add(base),
+                        s_out as isize,
+                        1,
+                        bias.is_some(),
+                        col.as_ptr(),
+                        p as isize,
+                        1,
+                        w.as_ptr(),
+                        k as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                }
+            })
         },
     );
     // SAFETY: the tiles cover every output row of every sample, and the GEMM (k > 0) wrote every
@@ -239,27 +285,43 @@ fn unfold_padded_rows(
     r1: usize,
     col: &mut Vec<f32>,
 ) -> (usize, usize, usize) {
+    let [kd, kh, kw] = g.kernel;
+    let wp = g.out_dims[2] + g.dilation[2] * (kw - 1);
+    let row_len = (r1 - r0) * wp;
+    let k_fold = g.c_in * kd * kh;
+    col.resize(k_fold * row_len, 0.0);
+    unfold_padded_rows_into(g, x_n, r0, r1, col, row_len);
+    (wp, row_len, k_fold)
+}
+
+/// [`unfold_padded_rows`] into `dst`, whose row `(c, a, b)` starts at `(c, a, b) * stride` (so that
+/// several samples can share one column buffer side by side).
+fn unfold_padded_rows_into(
+    g: &Geometry,
+    x_n: &[f32],
+    r0: usize,
+    r1: usize,
+    dst: &mut [f32],
+    stride: usize,
+) {
     let [d, h, wd] = g.in_dims;
     let [_, oh_n, ow_n] = g.out_dims;
     let [kd, kh, kw] = g.kernel;
     let [sd, sh, _] = g.stride;
     let [dd, dh, dw] = g.dilation;
     let [pd, ph, pw] = g.pad;
-    let (t_n, plane) = (r1 - r0, h * wd);
+    let plane = h * wd;
     let wp = ow_n + dw * (kw - 1);
-    let row_len = t_n * wp;
-    let k_fold = g.c_in * kd * kh;
-    col.resize(k_fold * row_len, 0.0);
+    let row_len = (r1 - r0) * wp;
     // padded row j holds x[.., j - pw] (zero outside 0..W)
     let (lo, hi) = valid_range(-pw, 1, wd, wp);
-    let mut rows = col.chunks_exact_mut(row_len);
+    let mut q = 0;
     for c in 0..g.c_in {
         let x_c = &x_n[c * d * plane..(c + 1) * d * plane];
         for a in 0..kd {
             for b in 0..kh {
-                let Some(dst_row) = rows.next() else {
-                    return (wp, row_len, k_fold);
-                };
+                let dst_row = &mut dst[q * stride..][..row_len];
+                q += 1;
                 for (t, r) in (r0..r1).enumerate() {
                     let seg = &mut dst_row[t * wp..(t + 1) * wp];
                     let id = ((r / oh_n) * sd + a * dd) as isize - pd;
@@ -277,7 +339,6 @@ fn unfold_padded_rows(
             }
         }
     }
-    (wp, row_len, k_fold)
 }
 
 /// One forward tile for unit W stride, with the `kw` taps along W folded out of the unfolding.
@@ -317,19 +378,19 @@ unsafe fn forward_tile_folded(
         // read is row_len - 1), dst = tmp [c_out, n_cols] with row stride row_len.
         unsafe {
             gemm(
-                g.c_out,
                 n_cols,
+                g.c_out,
                 k_fold,
                 tmp.as_mut_ptr(),
-                1,
                 row_len as isize,
+                1,
                 e > 0,
-                w.as_ptr().add(e),
-                kw as isize,
-                (k_fold * kw) as isize,
                 col.as_ptr().add(e * dw),
-                1,
                 row_len as isize,
+                1,
+                w.as_ptr().add(e),
+                (k_fold * kw) as isize,
+                kw as isize,
                 1.0,
                 1.0,
                 false,
@@ -365,72 +426,245 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
         return vec![0f32; len];
     }
     let folded = g.stride[2] == 1 && g.kernel[2] > 1;
+    if folded && whole_batch(g) {
+        return transpose_filter_grad(g, &backward_filter_whole_batch_folded(g, x, dy));
+    }
+    // one accumulator per thread: for the deep layers `dW` is larger than the tiles it sums
     let parts = for_each_chunked(
         &tiles(g),
-        || (vec![0f32; len], Vec::new(), Vec::new()),
-        |(dw_t, col, dy_pad): &mut (Vec<f32>, Vec<f32>, Vec<f32>), &(n, r0, r1)| {
-            let dy_n = &dy[n * g.c_out * s_out..(n + 1) * g.c_out * s_out];
-            if folded {
-                backward_filter_tile_folded(
+        1,
+        || vec![0f32; len],
+        |dw_t: &mut Vec<f32>, &(n, r0, r1)| {
+            with_scratch(|col, dy_pad| {
+                let dy_n = &dy[n * g.c_out * s_out..(n + 1) * g.c_out * s_out];
+                if folded {
+                    backward_filter_tile_folded(
+                        g,
+                        &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in],
+                        dy_n,
+                        r0,
+                        r1,
+                        dw_t,
+                        col,
+                        dy_pad,
+                    );
+                    return;
+                }
+                let p = (r1 - r0) * ow;
+                col.resize(k * p, 0.0);
+                unfold(
                     g,
                     &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in],
-                    dy_n,
                     r0,
                     r1,
-                    dw_t,
                     col,
-                    dy_pad,
                 );
-                return;
-            }
-            let p = (r1 - r0) * ow;
-            col.resize(k * p, 0.0);
-            unfold(
-                g,
-                &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in],
-                r0,
-                r1,
-                col,
-            );
-            let rhs = &dy[n * g.c_out * s_out + r0 * ow..];
-            // SAFETY: lhs is col [k, p] row-major, rhs is dy's tile transposed [p, c_out]
-            // (column stride s_out, inside dy), dst is the fold's own dw_t [k, c_out].
-            unsafe {
-                gemm(
-                    k,
-                    g.c_out,
-                    p,
-                    dw_t.as_mut_ptr(),
-                    1,
-                    g.c_out as isize,
-                    true,
-                    col.as_ptr(),
-                    1,
-                    p as isize,
-                    rhs.as_ptr(),
-                    s_out as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            }
+                let rhs = &dy[n * g.c_out * s_out + r0 * ow..];
+                // SAFETY: lhs is col [k, p] row-major, rhs is dy's tile transposed [p, c_out]
+                // (column stride s_out, inside dy), dst is the fold's own dw_t [k, c_out].
+                unsafe {
+                    gemm(
+                        k,
+                        g.c_out,
+                        p,
+                        dw_t.as_mut_ptr(),
+                        1,
+                        g.c_out as isize,
+                        true,
+                        col.as_ptr(),
+                        1,
+                        p as isize,
+                        rhs.as_ptr(),
+                        s_out as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                }
+            })
         },
     );
-    let mut dw_t = vec![0f32; len];
-    for (part, _, _) in parts {
+    let mut parts = parts.into_iter();
+    let mut dw_t = parts.next().unwrap_or_else(|| vec![0f32; len]);
+    for part in parts {
         dw_t.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
     }
-    let mut dw = vec![0f32; len];
+    transpose_filter_grad(g, &dw_t)
+}
+
+/// `dW [C_out, K]` from `dW^T [K, C_out]`.
+fn transpose_filter_grad(g: &Geometry, dw_t: &[f32]) -> Vec<f32> {
+    let k = g.k_len();
+    let mut dw = vec![0f32; dw_t.len()];
     for (kk, row) in dw_t.chunks_exact(g.c_out).enumerate() {
         for (o, &v) in row.iter().enumerate() {
             dw[o * k + kk] = v;
         }
     }
     dw
+}
+
+/// Output columns (all samples, on the W-padded grid of the folded kernels) up to which a
+/// convolution runs as one column buffer for the whole batch and `kw` GEMMs that are parallel
+/// inside, instead of tiles in parallel: a batch that fits in one tile. These are the deep,
+/// low-resolution layers, whose tiles would be a few dozen columns against a weight (and a
+/// per-thread weight gradient to zero and sum) of up to 1.8 M values. Measured with
+/// `bench_conv`, forward + backward: 256 channels on (4, 256, 4, 4, 3) 0.067 s instead of 0.090 s;
+/// (3, 128, 4, 6, 4) and (4, 128, 8, 8, 6) equal either way; but (3, 64, 8, 12, 8), 2880 columns,
+/// 0.057 s instead of 0.026 s, hence no higher limit.
+const WHOLE_BATCH_COLUMNS: usize = TILE_COLUMNS;
+
+/// Whether the folded convolution `g` takes the whole-batch path ([`WHOLE_BATCH_COLUMNS`]).
+fn whole_batch(g: &Geometry) -> bool {
+    let [od, oh, ow] = g.out_dims;
+    let wp = ow + g.dilation[2] * (g.kernel[2] - 1);
+    g.batch * od * oh * wp <= WHOLE_BATCH_COLUMNS
+}
+
+/// The column buffer of the whole batch for the folded kernels: `col [C_in * kd * kh, N * OD * OH * Wp]`,
+/// sample `n`'s padded rows in columns `n * OD * OH * Wp ..`. Returns `(Wp, total columns, K / kw)`.
+fn unfold_whole_batch(g: &Geometry, x: &[f32], col: &mut Vec<f32>) -> (usize, usize, usize) {
+    let [kd, kh, kw] = g.kernel;
+    let [od, oh, ow] = g.out_dims;
+    let wp = ow + g.dilation[2] * (kw - 1);
+    let per_sample = od * oh * wp;
+    let total = g.batch * per_sample;
+    let k_fold = g.c_in * kd * kh;
+    let s_in = g.in_volume();
+    col.resize(k_fold * total, 0.0);
+    for n in 0..g.batch {
+        let x_n = &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in];
+        unfold_padded_rows_into(g, x_n, 0, od * oh, &mut col[n * per_sample..], total);
+    }
+    (wp, total, k_fold)
+}
+
+/// [`conv_forward`] of a folded convolution on the whole batch at once (see
+/// [`WHOLE_BATCH_COLUMNS`]): the tap `e` GEMMs of [`forward_tile_folded`] over every sample's
+/// columns, parallel inside.
+///
+/// # Safety
+/// `out` must be valid for writes of the whole output `[N, C_out, OD, OH, OW]`.
+unsafe fn forward_whole_batch_folded(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    let [od, oh, ow] = g.out_dims;
+    let [_, _, kw] = g.kernel;
+    let dw = g.dilation[2];
+    let s_out = g.out_volume();
+    let threads = rayon::current_num_threads();
+    with_scratch(|col, tmp| {
+        let (wp, total, k_fold) = unfold_whole_batch(g, x, col);
+        tmp.resize(g.c_out * total, 0.0);
+        let n_cols = total - dw * (kw - 1);
+        for e in 0..kw {
+            // SAFETY: as in forward_tile_folded, with `total` columns in place of one tile's.
+            unsafe {
+                gemm(
+                    n_cols,
+                    g.c_out,
+                    k_fold,
+                    tmp.as_mut_ptr(),
+                    total as isize,
+                    1,
+                    e > 0,
+                    col.as_ptr().add(e * dw),
+                    total as isize,
+                    1,
+                    w.as_ptr().add(e),
+                    (k_fold * kw) as isize,
+                    kw as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::Rayon(threads),
+                )
+            }
+        }
+        let rows = od * oh;
+        for n in 0..g.batch {
+            for o in 0..g.c_out {
+                let b = bias.map_or(0.0, |b| b[o]);
+                let src = &tmp[o * total + n * rows * wp..][..rows * wp];
+                // SAFETY: the caller lets us write the whole output; this is out[n, o].
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out.add((n * g.c_out + o) * s_out), s_out)
+                };
+                for (dst_row, src_row) in dst.chunks_exact_mut(ow).zip(src.chunks_exact(wp)) {
+                    for (v, &s) in dst_row.iter_mut().zip(&src_row[..ow]) {
+                        *v = s + b;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `dW^T [K, C_out]` of a folded convolution on the whole batch at once (see
+/// [`WHOLE_BATCH_COLUMNS`]): the tap `e` GEMMs of [`backward_filter_tile_folded`] over every
+/// sample's columns, parallel inside; each writes its own rows of `dW^T`, so no accumulator is
+/// shared or summed.
+fn backward_filter_whole_batch_folded(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let [od, oh, ow] = g.out_dims;
+    let [_, _, kw] = g.kernel;
+    let dw = g.dilation[2];
+    let s_out = g.out_volume();
+    let threads = rayon::current_num_threads();
+    let mut dw_t = vec![0f32; g.c_out * g.k_len()];
+    with_scratch(|col, dy_pad| {
+        let (wp, total, k_fold) = unfold_whole_batch(g, x, col);
+        dy_pad.resize(g.c_out * total, 0.0);
+        let rows = od * oh;
+        for n in 0..g.batch {
+            for o in 0..g.c_out {
+                let src = &dy[(n * g.c_out + o) * s_out..][..s_out];
+                let dst = &mut dy_pad[o * total + n * rows * wp..][..rows * wp];
+                for (seg, s) in dst.chunks_exact_mut(wp).zip(src.chunks_exact(ow)) {
+                    seg[..ow].copy_from_slice(s);
+                    seg[ow..].fill(0.0);
+                }
+            }
+        }
+        let n_cols = total - dw * (kw - 1);
+        for e in 0..kw {
+            // SAFETY: as in backward_filter_tile_folded, with `total` columns in place of one
+            // tile's; the rows (c, a, b, e) of dw_t are this tap's alone (no read of dst).
+            unsafe {
+                gemm(
+                    k_fold,
+                    g.c_out,
+                    n_cols,
+                    dw_t.as_mut_ptr().add(e * g.c_out),
+                    1,
+                    (kw * g.c_out) as isize,
+                    false,
+                    col.as_ptr().add(e * dw),
+                    1,
+                    total as isize,
+                    dy_pad.as_ptr(),
+                    total as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::Rayon(threads),
+                )
+            }
+        }
+    });
+    dw_t
 }
 
 /// One backward-filter tile for unit W stride, with the W taps folded as in
@@ -567,76 +801,83 @@ fn backward_data_col2im(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let tasks: Vec<(usize, usize)> = (0..g.batch)
         .flat_map(|n| (0..d).map(move |i| (n, i)))
         .collect();
-    for_each_chunked(&tasks, Vec::new, |dcol: &mut Vec<f32>, &(n, id)| {
-        dcol.resize(m2 * plane_out, 0.0);
-        let mut first = true;
-        for a in 0..kd {
-            let t = id as isize + pd - (a * dd) as isize;
-            if t < 0 || t % sd as isize != 0 || t as usize / sd >= od_n {
-                continue;
-            }
-            let od = t as usize / sd;
-            let rhs = &dy[n * g.c_out * s_out + od * plane_out..];
-            // SAFETY: lhs wt[a] [m2, c_out] row-major, rhs dy[n, :, od] [c_out, plane_out] with row
-            // stride s_out, dst the task's own dcol [m2, plane_out].
-            unsafe {
-                gemm(
-                    m2,
-                    plane_out,
-                    g.c_out,
-                    dcol.as_mut_ptr(),
-                    1,
-                    plane_out as isize,
-                    !first,
-                    wt[a * m2 * g.c_out..].as_ptr(),
-                    1,
-                    g.c_out as isize,
-                    rhs.as_ptr(),
-                    1,
-                    s_out as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                )
-            }
-            first = false;
-        }
-        if first {
-            return;
-        }
-        for c in 0..g.c_in {
-            // SAFETY: the slice dx[n, c, id] belongs to this task only.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    dx_ptr.get().add((n * g.c_in + c) * s_in + id * h * wd),
-                    h * wd,
-                )
-            };
-            for b in 0..kh {
-                for e in 0..kw {
-                    let src = &dcol[((c * kh + b) * kw + e) * plane_out..][..plane_out];
-                    let off_w = (e * dw) as isize - pw;
-                    let (lo, hi) = valid_range(off_w, sw, wd, ow_n);
-                    if lo >= hi {
+    for_each_chunked(
+        &tasks,
+        4,
+        || (),
+        |_, &(n, id)| {
+            with_scratch(|dcol, _| {
+                dcol.resize(m2 * plane_out, 0.0);
+                let mut first = true;
+                for a in 0..kd {
+                    let t = id as isize + pd - (a * dd) as isize;
+                    if t < 0 || t % sd as isize != 0 || t as usize / sd >= od_n {
                         continue;
                     }
-                    for oh in 0..oh_n {
-                        let ih = (oh * sh + b * dh) as isize - ph;
-                        if ih < 0 || ih >= h as isize {
-                            continue;
-                        }
-                        let row = &mut dst[ih as usize * wd..][..wd];
-                        let s = &src[oh * ow_n..][..ow_n];
-                        for ow in lo..hi {
-                            row[((ow * sw) as isize + off_w) as usize] += s[ow];
+                    let od = t as usize / sd;
+                    let rhs = &dy[n * g.c_out * s_out + od * plane_out..];
+                    // SAFETY: lhs wt[a] [m2, c_out] row-major, rhs dy[n, :, od] [c_out, plane_out] with row
+                    // stride s_out, dst the task's own dcol [m2, plane_out].
+                    unsafe {
+                        gemm(
+                            m2,
+                            plane_out,
+                            g.c_out,
+                            dcol.as_mut_ptr(),
+                            1,
+                            plane_out as isize,
+                            !first,
+                            wt[a * m2 * g.c_out..].as_ptr(),
+                            1,
+                            g.c_out as isize,
+                            rhs.as_ptr(),
+                            1,
+                            s_out as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        )
+                    }
+                    first = false;
+                }
+                if first {
+                    return;
+                }
+                for c in 0..g.c_in {
+                    // SAFETY: the slice dx[n, c, id] belongs to this task only.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dx_ptr.get().add((n * g.c_in + c) * s_in + id * h * wd),
+                            h * wd,
+                        )
+                    };
+                    for b in 0..kh {
+                        for e in 0..kw {
+                            let src = &dcol[((c * kh + b) * kw + e) * plane_out..][..plane_out];
+                            let off_w = (e * dw) as isize - pw;
+                            let (lo, hi) = valid_range(off_w, sw, wd, ow_n);
+                            if lo >= hi {
+                                continue;
+                            }
+                            for oh in 0..oh_n {
+                                let ih = (oh * sh + b * dh) as isize - ph;
+                                if ih < 0 || ih >= h as isize {
+                                    continue;
+                                }
+                                let row = &mut dst[ih as usize * wd..][..wd];
+                                let s = &src[oh * ow_n..][..ow_n];
+                                for ow in lo..hi {
+                                    row[((ow * sw) as isize + off_w) as usize] += s[ow];
+                                }
+                            }
                         }
                     }
                 }
-            }
-        }
-    });
+            })
+        },
+    );
     dx
 }
