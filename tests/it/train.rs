@@ -792,6 +792,7 @@ fn comparison_methods_train_resume_and_fit_the_phantoms() {
         (Method::UaMt, false, true),
         (Method::Mcf, true, false),
         (Method::Dtc, false, false),
+        (Method::McNet, false, false),
     ] {
         let mut cfg = tiny_config(4, true);
         cfg.method = method;
@@ -814,6 +815,12 @@ fn comparison_methods_train_resume_and_fit_the_phantoms() {
         assert_eq!(
             any("net_a.out_sdf."),
             method == Method::Dtc,
+            "{}",
+            method.name()
+        );
+        assert_eq!(
+            any("net_a.dec2."),
+            method == Method::McNet,
             "{}",
             method.name()
         );
@@ -872,7 +879,7 @@ fn options_a_method_does_not_read_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("belongs to mean_teacher, ua_mt, mcf and dtc"),
+        err.contains("belongs to mean_teacher, ua_mt, mcf, dtc and mc_net"),
         "{err}"
     );
     let err = cfg(Method::Mcf, "ema_teacher=0.99")
@@ -890,6 +897,18 @@ fn options_a_method_does_not_read_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("even number"), "{err}");
+    assert!(cfg(Method::McNet, "baseline.temperature=0.2").is_ok());
+    let err = cfg(Method::McNet, "baseline.temperature=0.005")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 0.01 for mc_net"), "{err}");
+    let err = cfg(Method::McNet, "baseline.sdf_weight=0.5")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("it reads baseline.consistency, baseline.rampup_epochs, baseline.epoch_iterations, baseline.temperature"),
+        "{err}"
+    );
 }
 
 /// `duoseg folds`: every labelled case is tested in exactly one fold, unlabelled images train in

@@ -295,3 +295,95 @@ pub fn dtc_loss(
         total,
     })
 }
+
+/// MC-Net's sharpening (ycwu1997/MC-Net `train_mcnet_3d.py`, `sharpening`): per class channel,
+/// `p^(1/T) / (p^(1/T) + (1 - p)^(1/T))`, with its gradient (the code does not detach the
+/// sharpened targets). Unlike [`sharpen`] the channels are not renormalised. With `p + (1 - p) = 1`
+/// one of the two powers is at least `0.5^(1/T)`, so the quotient is finite for `T >= 0.01` in f32.
+pub fn mc_net_sharpen(probs: &Tensor, temperature: f64) -> Result<Tensor> {
+    let e = 1.0 / temperature;
+    let num = probs.powf(e)?;
+    let rest = probs.affine(-1.0, 1.0)?.clamp(0.0, 1.0)?.powf(e)?;
+    num.div(&(&num + rest)?)
+}
+
+/// The terms of one MC-Net iteration (see [`mc_net_loss`]).
+#[derive(Debug, Clone)]
+pub struct McNetTerms {
+    /// The sum over decoders of their Dice loss on the labeled crops.
+    pub supervised_dice: Tensor,
+    /// The sum over ordered decoder pairs `i != j` of the mean squared distance of `softmax(i)` to
+    /// the sharpened `softmax(j)`, over every crop.
+    pub consistency: Tensor,
+    /// `dice_weight * supervised_dice + weight * consistency`.
+    pub total: Tensor,
+}
+
+/// MC-Net's loss (Wu et al. 2021, ycwu1997/MC-Net `train_mcnet_3d.py` lines 134-166,
+/// `utils/losses.py` `Binary_dice_loss`; docs/methods.md) for the logits `[N_l + N_u, K, ...]` of
+/// each decoder, labeled crops first:
+///
+/// - Dice per decoder with linear sums and `1e-8`:
+///   `1 - (2 sum p_c y_c + 1e-8) / (sum p_c + sum y_c + 1e-8)` over the labeled crops pooled, for
+///   the foreground class (K = 2, the code's case);
+///   for K > 2, its mean over the foreground classes `c = 1..K-1`. The code's cross-entropy is
+///   computed and logged there but not in the loss, so it is left out here;
+/// - consistency: for every ordered pair `i != j`, the mean over all crops, classes and voxels of
+///   `(softmax_i - mc_net_sharpen(softmax_j, T))^2`, gradients through both sides;
+/// - total: `dice_weight` (the code's `lamda`, 0.5) x the Dice sum + `weight` x the consistency sum.
+pub fn mc_net_loss(
+    logits: &[&Tensor],
+    labels: &Tensor,
+    weight: f64,
+    temperature: f64,
+    dice_weight: f64,
+) -> Result<McNetTerms> {
+    let Some(first) = logits.first() else {
+        candle_core::bail!("mc_net: no decoder output")
+    };
+    if logits.iter().any(|l| l.dims() != first.dims()) {
+        let dims: Vec<_> = logits.iter().map(|l| l.dims().to_vec()).collect();
+        candle_core::bail!("mc_net: the decoders' logits differ in shape: {dims:?}");
+    }
+    let n_l = labels.dim(0)?;
+    let k = check_pair("mc_net", &first.narrow(0, 0, n_l)?, labels)?;
+    let y = one_hot(labels, k)?;
+    let probs = logits
+        .iter()
+        .map(|l| candle_nn::ops::softmax(l, 1))
+        .collect::<Result<Vec<_>>>()?;
+    let mut supervised_dice = Tensor::zeros((), first.dtype(), first.device())?;
+    for p in &probs {
+        let p_l = p.narrow(0, 0, n_l)?;
+        let mut per_class = Vec::with_capacity(k - 1);
+        for c in 1..k {
+            let (pc, yc) = (p_l.narrow(1, c, 1)?, y.narrow(1, c, 1)?);
+            let inter = reduce::sum_all(&(&pc * &yc)?)?;
+            let den = (reduce::sum_all(&pc)? + reduce::sum_all(&yc)?)?;
+            let score = ((inter * 2.0)? + 1e-8)?.div(&(den + 1e-8)?)?;
+            per_class.push(score.affine(-1.0, 1.0)?);
+        }
+        let dice = (Tensor::stack(&per_class, 0)?.sum(0)? / (k - 1) as f64)?;
+        supervised_dice = (supervised_dice + dice)?;
+    }
+    let sharpened = probs
+        .iter()
+        .map(|p| mc_net_sharpen(p, temperature))
+        .collect::<Result<Vec<_>>>()?;
+    let mut consistency = Tensor::zeros((), first.dtype(), first.device())?;
+    for (i, p) in probs.iter().enumerate() {
+        for (j, s) in sharpened.iter().enumerate() {
+            if i != j {
+                let d = (p - s)?.sqr()?;
+                let mean = (reduce::sum_all(&d)? / d.elem_count() as f64)?;
+                consistency = (consistency + mean)?;
+            }
+        }
+    }
+    let total = ((&supervised_dice * dice_weight)? + (&consistency * weight)?)?;
+    Ok(McNetTerms {
+        supervised_dice,
+        consistency,
+        total,
+    })
+}

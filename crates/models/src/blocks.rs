@@ -68,22 +68,54 @@ impl ModuleT for Down {
     }
 }
 
-/// Up-sampling: conv-transpose 2^3 stride 2 (`0`) + BN (`1`) + ReLU.
+/// How a decoder doubles the resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Upsampling {
+    /// Conv-transpose 2^3 stride 2 (`0`) + BN (`1`) + ReLU: the V-Net's (and MC-Net's first decoder's).
+    #[default]
+    Transposed,
+    /// Trilinear x2 with aligned corners (`0`, no parameters) + conv 3^3 pad 1 (`1`) + BN (`2`) +
+    /// ReLU: MC-Net's second decoder (`Upsampling_function`, `mode_upsampling = 1`).
+    Trilinear,
+}
+
+#[derive(Debug, Clone)]
+enum UpConv {
+    Transposed(ConvTranspose3d),
+    Trilinear(Conv3d),
+}
+
+/// Up-sampling block (see [`Upsampling`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Up {
-    conv: ConvTranspose3d,
+    conv: UpConv,
     bn: BatchNorm3d,
 }
 
 impl Up {
-    pub(crate) fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
-        let cfg = ConvTranspose3dConfig {
-            stride: 2,
-            ..Default::default()
-        };
-        Ok(Up {
-            conv: conv_transpose3d(c_in, c_out, 2, cfg, vb.pp(0))?,
-            bn: batch_norm3d(c_out, BatchNorm3dConfig::default(), vb.pp(1))?,
+    pub(crate) fn new(c_in: usize, c_out: usize, kind: Upsampling, vb: VarBuilder) -> Result<Self> {
+        let bn = BatchNorm3dConfig::default();
+        Ok(match kind {
+            Upsampling::Transposed => {
+                let cfg = ConvTranspose3dConfig {
+                    stride: 2,
+                    ..Default::default()
+                };
+                Up {
+                    conv: UpConv::Transposed(conv_transpose3d(c_in, c_out, 2, cfg, vb.pp(0))?),
+                    bn: batch_norm3d(c_out, bn, vb.pp(1))?,
+                }
+            }
+            Upsampling::Trilinear => {
+                let cfg = Conv3dConfig {
+                    padding: 1,
+                    ..Default::default()
+                };
+                Up {
+                    conv: UpConv::Trilinear(conv3d(c_in, c_out, 3, cfg, vb.pp(1))?),
+                    bn: batch_norm3d(c_out, bn, vb.pp(2))?,
+                }
+            }
         })
     }
 }
@@ -91,8 +123,11 @@ impl Up {
 impl Up {
     /// `relu(bn(up(x))) + skip` (the decoder's additive skip, fused into the batch-norm op).
     pub(crate) fn forward_skip_t(&self, x: &Tensor, skip: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn
-            .forward_act_t(&self.conv.forward(x)?, Epilogue::ReluAdd(skip), train)
+        let z = match &self.conv {
+            UpConv::Transposed(conv) => conv.forward(x)?,
+            UpConv::Trilinear(conv) => conv.forward(&duoseg_nn3d::upsample_trilinear(x, 2)?)?,
+        };
+        self.bn.forward_act_t(&z, Epilogue::ReluAdd(skip), train)
     }
 }
 

@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Module, ModuleT, VarBuilder};
 use duoseg_nn3d::{conv3d, Conv3d, Conv3dConfig, Dropout3d};
 
-use crate::blocks::{ConvBlock, Up};
+use crate::blocks::{ConvBlock, Up, Upsampling};
 
 /// Drop probability of the Dropout3d layers (SPEC section 1).
 pub const DROPOUT_P: f32 = 0.5;
@@ -25,15 +25,21 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
-    pub(crate) fn new(n: usize, n_classes: usize, dropout: bool, vb: &VarBuilder) -> Result<Self> {
+    pub(crate) fn new(
+        n: usize,
+        n_classes: usize,
+        dropout: bool,
+        up: Upsampling,
+        vb: &VarBuilder,
+    ) -> Result<Self> {
         Ok(Decoder {
-            u5: Up::new(16 * n, 8 * n, vb.pp("u5"))?,
+            u5: Up::new(16 * n, 8 * n, up, vb.pp("u5"))?,
             b6: ConvBlock::new(3, 8 * n, 8 * n, vb.pp("b6"))?,
-            u6: Up::new(8 * n, 4 * n, vb.pp("u6"))?,
+            u6: Up::new(8 * n, 4 * n, up, vb.pp("u6"))?,
             b7: ConvBlock::new(3, 4 * n, 4 * n, vb.pp("b7"))?,
-            u7: Up::new(4 * n, 2 * n, vb.pp("u7"))?,
+            u7: Up::new(4 * n, 2 * n, up, vb.pp("u7"))?,
             b8: ConvBlock::new(2, 2 * n, 2 * n, vb.pp("b8"))?,
-            u8: Up::new(2 * n, n, vb.pp("u8"))?,
+            u8: Up::new(2 * n, n, up, vb.pp("u8"))?,
             b9: ConvBlock::new(1, n, n, vb.pp("b9"))?,
             out: conv3d(n, n_classes, 1, Conv3dConfig::default(), vb.pp("out"))?,
             drop: dropout.then(|| Dropout3d::new(DROPOUT_P)),

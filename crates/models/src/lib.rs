@@ -16,6 +16,7 @@ mod init;
 mod nets;
 mod summary;
 
+pub use blocks::Upsampling;
 pub use decoder::DROPOUT_P;
 pub use duoseg_nn3d::{is_batch_norm_buffer, trainable_vars};
 pub use heads::SdfHead;

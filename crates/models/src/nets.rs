@@ -7,7 +7,7 @@ use duoseg_nn3d::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{BasicBlock, ConvBlock, Down};
+use crate::blocks::{BasicBlock, ConvBlock, Down, Upsampling};
 use crate::decoder::Decoder;
 
 /// Each spatial side of the input must be a multiple of this (four stride-2 stages).
@@ -121,11 +121,30 @@ pub struct VNet {
     d4: Down,
     b5: ConvBlock,
     decoder: Decoder,
+    /// MC-Net's second decoder (trilinear up-sampling), variables under `dec2`.
+    decoder2: Option<Decoder>,
 }
+
+/// Seed offset of the second decoder's dropout masks (its own stream, as MC-Net's decoders each
+/// hold their own `Dropout3d`).
+const DECODER2_DROPOUT_STREAM: u64 = 0x0DEC_0002;
 
 impl VNet {
     /// Creates (or loads, depending on the builder) the variables.
     pub fn new(cfg: NetConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_decoders(cfg, false, vb)
+    }
+
+    /// MC-Net's V-Net (`MCNet3d_v1`): the shared encoder, the V-Net decoder (conv-transpose
+    /// up-sampling) and a second decoder with trilinear up-sampling ([`Upsampling::Trilinear`]),
+    /// whose variables live under `dec2.` (`dec2.u5.1.weight`, ..., `dec2.out.bias`). `forward_t`
+    /// is the first decoder's output (MC-Net's reported prediction); [`VNet::decoder_outputs_t`]
+    /// gives both.
+    pub fn with_trilinear_decoder(cfg: NetConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_decoders(cfg, true, vb)
+    }
+
+    fn with_decoders(cfg: NetConfig, second: bool, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let n = cfg.base_width;
         Ok(VNet {
@@ -139,8 +158,46 @@ impl VNet {
             b4: ConvBlock::new(3, 8 * n, 8 * n, vb.pp("b4"))?,
             d4: Down::new(8 * n, 16 * n, vb.pp("d4"))?,
             b5: ConvBlock::new(3, 16 * n, 16 * n, vb.pp("b5"))?,
-            decoder: Decoder::new(n, cfg.n_classes, cfg.dropout, &vb)?,
+            decoder: Decoder::new(n, cfg.n_classes, cfg.dropout, Upsampling::Transposed, &vb)?,
+            decoder2: match second {
+                true => Some(Decoder::new(
+                    n,
+                    cfg.n_classes,
+                    cfg.dropout,
+                    Upsampling::Trilinear,
+                    &vb.pp("dec2"),
+                )?),
+                false => None,
+            },
         })
+    }
+
+    /// The encoder's skips `x1..x4` and bottleneck `x5` (dropout applied to `x5`).
+    fn encode_t(&self, x: &Tensor, train: bool) -> Result<[Tensor; 5]> {
+        check_input(x, self.cfg.in_channels)?;
+        let x1 = self.b1.forward_t(x, train)?;
+        let x2 = self.b2.forward_t(&self.d1.forward_t(&x1, train)?, train)?;
+        let x3 = self.b3.forward_t(&self.d2.forward_t(&x2, train)?, train)?;
+        let x4 = self.b4.forward_t(&self.d3.forward_t(&x3, train)?, train)?;
+        let x5 = self.b5.forward_t(&self.d4.forward_t(&x4, train)?, train)?;
+        let x5 = self.decoder.dropout(x5, train)?;
+        Ok([x1, x2, x3, x4, x5])
+    }
+
+    /// `(logits, x9)` of every decoder (one, or MC-Net's two) from one pass of the encoder.
+    pub fn decoder_outputs_t(&self, x: &Tensor, train: bool) -> Result<Vec<(Tensor, Tensor)>> {
+        let [x1, x2, x3, x4, x5] = self.encode_t(x, train)?;
+        let skips = [&x1, &x2, &x3, &x4, &x5];
+        let mut out = vec![self.decoder.forward_t(skips, train)?];
+        if let Some(d) = &self.decoder2 {
+            out.push(d.forward_t(skips, train)?);
+        }
+        Ok(out)
+    }
+
+    /// How many decoders the net has (2 for MC-Net's).
+    pub fn decoders(&self) -> usize {
+        1 + usize::from(self.decoder2.is_some())
     }
 
     /// The configuration.
@@ -151,18 +208,15 @@ impl VNet {
 
 impl SegNet for VNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        check_input(x, self.cfg.in_channels)?;
-        let x1 = self.b1.forward_t(x, train)?;
-        let x2 = self.b2.forward_t(&self.d1.forward_t(&x1, train)?, train)?;
-        let x3 = self.b3.forward_t(&self.d2.forward_t(&x2, train)?, train)?;
-        let x4 = self.b4.forward_t(&self.d3.forward_t(&x3, train)?, train)?;
-        let x5 = self.b5.forward_t(&self.d4.forward_t(&x4, train)?, train)?;
-        let x5 = self.decoder.dropout(x5, train)?;
+        let [x1, x2, x3, x4, x5] = self.encode_t(x, train)?;
         self.decoder.forward_t([&x1, &x2, &x3, &x4, &x5], train)
     }
 
     fn reseed_dropout(&self, seed: u64) {
         self.decoder.reseed_dropout(seed);
+        if let Some(d) = &self.decoder2 {
+            d.reseed_dropout(seed ^ DECODER2_DROPOUT_STREAM);
+        }
     }
 }
 
@@ -210,7 +264,7 @@ impl ResNet34VNet {
             cfg,
             stem,
             layers,
-            decoder: Decoder::new(n, cfg.n_classes, cfg.dropout, &vb)?,
+            decoder: Decoder::new(n, cfg.n_classes, cfg.dropout, Upsampling::Transposed, &vb)?,
         })
     }
 

@@ -17,6 +17,8 @@ pub use conv::{
 
 mod batch_norm;
 mod dropout;
+mod upsample;
+pub use upsample::{interpolation_matrix, upsample_trilinear};
 mod memory;
 pub mod profile;
 mod threads;

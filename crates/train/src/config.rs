@@ -39,6 +39,10 @@ pub enum Method {
     /// a consistency between the segmentation and the level set mapped back to a mask
     /// (docs/methods.md section 4); options in `baseline`.
     Dtc,
+    /// MC-Net (Wu et al. 2021): a V-Net with a second decoder that up-samples trilinearly, each
+    /// decoder pulled toward the other's sharpened prediction (docs/methods.md section 5); options
+    /// in `baseline`.
+    McNet,
 }
 
 /// The options of the comparison methods (`mean_teacher`, `ua_mt`, `mcf`); every default is the
@@ -48,7 +52,7 @@ pub enum Method {
 #[serde(deny_unknown_fields, default)]
 pub struct BaselineConfig {
     /// Weight of the consistency term at the end of its ramp; `null` (default): the method's public
-    /// value (mean_teacher, ua_mt, mcf 0.1; dtc 1.0).
+    /// value (mean_teacher, ua_mt, mcf 0.1; dtc, mc_net 1.0).
     pub consistency: Option<f64>,
     /// Length of the ramp `exp(-5 (1 - e / L)^2)` in "epochs" of `epoch_iterations` (40).
     pub rampup_epochs: f64,
@@ -63,7 +67,7 @@ pub struct BaselineConfig {
     /// UA-MT's Monte-Carlo teacher passes T (8; an even number: the code runs T/2 passes of the
     /// unlabeled batch repeated twice).
     pub mc_passes: usize,
-    /// MCF's sharpening temperature of the pseudo-labels (0.1).
+    /// The sharpening temperature of MCF's pseudo-labels and of MC-Net's targets (0.1).
     pub temperature: f64,
     /// MCF's weight of the review term on labeled voxels where the nets disagree (0.5).
     pub review_weight: f64,
@@ -119,6 +123,7 @@ impl BaselineConfig {
             ],
             Method::Mcf => &[RAMP[0], RAMP[1], RAMP[2], "temperature", "review_weight"],
             Method::Dtc => &[RAMP[0], RAMP[1], RAMP[2], "transform_k", "sdf_weight"],
+            Method::McNet => &[RAMP[0], RAMP[1], RAMP[2], "temperature"],
             _ => &[],
         }
     }
@@ -140,8 +145,10 @@ impl BaselineConfig {
 
     /// The consistency weight `method` uses: the configured one, else its public code's.
     pub fn consistency_for(&self, method: Method) -> f64 {
-        self.consistency
-            .unwrap_or(if method == Method::Dtc { 1.0 } else { 0.1 })
+        self.consistency.unwrap_or(match method {
+            Method::Dtc | Method::McNet => 1.0,
+            _ => 0.1,
+        })
     }
 
     /// Ranges, and no changed option `method` does not read.
@@ -156,7 +163,7 @@ impl BaselineConfig {
                 "baseline.{name} is not an option of method {}{}",
                 method.name(),
                 match Self::used_by(method) {
-                    [] => " (the baseline section belongs to mean_teacher, ua_mt, mcf and dtc)"
+                    [] => " (the baseline section belongs to mean_teacher, ua_mt, mcf, dtc and mc_net)"
                         .to_string(),
                     used => format!(" (it reads baseline.{})", used.join(", baseline.")),
                 }
@@ -197,6 +204,13 @@ impl BaselineConfig {
                 self.temperature
             ));
         }
+        if method == Method::McNet && self.temperature < 0.01 {
+            // MC-Net's sharpening p^(1/T) / (p^(1/T) + (1 - p)^(1/T)) underflows in f32 below
+            return bad(format!(
+                "baseline.temperature {} must be at least 0.01 for mc_net",
+                self.temperature
+            ));
+        }
         Ok(())
     }
 }
@@ -210,6 +224,8 @@ pub enum Networks {
     VNet,
     /// Subnet A (V-Net) with a level-set head (`models::SdfHead`, `out_sdf`).
     VNetSdf,
+    /// Subnet A (V-Net) with MC-Net's second, trilinear decoder (`dec2`).
+    VNetTwoDecoders,
 }
 
 impl Method {
@@ -224,6 +240,7 @@ impl Method {
             | Method::Mcf => Networks::Pair,
             Method::MeanTeacher | Method::UaMt => Networks::VNet,
             Method::Dtc => Networks::VNetSdf,
+            Method::McNet => Networks::VNetTwoDecoders,
         }
     }
 
@@ -231,12 +248,12 @@ impl Method {
     pub fn is_baseline(self) -> bool {
         matches!(
             self,
-            Method::MeanTeacher | Method::UaMt | Method::Mcf | Method::Dtc
+            Method::MeanTeacher | Method::UaMt | Method::Mcf | Method::Dtc | Method::McNet
         )
     }
 
     /// All methods, for `--help` and sweeps.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::Duoseg,
         Method::Supervised,
         Method::NoReg,
@@ -246,6 +263,7 @@ impl Method {
         Method::UaMt,
         Method::Mcf,
         Method::Dtc,
+        Method::McNet,
     ];
 
     /// The snake_case name used in configs and reports.
@@ -260,6 +278,7 @@ impl Method {
             Method::UaMt => "ua_mt",
             Method::Mcf => "mcf",
             Method::Dtc => "dtc",
+            Method::McNet => "mc_net",
         }
     }
 
@@ -268,9 +287,12 @@ impl Method {
     pub fn effective_loss(self, loss: &LossConfig) -> Option<LossConfig> {
         match self {
             Method::Duoseg => Some(loss.clone()),
-            Method::Supervised | Method::MeanTeacher | Method::UaMt | Method::Mcf | Method::Dtc => {
-                None
-            }
+            Method::Supervised
+            | Method::MeanTeacher
+            | Method::UaMt
+            | Method::Mcf
+            | Method::Dtc
+            | Method::McNet => None,
             Method::NoReg => Some(LossConfig {
                 use_reg: false,
                 ..loss.clone()

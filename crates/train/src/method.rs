@@ -114,6 +114,11 @@ pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn Training
             sdf_weight: b.sdf_weight,
             unlabeled_per_batch: cfg.batch.unlabeled,
         }),
+        Method::McNet => Box::new(McNet {
+            ramp,
+            temperature: b.temperature,
+            unlabeled_per_batch: cfg.batch.unlabeled,
+        }),
         Method::Mcf => Box::new(Mcf {
             ramp,
             temperature: b.temperature,
@@ -532,6 +537,58 @@ impl TrainingMethod for Dtc {
         ]);
         Ok(StepLoss {
             total: d.total,
+            terms,
+        })
+    }
+}
+
+/// MC-Net's weight of the Dice loss (`lamda` in `train_mcnet_3d.py`, 0.5).
+const MC_NET_DICE_WEIGHT: f64 = 0.5;
+
+/// MC-Net (docs/methods.md section 5): a V-Net with a second decoder that up-samples trilinearly
+/// (`VNet::with_trilinear_decoder`); both decoders' Dice on the labeled crops and, on every crop,
+/// each decoder's softmax against the other's sharpened softmax, with the ramp read at `t + 1`
+/// as the code increments its counter first ([`duoseg_losses::mc_net_loss`]).
+pub struct McNet {
+    ramp: ConsistencyRamp,
+    temperature: f64,
+    unlabeled_per_batch: usize,
+}
+
+impl TrainingMethod for McNet {
+    fn unlabeled_per_batch(&self) -> usize {
+        self.unlabeled_per_batch
+    }
+
+    fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss> {
+        let t = batch.iteration;
+        students.reseed_dropout(batch.seed, t, STUDENT_DROPOUT);
+        let outputs = students.a.decoder_outputs_t(batch.images, true)?;
+        if outputs.len() < 2 {
+            return Err(TrainError::Tensor(candle_core::Error::Msg(
+                "mc_net needs the V-Net's second decoder".into(),
+            )));
+        }
+        for (i, (logits, _)) in outputs.iter().enumerate() {
+            ensure_finite(&format!("logits_dec{}", i + 1), logits, t)?;
+        }
+        let logits: Vec<&Tensor> = outputs.iter().map(|(l, _)| l).collect();
+        let weight = self.ramp.at(t + 1);
+        let m = duoseg_losses::mc_net_loss(
+            &logits,
+            batch.labels,
+            weight,
+            self.temperature,
+            MC_NET_DICE_WEIGHT,
+        )?;
+        let terms = BTreeMap::from([
+            ("total".to_string(), host(&m.total)?),
+            ("dice_a".to_string(), host(&m.supervised_dice)?),
+            ("consistency".to_string(), host(&m.consistency)?),
+            ("lambda_u".to_string(), weight),
+        ]);
+        Ok(StepLoss {
+            total: m.total,
             terms,
         })
     }

@@ -86,14 +86,17 @@ impl Nets {
         };
         let vars_a = VarMap::new();
         let vb_a = VarBuilder::from_varmap(&vars_a, DType::F32, device);
-        let a = VNet::new(cfg, vb_a.clone())?;
+        let a = match networks {
+            Networks::VNetTwoDecoders => VNet::with_trilinear_decoder(cfg, vb_a.clone())?,
+            _ => VNet::new(cfg, vb_a.clone())?,
+        };
         let sdf_a = match networks {
             Networks::VNetSdf => Some(SdfHead::new(cfg, vb_a.pp("out_sdf"))?),
-            Networks::Pair | Networks::VNet => None,
+            Networks::Pair | Networks::VNet | Networks::VNetTwoDecoders => None,
         };
         init_seeded(&vars_a, mix(seed, 0, 0xA11CE))?;
         let (b, vars_b) = match networks {
-            Networks::VNet | Networks::VNetSdf => (None, None),
+            Networks::VNet | Networks::VNetSdf | Networks::VNetTwoDecoders => (None, None),
             Networks::Pair => {
                 let vars_b = VarMap::new();
                 let b =

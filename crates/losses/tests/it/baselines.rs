@@ -1,5 +1,6 @@
 //! The comparison methods' loss terms against PyTorch fixtures written by
-//! `tests/reference/methods.py` from the public LA code (docs/methods.md): Mean Teacher, UA-MT, MCF.
+//! `tests/reference/methods.py` from the public LA code (docs/methods.md): Mean Teacher, UA-MT, MCF,
+//! DTC and MC-Net.
 
 use std::collections::HashMap;
 
@@ -257,4 +258,65 @@ fn dtc_matches_the_public_code() {
         grads.get(sdf.as_tensor()).unwrap(),
         &f["grad.sdf_pred"],
     );
+}
+
+#[test]
+fn mc_net_matches_the_public_code() {
+    let f = load("mc_net");
+    let y = labels(&f);
+    // MC-Net increments iter_num before it reads the weight: the ramp at t + 1
+    let ramp = ConsistencyRamp {
+        weight: 1.0,
+        ..UA_MT_RAMP
+    };
+    for (i, (t, w)) in iterations(&f)
+        .iter()
+        .zip(host(&f["out.ramp_weight"]))
+        .enumerate()
+    {
+        close(&format!("ramp[{i}]"), ramp.at(t + 1), w);
+    }
+    let probs = candle_nn::ops::softmax(&f["in.logits_dec1"], 1).unwrap();
+    close_all(
+        "sharpened",
+        &mc_net_sharpen(&probs, 0.1).unwrap(),
+        &f["out.sharpened_dec1"],
+    );
+    // v1: the paper's two decoders; v2 (MC-Net+): three
+    for (version, n) in [("v1", 2), ("v2", 3)] {
+        let vars: Vec<Var> = (1..=n)
+            .map(|k| Var::from_tensor(&f[&format!("in.logits_dec{k}")]).unwrap())
+            .collect();
+        let logits: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let w = ramp.at(T_EVAL + 1);
+        let key = |k: &str| format!("out.{version}.{k}");
+        close(&key("weight_at_t"), w, scalar(&f[&key("weight_at_t")]));
+        let terms = mc_net_loss(&logits, &y, w, 0.1, 0.5).unwrap();
+        close(
+            &key("sup_dice"),
+            scalar(&terms.supervised_dice),
+            scalar(&f[&key("sup_dice")]),
+        );
+        close(
+            &key("consistency"),
+            scalar(&terms.consistency),
+            scalar(&f[&key("consistency")]),
+        );
+        close(
+            &key("total"),
+            scalar(&terms.total),
+            scalar(&f[&key("total")]),
+        );
+        let grads = terms.total.backward().unwrap();
+        for (k, v) in vars.iter().enumerate() {
+            close_all(
+                &format!("{version} grad dec{}", k + 1),
+                grads.get(v.as_tensor()).unwrap(),
+                &f[&format!("grad.{version}.logits_dec{}", k + 1)],
+            );
+        }
+    }
+    // a mismatch between decoders is an error, not a panic
+    let other = f["in.logits_dec1"].narrow(0, 0, 3).unwrap();
+    assert!(mc_net_loss(&[&f["in.logits_dec1"], &other], &y, 1.0, 0.1, 0.5).is_err());
 }
