@@ -37,8 +37,9 @@ pub fn predict_case(
 ) -> Result<Prediction> {
     let sw = cfg.sliding_window();
     let k = cfg.model.n_classes;
+    let predictor = nets.predictor(device)?;
     let out = sw.probabilities(&case.image, case.shape, k, device, |x| {
-        nets.predict_probs(cfg.eval.nets, x)
+        predictor.predict_probs(cfg.eval.nets, x)
     })?;
     let n = case.shape.iter().product::<usize>();
     let mut labels = crate::sliding::argmax_classes(&out.probs, k);

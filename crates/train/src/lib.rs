@@ -33,7 +33,7 @@ pub use error::{Result, TrainError};
 pub use evaluation::{evaluate, evaluate_run, predict_case, reevaluate_run, Prediction};
 pub use learner::{train, Finish, Observer, Silent, TrainOptions};
 pub use method::TrainingMethod;
-pub use nets::Nets;
+pub use nets::{Nets, Predictor};
 pub use pipeline::{run_training, RunOutcome};
 pub use sgd::{OptimConfig, Sgd};
 pub use sliding::{Blend, SlidingWindow};

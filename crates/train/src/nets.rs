@@ -232,13 +232,55 @@ impl Nets {
         })
     }
 
+    /// The nets' current weights for eval-mode prediction, without autograd (see [`Predictor`]).
+    pub fn predictor(&self, device: &Device) -> Result<Predictor> {
+        let detached = |vm: &VarMap| -> Result<std::collections::HashMap<String, Tensor>> {
+            Ok(lock_vars(vm)?
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+                .collect())
+        };
+        let cfg = self.a.config();
+        let vb_a = VarBuilder::from_tensors(detached(&self.vars_a)?, DType::F32, device);
+        let a = match self.a.decoders() {
+            1 => VNet::new(cfg, vb_a)?,
+            _ => VNet::with_trilinear_decoder(cfg, vb_a)?,
+        };
+        let b = match (&self.b, &self.vars_b) {
+            (Some(b), Some(vm)) => Some(ResNet34VNet::new(
+                b.config(),
+                VarBuilder::from_tensors(detached(vm)?, DType::F32, device),
+            )?),
+            _ => None,
+        };
+        Ok(Predictor { a, b })
+    }
+}
+
+/// Eval-mode prediction from a snapshot of [`Nets`]: the same modules over the weights as plain
+/// tensors that share the variables' storage (no copy), so a forward pass records no autograd
+/// graph and frees each activation once the next layer has used it. The batch-norm running
+/// statistics are copied when it is made: make a new one after further training.
+///
+/// Measured on one 144x144x96 volume, 45 windows of 112x112x80, 4 per batch (`cargo xtask bench
+/// step`, the `infer` workload): see bench/step.json.
+pub struct Predictor {
+    a: VNet,
+    b: Option<ResNet34VNet>,
+}
+
+impl Predictor {
     /// Softmax probabilities `[B, K, ...]` of the chosen net(s) in eval mode (both: their mean;
     /// with subnet A alone, `Both` is A).
     pub fn predict_probs(&self, which: EvalNets, x: &Tensor) -> candle_core::Result<Tensor> {
         let p = |l: Tensor| candle_nn::ops::softmax(&l, 1);
         match (which, &self.b) {
             (EvalNets::A, _) | (EvalNets::Both, None) => p(self.a.forward_t(x, false)?.0),
-            (EvalNets::B, _) => p(self.require_b("eval.nets = \"b\"")?.forward_t(x, false)?.0),
+            (EvalNets::B, None) => Err(candle_core::Error::Msg(
+                "eval.nets = \"b\" needs subnet B (ResNet-34 V-Net), which this method does not train"
+                    .into(),
+            )),
+            (EvalNets::B, Some(b)) => p(b.forward_t(x, false)?.0),
             (EvalNets::Both, Some(b)) => {
                 (p(self.a.forward_t(x, false)?.0)? + p(b.forward_t(x, false)?.0)?)? * 0.5
             }

@@ -1,14 +1,26 @@
-//! `cargo xtask bench step`: one full training step of both nets (forward, all losses, backward, SGD)
-//! at 2 labeled + 2 unlabeled crops on the CPU, beside PyTorch in the same invocation.
+//! `cargo xtask bench step`: three CPU workloads, each beside PyTorch in the same invocation, and
+//! where the time goes.
 //!
-//! Runs `crates/models/examples/bench_step.rs` (release) and
-//! `../shared/reference/bench_torch.py --device cpu --crop D H W --modes default` (its sliding-window
-//! part on a single crop-sized volume, so it costs one window) with the interpreter given by `--torch`
-//! (default `$DUOSEG_PYTHON`, else `python3`; `--torch none` skips it), and writes `bench/step.json` with both
-//! results, the time ratio (duoseg / PyTorch) and both peak resident memories.
+//! - `dual`: one full training step of both nets (forward, all losses, backward, SGD) at 2
+//!   labeled and 2 unlabeled crops (default 64x64x48): `crates/models/examples/bench_step.rs` against
+//!   `../shared/reference/bench_torch.py --device cpu --modes default` (its sliding-window part on
+//!   a single crop-sized volume, so it costs one window).
+//! - `hippocampus`: the hippocampus default step (configs/hippocampus.json: 2 + 1 crops of 32x48x32,
+//!   both EMA teachers) through duoseg's own method code, `crates/train/examples/bench_workload.rs
+//!   --workload step`, against `tests/reference/bench_workloads_torch.py --workload step`.
+//! - `infer`: sliding-window inference of one 144x144x96 volume with configs/la.json's windows
+//!   (112x112x80, stride 18x18x4: 45 windows), net A, `bench_workload --workload infer` against
+//!   `bench_workloads_torch.py --workload infer`.
 //!
-//! Options: `--crop D H W` (default 64 64 48), `--iters N` (default 3), `--warmup N` (default 1),
-//! `--torch PYTHON`.
+//! Each side runs in its own process, so each peak resident memory is its own. The duoseg steps
+//! also report their last step's time per phase and per nn3d op (`profile_last_step`; the rest of a
+//! phase, `other_s`, is candle's own element-wise ops and glue). PyTorch runs with the interpreter
+//! given by `--torch` (default `$DUOSEG_PYTHON`, else `python3`; `--torch none` skips it).
+//! Writes `bench/step.json` with the CPU model and its vector extensions, every result and each
+//! workload's ratio duoseg / PyTorch.
+//!
+//! Options: `--workloads dual,hippocampus,infer` (default all), `--crop D H W` (dual; default
+//! 64 64 48), `--iters N` (default 3), `--warmup N` (default 1), `--torch PYTHON`.
 
 use std::process::Command;
 
@@ -17,16 +29,22 @@ use serde_json::{json, Value};
 
 use crate::util;
 
-const HELP: &str =
-    "cargo xtask bench step [--crop D H W] [--iters N] [--warmup N] [--torch PYTHON|none]
+const HELP: &str = "cargo xtask bench step [--workloads dual,hippocampus,infer] [--crop D H W] [--iters N]
+       [--warmup N] [--torch PYTHON|none]
 
-One full training step of both nets (V-Net and ResNet-34 V-Net: forward of 2 labeled + 2 unlabeled
-crops in train mode, every loss, backward, SGD update) on the CPU, timed by
-crates/models/examples/bench_step.rs, beside ../shared/reference/bench_torch.py --device cpu in the
-same invocation. Writes bench/step.json: both median / min step seconds, duoseg's per-phase times of
-its last step, both peak resident memories, the ratio duoseg / PyTorch and the load average.
+Three CPU workloads, each beside PyTorch in the same invocation:
+  dual         one full training step of both nets (2 labeled + 2 unlabeled crops, every loss,
+               backward, SGD): crates/models/examples/bench_step.rs vs ../shared/reference/bench_torch.py
+  hippocampus  the hippocampus default step (2 + 1 crops of 32x48x32, both EMA teachers) through
+               duoseg's method code: crates/train/examples/bench_workload.rs vs
+               tests/reference/bench_workloads_torch.py
+  infer        sliding-window inference of one 144x144x96 volume, LA windows (45 of 112x112x80)
+Writes bench/step.json: per workload both median / min times, both peak resident memories, the ratio
+duoseg / PyTorch, duoseg's last step by phase and by nn3d op; the CPU model, its vector extensions and
+the load average.
 
-  --crop D H W     crop size, each a multiple of 16 (default 64 64 48)
+  --workloads W    comma-separated subset (default dual,hippocampus,infer)
+  --crop D H W     dual crop size, each a multiple of 16 (default 64 64 48)
   --iters N        timed steps per side (default 3)
   --warmup N       untimed steps first (default 1)
   --torch PYTHON   interpreter with torch (default $DUOSEG_PYTHON, else python3); none skips PyTorch
@@ -59,16 +77,82 @@ fn capture(cmd: &mut Command) -> Result<Vec<Value>> {
     Ok(values)
 }
 
+/// `python -c` code that runs `argv` (a script and its arguments) in-process and then prints the
+/// process's peak RSS as one JSON line, so the measured peak is the script's own.
+fn in_process(argv: &[String]) -> String {
+    format!(
+        "import json, resource, runpy, sys\nsys.argv = {argv:?}\nrunpy.run_path(sys.argv[0], run_name='__main__')\n\
+         print(json.dumps({{'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))"
+    )
+}
+
+/// The CPU model and which of AVX2, FMA and AVX-512 (foundation) it has, from `/proc/cpuinfo`.
+fn cpu_info() -> Value {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    json!({
+        "model": field("model name"),
+        "avx2": has("avx2"),
+        "fma": has("fma"),
+        "avx512f": has("avx512f"),
+        "logical_cpus": info.lines().filter(|l| l.starts_with("processor")).count(),
+    })
+}
+
+/// `a / b` of two JSON numbers `key` (null when either is missing).
+fn ratio(ours: &Value, theirs: &Value, key: &str) -> Value {
+    match (
+        ours.get(key).and_then(Value::as_f64),
+        theirs.get(key).and_then(Value::as_f64),
+    ) {
+        (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+        _ => Value::Null,
+    }
+}
+
+/// Runs a PyTorch script in-process and returns its `impl == "pytorch"` line with its peak RSS.
+fn pytorch(python: &str, argv: &[String]) -> Result<Value> {
+    let lines = capture(Command::new(python).args(["-c", &in_process(argv)]))?;
+    let mut result = lines
+        .iter()
+        .find(|v| v["impl"] == "pytorch")
+        .cloned()
+        .context("no pytorch result")?;
+    result["peak_rss_gib"] = lines
+        .last()
+        .map(|v| v["peak_rss_gib"].clone())
+        .unwrap_or(Value::Null);
+    Ok(result)
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let mut crop = vec!["64".to_string(), "64".into(), "48".into()];
     let (mut iters, mut warmup) = ("3".to_string(), "1".to_string());
     let mut torch = Some(util::python());
+    let mut workloads = vec!["dual".to_string(), "hippocampus".into(), "infer".into()];
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--help" | "-h" => {
                 println!("{HELP}");
                 return Ok(());
+            }
+            "--workloads" if i + 1 < args.len() => {
+                workloads = args[i + 1].split(',').map(|w| w.trim().to_string()).collect();
+                if let Some(w) = workloads
+                    .iter()
+                    .find(|w| !["dual", "hippocampus", "infer"].contains(&w.as_str()))
+                {
+                    bail!("unknown workload {w:?}: dual, hippocampus or infer");
+                }
+                i += 2;
             }
             "--crop" if i + 3 < args.len() => {
                 crop = args[i + 1..i + 4].to_vec();
@@ -86,7 +170,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 torch = (args[i + 1] != "none").then(|| args[i + 1].clone());
                 i += 2;
             }
-            other => bail!("bad option {other:?}; options: --crop D H W, --iters N, --warmup N, --torch PYTHON|none (--help)"),
+            other => bail!("bad option {other:?}; options: --workloads W, --crop D H W, --iters N, --warmup N, --torch PYTHON|none (--help)"),
         }
     }
     let loadavg = || {
@@ -102,67 +186,117 @@ pub fn run(args: &[String]) -> Result<()> {
         "duoseg-models",
         "--example",
         "bench_step",
+        "-p",
+        "duoseg-train",
+        "--example",
+        "bench_workload",
     ]))?;
-    let example = util::root().join("target/release/examples/bench_step");
-    let ours = capture(
-        Command::new(example)
-            .arg("--crop")
-            .args(&crop)
-            .args(["--iters", &iters, "--warmup", &warmup]),
-    )?
-    .remove(0);
-    let theirs = match &torch {
-        None => Value::Null,
-        Some(python) => {
-            let script = util::root().join("../shared/reference/bench_torch.py");
-            let argv: Vec<String> = [
-                script.display().to_string(),
-                "--device".into(),
-                "cpu".into(),
-                "--crop".into(),
-            ]
-            .into_iter()
-            .chain(crop.iter().cloned())
-            .chain(["--volume".to_string()])
-            .chain(crop.iter().cloned())
-            .chain(["--modes", "default", "--iters", &iters, "--warmup", &warmup].map(String::from))
-            .collect();
-            // run the script in-process so that the peak RSS measured afterwards is its own
-            let code = format!(
-                "import json, resource, runpy, sys\nsys.argv = {argv:?}\nrunpy.run_path(sys.argv[0], run_name='__main__')\n\
-                 print(json.dumps({{'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))"
-            );
-            let lines = capture(Command::new(python).args(["-c", &code]))?;
-            let mut result = lines
-                .iter()
-                .find(|v| v["impl"] == "pytorch")
-                .cloned()
-                .context("no pytorch result")?;
-            result["peak_rss_gib"] = lines
-                .last()
-                .map(|v| v["peak_rss_gib"].clone())
-                .unwrap_or(Value::Null);
-            result
+    let root = util::root();
+    let examples = root.join("target/release/examples");
+    let mut results = serde_json::Map::new();
+    let want = |w: &str| workloads.iter().any(|x| x == w);
+    if want("dual") {
+        let ours = capture(
+            Command::new(examples.join("bench_step"))
+                .arg("--crop")
+                .args(&crop)
+                .args(["--iters", &iters, "--warmup", &warmup]),
+        )?
+        .remove(0);
+        let theirs = match &torch {
+            None => Value::Null,
+            Some(python) => {
+                let script = root.join("../shared/reference/bench_torch.py");
+                let argv: Vec<String> = [
+                    script.display().to_string(),
+                    "--device".into(),
+                    "cpu".into(),
+                    "--crop".into(),
+                ]
+                .into_iter()
+                .chain(crop.iter().cloned())
+                .chain(["--volume".to_string()])
+                .chain(crop.iter().cloned())
+                .chain(
+                    ["--modes", "default", "--iters", &iters, "--warmup", &warmup]
+                        .map(String::from),
+                )
+                .collect();
+                pytorch(python, &argv)?
+            }
+        };
+        results.insert(
+            "dual".into(),
+            json!({
+                "what": "one training step of both nets, 2 labeled + 2 unlabeled crops, every loss, backward, SGD",
+                "ratio_duoseg_over_pytorch": ratio(&ours, &theirs, "step_s_median"),
+                "duoseg": ours,
+                "pytorch": theirs,
+            }),
+        );
+    }
+    let torch_script = root.join("tests/reference/bench_workloads_torch.py");
+    for (name, workload, config, key, what) in [
+        (
+            "hippocampus",
+            "step",
+            "configs/hippocampus.json",
+            "step_s_median",
+            "the hippocampus default training step: 2 labeled + 1 unlabeled crop of 32x48x32, both students, both EMA teachers",
+        ),
+        (
+            "infer",
+            "infer",
+            "configs/la.json",
+            "infer_s",
+            "sliding-window inference of one 144x144x96 volume, 45 windows of 112x112x80 (stride 18x18x4), net A, eval mode",
+        ),
+    ] {
+        if !want(name) {
+            continue;
         }
-    };
-    let ratio = match (
-        ours["step_s_median"].as_f64(),
-        theirs.get("step_s_median").and_then(Value::as_f64),
-    ) {
-        (Some(a), Some(b)) if b > 0.0 => json!(a / b),
-        _ => Value::Null,
-    };
+        let ours = capture(
+            Command::new(examples.join("bench_workload"))
+                .args(["--workload", workload, "--config", config])
+                .args(["--iters", &iters, "--warmup", &warmup]),
+        )?
+        .remove(0);
+        let theirs = match &torch {
+            None => Value::Null,
+            Some(python) => {
+                let argv: Vec<String> = vec![
+                    torch_script.display().to_string(),
+                    "--workload".into(),
+                    workload.into(),
+                    "--iters".into(),
+                    iters.clone(),
+                    "--warmup".into(),
+                    warmup.clone(),
+                ];
+                pytorch(python, &argv)?
+            }
+        };
+        results.insert(
+            name.into(),
+            json!({
+                "what": what,
+                "ratio_duoseg_over_pytorch": ratio(&ours, &theirs, key),
+                "duoseg": ours,
+                "pytorch": theirs,
+            }),
+        );
+    }
     // other processes on a shared machine distort both timings (PyTorch's OpenMP threads far more)
     let report = json!({
-        "benchmark": "one training step, both nets, 2+2 crops, CPU",
+        "benchmark": "CPU training steps and inference, duoseg beside PyTorch",
+        "code": util::code_version(),
+        "cpu": cpu_info(),
         "loadavg_before": loadavg_before,
         "loadavg_after": loadavg(),
         "command": format!("cargo xtask bench step {}", args.join(" ")),
-        "duoseg": ours,
-        "pytorch": theirs,
-        "ratio_duoseg_over_pytorch": ratio,
+        "workloads": results,
     });
-    util::write_json(&util::root().join("bench").join("step.json"), &report)?;
+    util::write_json(&root.join("bench").join("step.json"), &report)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
