@@ -793,6 +793,7 @@ fn comparison_methods_train_resume_and_fit_the_phantoms() {
         (Method::Mcf, true, false),
         (Method::Dtc, false, false),
         (Method::McNet, false, false),
+        (Method::Sassnet, false, false),
     ] {
         let mut cfg = tiny_config(4, true);
         cfg.method = method;
@@ -814,10 +815,11 @@ fn comparison_methods_train_resume_and_fit_the_phantoms() {
         assert_eq!(any("ema_a."), has_ema, "{}", method.name());
         assert_eq!(
             any("net_a.out_sdf."),
-            method == Method::Dtc,
+            matches!(method, Method::Dtc | Method::Sassnet),
             "{}",
             method.name()
         );
+        assert_eq!(any("disc."), method == Method::Sassnet, "{}", method.name());
         assert_eq!(
             any("net_a.dec2."),
             method == Method::McNet,
@@ -829,8 +831,13 @@ fn comparison_methods_train_resume_and_fit_the_phantoms() {
         assert_eq!(loaded_cfg.method, method);
         assert_eq!(nets.b.is_some(), has_b);
         let log = read_log(&a.join("log.jsonl")).unwrap();
+        // the unlabeled crops' term: a consistency, or SASSNet's adversarial loss
+        let unlabeled_term = match method {
+            Method::Sassnet => "adversarial",
+            _ => "consistency",
+        };
         assert!(
-            log.iter().all(|r| r.terms.contains_key("consistency")),
+            log.iter().all(|r| r.terms.contains_key(unlabeled_term)),
             "{}",
             method.name()
         );
@@ -879,7 +886,7 @@ fn options_a_method_does_not_read_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("belongs to mean_teacher, ua_mt, mcf, dtc and mc_net"),
+        err.contains("belongs to mean_teacher, ua_mt, mcf, dtc, mc_net and sassnet"),
         "{err}"
     );
     let err = cfg(Method::Mcf, "ema_teacher=0.99")

@@ -7,10 +7,18 @@ use anyhow::{bail, Context, Result};
 
 /// Every method `--methods all` runs besides supervised-only (which always runs). The binary
 /// checks the names, so a method added to duoseg only needs adding here to join `all`.
-const ALL: [&str; 6] = ["duoseg", "mean_teacher", "ua_mt", "mcf", "dtc", "mc_net"];
+const ALL: [&str; 7] = [
+    "duoseg",
+    "mean_teacher",
+    "ua_mt",
+    "sassnet",
+    "dtc",
+    "mc_net",
+    "mcf",
+];
 
 const USAGE: &str =
-    "usage: cargo xtask compare --config FILE [--methods all|duoseg,mean_teacher,ua_mt,mcf,dtc,mc_net]
+    "usage: cargo xtask compare --config FILE [--methods all|duoseg,mean_teacher,ua_mt,sassnet,dtc,mc_net,mcf]
        [--seeds 1,2,3] [--name NAME] [--iters N] [--data DIR] [--set key=value]...";
 
 pub fn run(args: &[String]) -> Result<()> {

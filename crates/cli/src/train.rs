@@ -39,7 +39,7 @@ pub struct TrainArgs {
     /// Number of labeled training cases (overrides data.labeled).
     #[arg(long, value_name = "N")]
     pub labeled: Option<usize>,
-    /// Method: duoseg, supervised, no_reg, no_contrastive, reference_code, mean_teacher, ua_mt, mcf, dtc, mc_net (docs/methods.md).
+    /// Method: duoseg, supervised, no_reg, no_contrastive, reference_code, mean_teacher, ua_mt, sassnet, dtc, mc_net, mcf (docs/methods.md).
     #[arg(long, value_name = "METHOD")]
     pub method: Option<Method>,
     #[command(flatten)]

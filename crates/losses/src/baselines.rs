@@ -387,3 +387,98 @@ pub fn mc_net_loss(
         total,
     })
 }
+
+/// The terms of one SASSNet segmenter iteration (see [`sassnet_loss`]).
+#[derive(Debug, Clone)]
+pub struct SassnetTerms {
+    /// Dice of the segmentation on the labeled crops.
+    pub dice: Tensor,
+    /// Squared error of the level-set head against the signed distance targets (labeled crops).
+    pub sdf_mse: Tensor,
+    /// `dice + sdf_weight sdf_mse`.
+    pub supervised: Tensor,
+    /// Cross-entropy of the discriminator's logits on the unlabeled crops against "labeled" (1).
+    pub adversarial: Tensor,
+    /// `supervised + weight adversarial`.
+    pub total: Tensor,
+}
+
+/// SASSNet's segmenter loss (kleinzcy/SASSnet `train_gan_sdfloss.py` lines 152-176;
+/// docs/methods.md section 3) for segmentation logits `[N_l + N_u, K, ...]`, the level-set head's
+/// output (after tanh) `[N_l + N_u, K - 1, ...]`, the signed distance targets `[N_l, K - 1, ...]`
+/// of the labeled crops, their labels, and the discriminator's logits `[N_u, 2]` on the unlabeled
+/// crops' level sets (the discriminator in eval mode, its gradient flowing into the level set):
+///
+/// - supervised: [`dice_loss`] of the softmax on the labeled crops plus `sdf_weight` (0.3) times
+///   the level set's mean squared error (the code's BCE is logged there, not used), as DTC;
+/// - adversarial: the mean cross-entropy of the discriminator's logits against class 1, "from a
+///   labeled crop": the segmenter wants its unlabeled level sets to look labeled;
+/// - total: supervised + `weight` x adversarial (`weight`: 0.01 ramped).
+///
+/// At K = 2 the code's one sigmoid channel `z` is the softmax of `(0, z)`.
+pub fn sassnet_loss(
+    logits: &Tensor,
+    sdf: &Tensor,
+    sdf_target: &Tensor,
+    labels: &Tensor,
+    d_logits_unlabeled: &Tensor,
+    sdf_weight: f64,
+    weight: f64,
+) -> Result<SassnetTerms> {
+    let n_l = labels.dim(0)?;
+    let (n, k) = (logits.dim(0)?, logits.dim(1)?);
+    let mut want = logits.dims().to_vec();
+    want[1] = k - 1;
+    if sdf.dims() != want.as_slice()
+        || sdf_target.dim(0)? != n_l
+        || d_logits_unlabeled.dims() != [n - n_l, 2]
+    {
+        candle_core::bail!(
+            "sassnet: logits {:?}, level-set head {:?}, targets {:?} and discriminator logits {:?} \
+             do not fit ({} labeled crops)",
+            logits.dims(),
+            sdf.dims(),
+            sdf_target.dims(),
+            d_logits_unlabeled.dims(),
+            n_l
+        );
+    }
+    let probs = candle_nn::ops::softmax(logits, 1)?;
+    let dice = dice_loss(&probs.narrow(0, 0, n_l)?, labels, None)?;
+    let sdf_mse = reduce::mean_all(&(sdf.narrow(0, 0, n_l)? - sdf_target)?.sqr()?)?;
+    let supervised = (&dice + (&sdf_mse * sdf_weight)?)?;
+    let adversarial = discriminator_cross_entropy(d_logits_unlabeled, &vec![1; n - n_l])?;
+    let total = (&supervised + (&adversarial * weight)?)?;
+    Ok(SassnetTerms {
+        dice,
+        sdf_mse,
+        supervised,
+        adversarial,
+        total,
+    })
+}
+
+/// SASSNet's discriminator loss (`train_gan_sdfloss.py` lines 184-200): the mean cross-entropy of
+/// its logits `[N_l + N_u, 2]` against 1 for the `n_labeled` labeled crops (first) and 0 for the
+/// unlabeled ones.
+pub fn discriminator_loss(d_logits: &Tensor, n_labeled: usize) -> Result<Tensor> {
+    let n = d_logits.dim(0)?;
+    if n_labeled > n {
+        candle_core::bail!("sassnet: {n_labeled} labeled crops among {n} discriminator logits");
+    }
+    let targets: Vec<u32> = (0..n).map(|i| u32::from(i < n_labeled)).collect();
+    discriminator_cross_entropy(d_logits, &targets)
+}
+
+/// Mean cross-entropy of logits `[N, 2]` against class indices.
+fn discriminator_cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    if logits.dims() != [targets.len(), 2] {
+        candle_core::bail!(
+            "sassnet: discriminator logits {:?} for {} targets",
+            logits.dims(),
+            targets.len()
+        );
+    }
+    let t = Tensor::new(targets, logits.device())?;
+    candle_nn::loss::cross_entropy(logits, &t)
+}

@@ -18,10 +18,10 @@ mod schedule;
 mod supervised;
 
 pub use baselines::{
-    dtc_loss, ema_decay, mc_net_loss, mc_net_sharpen, mcf_loss, mean_teacher_consistency,
-    predictive_entropy, sharpen, sigmoid_rampup, softmax_squared_difference,
-    uncertainty_masked_consistency, uncertainty_threshold, ConsistencyRamp, DtcTerms, McNetTerms,
-    McfTerms,
+    discriminator_loss, dtc_loss, ema_decay, mc_net_loss, mc_net_sharpen, mcf_loss,
+    mean_teacher_consistency, predictive_entropy, sassnet_loss, sharpen, sigmoid_rampup,
+    softmax_squared_difference, uncertainty_masked_consistency, uncertainty_threshold,
+    ConsistencyRamp, DtcTerms, McNetTerms, McfTerms, SassnetTerms,
 };
 pub use config::{LossConfig, Preset, StudentRule};
 pub use consistency::{

@@ -11,6 +11,7 @@
 
 mod blocks;
 mod decoder;
+mod discriminator;
 mod heads;
 mod init;
 mod nets;
@@ -18,6 +19,7 @@ mod summary;
 
 pub use blocks::Upsampling;
 pub use decoder::DROPOUT_P;
+pub use discriminator::Discriminator;
 pub use duoseg_nn3d::{is_batch_norm_buffer, trainable_vars};
 pub use heads::SdfHead;
 pub use init::{init_seeded, standard_normal};

@@ -43,6 +43,10 @@ pub enum Method {
     /// decoder pulled toward the other's sharpened prediction (docs/methods.md section 5); options
     /// in `baseline`.
     McNet,
+    /// SASSNet (Li et al. 2020): DTC's V-Net with a level-set head, plus a discriminator (Adam)
+    /// that the segmenter learns to fool with its unlabeled crops' level sets (docs/methods.md
+    /// section 3); options in `baseline`.
+    Sassnet,
 }
 
 /// The options of the comparison methods (`mean_teacher`, `ua_mt`, `mcf`); every default is the
@@ -52,7 +56,7 @@ pub enum Method {
 #[serde(deny_unknown_fields, default)]
 pub struct BaselineConfig {
     /// Weight of the consistency term at the end of its ramp; `null` (default): the method's public
-    /// value (mean_teacher, ua_mt, mcf 0.1; dtc, mc_net 1.0).
+    /// value (mean_teacher, ua_mt, mcf 0.1; dtc, mc_net 1.0; sassnet 0.01).
     pub consistency: Option<f64>,
     /// Length of the ramp `exp(-5 (1 - e / L)^2)` in "epochs" of `epoch_iterations` (40).
     pub rampup_epochs: f64,
@@ -73,7 +77,7 @@ pub struct BaselineConfig {
     pub review_weight: f64,
     /// DTC's transform constant k of `sigmoid(-k sdf)` (1500).
     pub transform_k: f64,
-    /// DTC's weight of the level-set regression in the supervised loss (beta, 0.3).
+    /// DTC's and SASSNet's weight of the level-set regression in the supervised loss (beta, 0.3).
     pub sdf_weight: f64,
 }
 
@@ -124,6 +128,7 @@ impl BaselineConfig {
             Method::Mcf => &[RAMP[0], RAMP[1], RAMP[2], "temperature", "review_weight"],
             Method::Dtc => &[RAMP[0], RAMP[1], RAMP[2], "transform_k", "sdf_weight"],
             Method::McNet => &[RAMP[0], RAMP[1], RAMP[2], "temperature"],
+            Method::Sassnet => &[RAMP[0], RAMP[1], RAMP[2], "sdf_weight"],
             _ => &[],
         }
     }
@@ -147,6 +152,7 @@ impl BaselineConfig {
     pub fn consistency_for(&self, method: Method) -> f64 {
         self.consistency.unwrap_or(match method {
             Method::Dtc | Method::McNet => 1.0,
+            Method::Sassnet => 0.01,
             _ => 0.1,
         })
     }
@@ -163,7 +169,7 @@ impl BaselineConfig {
                 "baseline.{name} is not an option of method {}{}",
                 method.name(),
                 match Self::used_by(method) {
-                    [] => " (the baseline section belongs to mean_teacher, ua_mt, mcf, dtc and mc_net)"
+                    [] => " (the baseline section belongs to mean_teacher, ua_mt, mcf, dtc, mc_net and sassnet)"
                         .to_string(),
                     used => format!(" (it reads baseline.{})", used.join(", baseline.")),
                 }
@@ -239,7 +245,7 @@ impl Method {
             | Method::ReferenceCode
             | Method::Mcf => Networks::Pair,
             Method::MeanTeacher | Method::UaMt => Networks::VNet,
-            Method::Dtc => Networks::VNetSdf,
+            Method::Dtc | Method::Sassnet => Networks::VNetSdf,
             Method::McNet => Networks::VNetTwoDecoders,
         }
     }
@@ -248,12 +254,17 @@ impl Method {
     pub fn is_baseline(self) -> bool {
         matches!(
             self,
-            Method::MeanTeacher | Method::UaMt | Method::Mcf | Method::Dtc | Method::McNet
+            Method::MeanTeacher
+                | Method::UaMt
+                | Method::Mcf
+                | Method::Dtc
+                | Method::McNet
+                | Method::Sassnet
         )
     }
 
     /// All methods, for `--help` and sweeps.
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::Duoseg,
         Method::Supervised,
         Method::NoReg,
@@ -264,6 +275,7 @@ impl Method {
         Method::Mcf,
         Method::Dtc,
         Method::McNet,
+        Method::Sassnet,
     ];
 
     /// The snake_case name used in configs and reports.
@@ -279,6 +291,7 @@ impl Method {
             Method::Mcf => "mcf",
             Method::Dtc => "dtc",
             Method::McNet => "mc_net",
+            Method::Sassnet => "sassnet",
         }
     }
 
@@ -292,7 +305,8 @@ impl Method {
             | Method::UaMt
             | Method::Mcf
             | Method::Dtc
-            | Method::McNet => None,
+            | Method::McNet
+            | Method::Sassnet => None,
             Method::NoReg => Some(LossConfig {
                 use_reg: false,
                 ..loss.clone()

@@ -12,6 +12,7 @@
 // Voxel loops index several buffers at once; ranges read clearer than zipped iterators there.
 #![allow(clippy::needless_range_loop)]
 
+pub mod adam;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

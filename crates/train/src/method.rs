@@ -114,6 +114,7 @@ pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn Training
             sdf_weight: b.sdf_weight,
             unlabeled_per_batch: cfg.batch.unlabeled,
         }),
+        Method::Sassnet => Box::new(Sassnet::new(cfg, ramp, device)?),
         Method::McNet => Box::new(McNet {
             ramp,
             temperature: b.temperature,
@@ -592,4 +593,167 @@ impl TrainingMethod for McNet {
             terms,
         })
     }
+}
+
+/// SASSNet's discriminator width (`ndf`), its Adam learning rate and betas (the code's values).
+const SASSNET_NDF: usize = 64;
+const SASSNET_D_LR: f64 = 1e-4;
+const SASSNET_D_BETAS: (f64, f64) = (0.9, 0.99);
+/// The per-iteration stream of the discriminator's dropout masks.
+const DISCRIMINATOR_DROPOUT: u64 = 300;
+/// Checkpoint prefixes of the discriminator's weights and of its Adam moments.
+const DISC: &str = "disc";
+const DISC_ADAM: &str = "disc_adam";
+
+/// SASSNet (docs/methods.md section 3): the V-Net with the level-set head of DTC, trained on Dice
+/// and the level set's squared error on the labeled crops plus, ramped, an adversarial term that
+/// asks a discriminator to take the unlabeled crops' level sets for labeled ones
+/// ([`duoseg_losses::sassnet_loss`]); after each segmenter step the discriminator
+/// (`models::Discriminator`, dropout on) takes an Adam step on every crop's eval-mode level set,
+/// labeled crops as class 1 ([`duoseg_losses::discriminator_loss`]).
+pub struct Sassnet {
+    ramp: ConsistencyRamp,
+    sdf_weight: f64,
+    unlabeled_per_batch: usize,
+    discriminator: duoseg_models::Discriminator,
+    d_vars: candle_nn::VarMap,
+    adam: crate::adam::Adam,
+    /// The batch of the segmenter's step, for the discriminator's step that follows it.
+    pending: Option<PendingBatch>,
+}
+
+struct PendingBatch {
+    images: Tensor,
+    n_labeled: usize,
+    seed: u64,
+}
+
+impl Sassnet {
+    fn new(cfg: &TrainConfig, ramp: ConsistencyRamp, device: &Device) -> Result<Self> {
+        let d_vars = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&d_vars, candle_core::DType::F32, device);
+        let map_channels = cfg.model.n_classes.saturating_sub(1).max(1);
+        let discriminator = duoseg_models::Discriminator::new(map_channels, 1, SASSNET_NDF, vb)?;
+        duoseg_models::init_seeded(&d_vars, mix(cfg.seed, 2, 0xD15C))?;
+        let params = crate::checkpoint::lock_vars(&d_vars)?
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        let adam = crate::adam::Adam::new(params, SASSNET_D_LR, SASSNET_D_BETAS)?;
+        Ok(Sassnet {
+            ramp,
+            sdf_weight: cfg.baseline.sdf_weight,
+            unlabeled_per_batch: cfg.batch.unlabeled,
+            discriminator,
+            d_vars,
+            adam,
+            pending: None,
+        })
+    }
+}
+
+impl TrainingMethod for Sassnet {
+    fn unlabeled_per_batch(&self) -> usize {
+        self.unlabeled_per_batch
+    }
+
+    fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss> {
+        let t = batch.iteration;
+        students.reseed_dropout(batch.seed, t, STUDENT_DROPOUT);
+        let (logits, x9) = students.a.forward_t(batch.images, true)?;
+        ensure_finite("logits_a", &logits, t)?;
+        let head = level_set_head(students, "sassnet")?;
+        let sdf = head.forward(&x9)?;
+        let target = signed_distance_targets(batch.labels, logits.dim(1)?)?;
+        let (n_l, n_u) = (batch.n_labeled, batch.n_unlabeled);
+        // the discriminator in eval mode judges the unlabeled level sets; its gradient reaches them
+        let d_u = self.discriminator.forward_t(
+            &sdf.narrow(0, n_l, n_u)?,
+            &batch.images.narrow(0, n_l, n_u)?,
+            false,
+        )?;
+        let weight = self.ramp.at(t);
+        let s = duoseg_losses::sassnet_loss(
+            &logits,
+            &sdf,
+            &target,
+            batch.labels,
+            &d_u,
+            self.sdf_weight,
+            weight,
+        )?;
+        self.pending = Some(PendingBatch {
+            images: batch.images.clone(),
+            n_labeled: n_l,
+            seed: mix(batch.seed, t as u64, DISCRIMINATOR_DROPOUT),
+        });
+        let terms = BTreeMap::from([
+            ("total".to_string(), host(&s.total)?),
+            ("dice_a".to_string(), host(&s.dice)?),
+            ("sdf_mse".to_string(), host(&s.sdf_mse)?),
+            ("adversarial".to_string(), host(&s.adversarial)?),
+            ("lambda_u".to_string(), weight),
+        ]);
+        Ok(StepLoss {
+            total: s.total,
+            terms,
+        })
+    }
+
+    /// The discriminator's step: a second, eval-mode pass of the updated segmenter over every crop
+    /// (no gradient), then cross-entropy of the discriminator (dropout on) against labeled = 1.
+    fn after_update(&mut self, students: &Nets, _iteration: usize) -> Result<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let (_, x9) = students.a.forward_t(&p.images, false)?;
+        let sdf = level_set_head(students, "sassnet")?.forward(&x9)?.detach();
+        self.discriminator.reseed_dropout(p.seed);
+        let d_logits = self.discriminator.forward_t(&sdf, &p.images, true)?;
+        let loss = duoseg_losses::discriminator_loss(&d_logits, p.n_labeled)?;
+        self.adam.step(&loss.backward()?)?;
+        Ok(())
+    }
+
+    fn save_state(&self, tensors: &mut BTreeMap<String, Tensor>) -> Result<serde_json::Value> {
+        tensors.extend(crate::checkpoint::varmap_tensors(DISC, &self.d_vars)?);
+        let (moments, steps) = self.adam.state();
+        tensors.extend(
+            moments
+                .into_iter()
+                .map(|(k, v)| (format!("{DISC_ADAM}.{k}"), v)),
+        );
+        Ok(serde_json::json!({ "discriminator_steps": steps }))
+    }
+
+    fn load_state(
+        &mut self,
+        path: &Path,
+        tensors: &BTreeMap<String, Tensor>,
+        state: &serde_json::Value,
+    ) -> Result<()> {
+        crate::checkpoint::restore_varmap(path, DISC, &self.d_vars, tensors)?;
+        let prefix = format!("{DISC_ADAM}.");
+        let moments: BTreeMap<String, Tensor> = tensors
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v.clone())))
+            .collect();
+        let steps = state
+            .get("discriminator_steps")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| TrainError::checkpoint(path, "lacks discriminator_steps"))?;
+        self.adam
+            .load_state(&moments, steps)
+            .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// The V-Net's level-set head, or an error naming the method that needs it.
+fn level_set_head<'a>(students: &'a Nets, method: &str) -> Result<&'a duoseg_models::SdfHead> {
+    students.sdf_a.as_ref().ok_or_else(|| {
+        TrainError::Tensor(candle_core::Error::Msg(format!(
+            "{method} needs the V-Net's level-set head"
+        )))
+    })
 }

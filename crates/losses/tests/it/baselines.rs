@@ -1,6 +1,6 @@
 //! The comparison methods' loss terms against PyTorch fixtures written by
 //! `tests/reference/methods.py` from the public LA code (docs/methods.md): Mean Teacher, UA-MT, MCF,
-//! DTC and MC-Net.
+//! DTC, MC-Net and SASSNet.
 
 use std::collections::HashMap;
 
@@ -319,4 +319,85 @@ fn mc_net_matches_the_public_code() {
     // a mismatch between decoders is an error, not a panic
     let other = f["in.logits_dec1"].narrow(0, 0, 3).unwrap();
     assert!(mc_net_loss(&[&f["in.logits_dec1"], &other], &y, 1.0, 0.1, 0.5).is_err());
+}
+
+#[test]
+fn sassnet_matches_the_public_code() {
+    let f = load("sassnet");
+    let y = labels(&f);
+    let ramp = ConsistencyRamp {
+        weight: 0.01,
+        ..UA_MT_RAMP
+    };
+    for (i, (t, w)) in iterations(&f)
+        .iter()
+        .zip(host(&f["out.ramp_weight"]))
+        .enumerate()
+    {
+        close(&format!("ramp[{i}]"), ramp.at(*t), w);
+    }
+    let w = ramp.at(T_EVAL);
+    close("weight_at_t", w, scalar(&f["out.weight_at_t"]));
+    // the code's one sigmoid channel z is the two-class softmax of (0, z)
+    let z = Var::from_tensor(&f["in.seg_logits"]).unwrap();
+    let logits = Tensor::cat(&[&z.as_tensor().zeros_like().unwrap(), z.as_tensor()], 1).unwrap();
+    let sdf = Var::from_tensor(&f["in.sdf_pred"]).unwrap();
+    let d_u = Var::from_tensor(&f["in.d_logits_unlabeled"]).unwrap();
+    let target = f["out.sdf_target"].unsqueeze(1).unwrap();
+    let s = sassnet_loss(
+        &logits,
+        sdf.as_tensor(),
+        &target,
+        &y,
+        d_u.as_tensor(),
+        0.3,
+        w,
+    )
+    .unwrap();
+    close("sup_dice", scalar(&s.dice), scalar(&f["out.sup_dice"]));
+    close("loss_sdf", scalar(&s.sdf_mse), scalar(&f["out.loss_sdf"]));
+    close(
+        "supervised",
+        scalar(&s.supervised),
+        scalar(&f["out.supervised"]),
+    );
+    close(
+        "loss_adv",
+        scalar(&s.adversarial),
+        scalar(&f["out.loss_adv"]),
+    );
+    close("total", scalar(&s.total), scalar(&f["out.total"]));
+    let grads = s.total.backward().unwrap();
+    for (name, v) in [
+        ("seg_logits", &z),
+        ("sdf_pred", &sdf),
+        ("d_logits_unlabeled", &d_u),
+    ] {
+        close_all(
+            &format!("grad {name}"),
+            grads.get(v.as_tensor()).unwrap(),
+            &f[&format!("grad.{name}")],
+        );
+    }
+    let d_all = Var::from_tensor(&f["in.d_logits_all"]).unwrap();
+    let loss_d = discriminator_loss(d_all.as_tensor(), 2).unwrap();
+    close("loss_d", scalar(&loss_d), scalar(&f["out.loss_d"]));
+    let grads = loss_d.backward().unwrap();
+    close_all(
+        "grad d_logits_all",
+        grads.get(d_all.as_tensor()).unwrap(),
+        &f["grad.d_logits_all"],
+    );
+    // shapes that do not fit are errors
+    assert!(sassnet_loss(
+        &logits,
+        sdf.as_tensor(),
+        &target,
+        &y,
+        d_all.as_tensor(),
+        0.3,
+        w
+    )
+    .is_err());
+    assert!(discriminator_loss(d_all.as_tensor(), 5).is_err());
 }
