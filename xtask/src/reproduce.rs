@@ -372,7 +372,10 @@ mod tests {
             eprintln!("skipped: {} is absent (the shared data)", hip.display());
             return;
         }
-        let bin = root.join("target/release/duoseg");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let bin = target.join("release/duoseg");
         if !bin.exists() {
             eprintln!("skipped: {} is not built", bin.display());
             return;
