@@ -291,3 +291,69 @@ fn json_output_never_replaces_a_non_regular_file() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(target.is_dir());
 }
+
+/// `--format nnunet` writes nnU-Net v2's summary.json shape, its counts and Dice / IoU computed
+/// from the voxels here, and the case with an empty prediction as Dice 0.
+#[test]
+fn evaluate_writes_the_nnunet_summary_shape() {
+    let dir = scratch("nnunet");
+    let gt_a = boxed([2, 2, 1], [8, 7, 6], 1);
+    let pred_a = boxed([3, 2, 1], [9, 7, 5], 1);
+    let gt_b = boxed([1, 1, 1], [5, 5, 5], 1);
+    let pred_b = vec![0u8; gt_b.len()];
+    write(&dir.join("pred/case_a.nii.gz"), &pred_a);
+    write(&dir.join("label/case_a.nii.gz"), &gt_a);
+    write(&dir.join("pred/case_b.nii.gz"), &pred_b);
+    write(&dir.join("label/case_b.nii.gz"), &gt_b);
+    let json = dir.join("summary.json");
+    let out = duoseg(&[
+        "evaluate",
+        "--pred",
+        s(&dir.join("pred")),
+        "--label",
+        s(&dir.join("label")),
+        "--json",
+        s(&json),
+        "--format",
+        "nnunet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cases = v["metric_per_case"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    let count = |p: &[u8], g: &[u8], want: (bool, bool)| {
+        p.iter()
+            .zip(g)
+            .filter(|(a, b)| (**a == 1, **b == 1) == want)
+            .count() as f64
+    };
+    let (tp, fp, fn_) = (
+        count(&pred_a, &gt_a, (true, true)),
+        count(&pred_a, &gt_a, (true, false)),
+        count(&pred_a, &gt_a, (false, true)),
+    );
+    let a = &cases[0]["metrics"]["1"];
+    assert!(cases[0]["prediction_file"]
+        .as_str()
+        .unwrap()
+        .ends_with("case_a.nii.gz"));
+    assert_eq!(a["TP"].as_f64(), Some(tp));
+    assert_eq!(a["FP"].as_f64(), Some(fp));
+    assert_eq!(a["FN"].as_f64(), Some(fn_));
+    assert_eq!(a["n_pred"].as_f64(), Some(tp + fp));
+    assert_eq!(a["n_ref"].as_f64(), Some(tp + fn_));
+    let dice_a = 2.0 * tp / (2.0 * tp + fp + fn_);
+    assert!((a["Dice"].as_f64().unwrap() - dice_a).abs() < 1e-12);
+    assert!((a["IoU"].as_f64().unwrap() - tp / (tp + fp + fn_)).abs() < 1e-12);
+    let b = &cases[1]["metrics"]["1"];
+    assert_eq!(b["Dice"].as_f64(), Some(0.0));
+    assert_eq!(b["n_pred"].as_f64(), Some(0.0));
+    let mean = v["mean"]["1"]["Dice"].as_f64().unwrap();
+    assert!((mean - dice_a / 2.0).abs() < 1e-12);
+    assert_eq!(v["foreground_mean"]["Dice"].as_f64(), Some(mean));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -29,6 +29,7 @@ use duoseg_train::Silent;
   duoseg evaluate --pred runs/la/pred --label ../shared/data/la2018/labelsTr
   duoseg evaluate --pred runs/la/pred --label labelsTr --json runs/la/metrics.json --lcc
   duoseg evaluate --pred case.nii.gz --label case_gt.nii.gz --spacing 1,1,2.5
+  duoseg evaluate --pred runs/la/pred --label labelsTr --json summary.json --format nnunet
   duoseg evaluate --run runs/hippocampus-duoseg --nets a --json runs/hippocampus-duoseg/summary-a.json")]
 pub struct EvaluateArgs {
     /// Predicted label map (.nii / .nii.gz) or a folder of them.
@@ -78,6 +79,18 @@ pub struct EvaluateArgs {
     /// code does. This flatters HD95/ASD: for comparison with published numbers only.
     #[arg(long)]
     pub reference_zeros: bool,
+    /// Shape of the `--json` file: duoseg's report, or nnU-Net v2's `summary.json`
+    /// (`foreground_mean`, `mean` per class, `metric_per_case` with Dice, IoU, TP, FP, FN, TN,
+    /// n_pred, n_ref; an undefined Dice or IoU, both masks empty, is null where nnU-Net writes NaN).
+    #[arg(long, value_enum, default_value_t = JsonFormat::Duoseg, requires = "json")]
+    pub format: JsonFormat,
+}
+
+/// The `--format` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JsonFormat {
+    Duoseg,
+    Nnunet,
 }
 
 /// The `--hausdorff` choices.
@@ -157,6 +170,22 @@ pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
         bail!("no foreground class in any label or prediction; pass --classes");
     }
 
+    if args.format == JsonFormat::Nnunet {
+        let maps: Vec<(&Pair, &[u8], &[u8])> = pairs
+            .iter()
+            .zip(&loaded)
+            .map(|(pair, (_, _, pred, label))| (pair, pred.as_slice(), label.as_slice()))
+            .collect();
+        let summary = nnunet_summary(&maps, &classes);
+        if let Some(p) = args.json.as_deref() {
+            if p == Path::new("-") {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                duoseg_train::run::write_json(p, &summary)?;
+                eprintln!("wrote {}", p.display());
+            }
+        }
+    }
     let mut cases = BTreeMap::new();
     for (pair, (shape, header_spacing, pred, label)) in pairs.iter().zip(&loaded) {
         let spacing = spacing.unwrap_or(*header_spacing);
@@ -165,8 +194,108 @@ pub fn run(args: EvaluateArgs) -> Result<crate::Outcome> {
         cases.insert(pair.case.clone(), metrics);
     }
     let report = summarize(definition, cases);
-    emit(&report, args.json.as_deref())?;
+    let json = match args.format {
+        JsonFormat::Duoseg => args.json.as_deref(),
+        // the nnU-Net file is written; the table goes to stderr when that file is stdout
+        JsonFormat::Nnunet => None,
+    };
+    match (args.format, args.json.as_deref()) {
+        (JsonFormat::Nnunet, Some(p)) if p == Path::new("-") => {
+            eprint!("{}", per_case_table(&report))
+        }
+        _ => emit(&report, json)?,
+    }
     check_min_dice(&report, args.min_dice)
+}
+
+/// nnU-Net v2's `summary.json` (`nnunetv2.evaluation.evaluate_predictions`) for the loaded pairs:
+/// per case and class the voxel counts and `Dice = 2 TP / (2 TP + FP + FN)`,
+/// `IoU = TP / (TP + FP + FN)` (undefined, null, when both masks are empty); `mean` per class
+/// averages each value over the cases where it is defined; `foreground_mean` averages the
+/// classes' means.
+fn nnunet_summary(maps: &[(&Pair, &[u8], &[u8])], classes: &[u8]) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    const KEYS: [&str; 8] = ["Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref"];
+    let mut per_case = Vec::new();
+    let mut sums: BTreeMap<u8, BTreeMap<&str, (f64, usize)>> = BTreeMap::new();
+    for &(pair, pred, label) in maps {
+        let mut metrics = Map::new();
+        for &c in classes {
+            let (mut tp, mut fp, mut fn_, mut tn) = (0u64, 0u64, 0u64, 0u64);
+            for (&p, &l) in pred.iter().zip(label) {
+                match (p == c, l == c) {
+                    (true, true) => tp += 1,
+                    (true, false) => fp += 1,
+                    (false, true) => fn_ += 1,
+                    (false, false) => tn += 1,
+                }
+            }
+            let union = tp + fp + fn_;
+            let dice = (union > 0).then(|| 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64);
+            let iou = (union > 0).then(|| tp as f64 / union as f64);
+            let values: [Option<f64>; 8] = [
+                dice,
+                iou,
+                Some(fp as f64),
+                Some(tp as f64),
+                Some(fn_ as f64),
+                Some(tn as f64),
+                Some((tp + fp) as f64),
+                Some((tp + fn_) as f64),
+            ];
+            let mut m = Map::new();
+            for (k, v) in KEYS.iter().zip(values) {
+                if let Some(x) = v {
+                    let e = sums.entry(c).or_default().entry(k).or_insert((0.0, 0));
+                    e.0 += x;
+                    e.1 += 1;
+                }
+                let value = match (*k, v) {
+                    ("Dice" | "IoU", v) => json!(v),
+                    (_, Some(x)) => json!(x as u64),
+                    (_, None) => Value::Null,
+                };
+                m.insert(k.to_string(), value);
+            }
+            metrics.insert(c.to_string(), Value::Object(m));
+        }
+        per_case.push(json!({
+            "metrics": metrics,
+            "prediction_file": pair.pred.display().to_string(),
+            "reference_file": pair.label.display().to_string(),
+        }));
+    }
+    let mut mean = Map::new();
+    let mut foreground: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for &c in classes {
+        let mut m = Map::new();
+        for k in KEYS {
+            let v = sums
+                .get(&c)
+                .and_then(|s| s.get(k))
+                .filter(|(_, n)| *n > 0)
+                .map(|(sum, n)| sum / *n as f64);
+            if let Some(x) = v {
+                let e = foreground.entry(k).or_insert((0.0, 0));
+                e.0 += x;
+                e.1 += 1;
+            }
+            m.insert(k.to_string(), json!(v));
+        }
+        mean.insert(c.to_string(), Value::Object(m));
+    }
+    let foreground_mean: Map<String, Value> = KEYS
+        .iter()
+        .map(|k| {
+            let v = foreground.get(k).map(|(sum, n)| sum / *n as f64);
+            (k.to_string(), json!(v))
+        })
+        .collect();
+    json!({
+        "foreground_mean": foreground_mean,
+        "mean": mean,
+        "metric_per_case": per_case,
+    })
 }
 
 /// `--min-dice` values: a fraction in [0, 1].
