@@ -2,3 +2,4 @@ mod chaos;
 mod evaluate;
 mod inspect;
 mod train;
+mod weights;

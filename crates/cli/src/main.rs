@@ -18,6 +18,7 @@ mod inspect;
 mod model;
 mod signals;
 mod train;
+mod weights;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +49,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Inspect the networks: `duoseg model summary --arch vnet|resnet34`.
     Model(model::ModelArgs),
+    /// Write one net of a trained model as a plain PyTorch state_dict (safetensors).
+    Export(weights::ExportArgs),
+    /// Build a duoseg model file from PyTorch state_dicts and a config.
+    Import(weights::ImportArgs),
 }
 
 /// What a subcommand reports back to `main`: success, a failed check (exit code 1), or a run
@@ -98,6 +103,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Infer(args) => infer::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Model(args) => model::run(args),
+        Command::Export(args) => weights::export(args),
+        Command::Import(args) => weights::import(args),
     }
 }
 

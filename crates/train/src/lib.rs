@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod run;
 pub mod sgd;
 pub mod sliding;
+pub mod weights;
 
 pub use config::{Method, TrainConfig};
 pub use error::{Result, TrainError};
