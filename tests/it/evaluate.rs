@@ -1,7 +1,7 @@
 //! `duoseg evaluate` on tiny generated label maps: pairing by name (with `_0000`), the JSON
 //! contract (sorted keys, null for undefined, summary, undefined list), and clear errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use duoseg_io::{write_labels, write_probabilities, Volume};
@@ -11,10 +11,8 @@ use serde_json::Value;
 const SHAPE: [usize; 3] = [12, 10, 8];
 const SPACING: [f64; 3] = [0.5, 0.75, 2.0];
 
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("duoseg-it-evaluate-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn scratch(name: &str) -> crate::Scratch {
+    let dir = crate::Scratch::new("evaluate", name);
     std::fs::create_dir_all(dir.join("pred")).unwrap();
     std::fs::create_dir_all(dir.join("label")).unwrap();
     dir

@@ -1,15 +1,11 @@
 //! `duoseg inspect` on tiny generated volumes: text and JSON output, HDF5-free error path, exit codes.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use duoseg_io::{write_labels, write_probabilities, Volume};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("duoseg-it-inspect-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> crate::Scratch {
+    crate::Scratch::new("inspect", name)
 }
 
 fn duoseg(args: &[&str]) -> std::process::Output {

@@ -26,9 +26,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn ua_mt_weights_import_predict_as_pytorch_and_export_back() {
-    let dir = std::env::temp_dir().join(format!("duoseg-it-weights-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::Scratch::new("weights", "ua-mt");
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo.json");
     let model = dir.join("imported.safetensors");
     let state = fixture("vnet_ua_mt.safetensors");
@@ -148,5 +146,4 @@ fn ua_mt_weights_import_predict_as_pytorch_and_export_back() {
         "width 8 (the demo's) must not load width-2 weights"
     );
     assert!(!dir.join("wrong.safetensors").exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }

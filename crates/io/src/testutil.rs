@@ -5,12 +5,36 @@ use std::path::{Path, PathBuf};
 
 use crate::{DataType, NiftiHeader, Result};
 
-/// A fresh scratch directory under the system temp dir, unique per test.
-pub(crate) fn scratch(name: &str) -> PathBuf {
+/// A fresh scratch directory under the system temp dir, unique per test, removed with everything
+/// in it when the guard drops (also when the test panics), so test runs leave nothing behind.
+pub(crate) fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("duoseg-io-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
+}
+
+/// A scratch directory that removes itself on drop; derefs to its path.
+pub(crate) struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // a test may have removed or replaced it already: nothing to report then
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Deterministic pseudo-random value of voxel (i, j, k) in [-50, 200).
