@@ -446,6 +446,50 @@ fn nnunet_folder(dir: &Path) {
     }
 }
 
+/// `data.crop_to_label`: cases with a label (the unlabeled training cases too, before their label
+/// is hidden) are cut to the label's box plus the margin; cases without a label stay whole; the
+/// run trains, evaluates, and writes its predictions in the whole volume's geometry.
+#[test]
+fn a_label_crop_trains_on_the_box_and_predicts_in_the_whole_volume() {
+    let root = tmp("crop-data");
+    nnunet_folder(&root);
+    let mut cfg = tiny_config(2, false);
+    cfg.data.synthetic = None;
+    cfg.data.root = Some(root.clone());
+    cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
+    cfg.data.crop_to_label = Some(duoseg_io::LabelCrop {
+        margin: [Some(1), Some(1), None],
+        min_size: [16, 16, 16],
+    });
+    cfg.validate().unwrap();
+    let data = data::load(&cfg.data, None).unwrap();
+    let full = [20, 18, 16];
+    for case in data.labeled.iter().chain(data.test.iter()) {
+        let region = case.crop.expect("a labelled case is cropped");
+        assert_eq!(case.original_shape, full);
+        assert!(
+            region.size[0] < full[0] || region.size[1] < full[1],
+            "{region:?}"
+        );
+        assert_eq!(region.size[2], full[2], "the null margin keeps the axis");
+    }
+    for case in data.unlabeled.iter() {
+        assert!(case.label.is_none());
+        let hidden_label = case.name.starts_with('c');
+        assert_eq!(case.crop.is_some(), hidden_label, "{}", case.name);
+    }
+    let dir = tmp("crop-run");
+    let outcome =
+        duoseg_train::run_training(&cfg, None, opts(&dir, false, false, &mut Silent)).unwrap();
+    assert!(matches!(outcome, RunOutcome::Evaluated(_)), "{outcome:?}");
+    let test_case = &data.test[0].name;
+    let pred = duoseg_io::read_volume(dir.join(format!("predictions/{test_case}.nii.gz"))).unwrap();
+    assert_eq!(pred.shape, full);
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn images_without_labels_train_as_unlabeled_and_the_run_records_the_roles() {
     let root = tmp("nnunet-data");

@@ -57,5 +57,5 @@ pub use h5::{
 };
 pub use loader::{load_cases, Batch, Loader, LoaderConfig};
 pub use nifti::NiftiHeader;
-pub use prepared::{Normalize, PreparedCase};
+pub use prepared::{LabelCrop, Normalize, PreparedCase};
 pub use volume::Volume;

@@ -403,6 +403,12 @@ pub struct DataConfig {
     /// Random rot90 in the axial plane + random flip of training crops (UA-MT / MC-Net; MCF: off).
     #[serde(default)]
     pub augment: bool,
+    /// Cut every case that has a label (the unlabeled training cases included, before their label
+    /// is hidden) to the label's box plus a margin, before normalisation: the pancreas protocol
+    /// (`{"margin": [25, 25, null], "min_size": [96, 96, 96]}`). Predictions are written in the
+    /// whole volume. `null` (default): whole volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_to_label: Option<duoseg_io::LabelCrop>,
 }
 
 fn one() -> usize {

@@ -85,20 +85,24 @@ impl TrainData {
     }
 }
 
-/// A file's volume prepared as `cfg` says (normalisation, padding).
+/// A file's volume prepared as `cfg` says (the label crop, normalisation, padding).
 pub fn prepare(
     name: String,
     vol: duoseg_io::Volume,
     label: Option<Vec<u8>>,
     cfg: &DataConfig,
 ) -> Result<PreparedCase> {
-    Ok(PreparedCase::prepare(
-        name,
-        vol,
-        label,
-        cfg.normalize,
-        cfg.pad_to_multiple,
-    )?)
+    Ok(match cfg.crop_to_label {
+        Some(crop) => PreparedCase::prepare_cropped(
+            name,
+            vol,
+            label,
+            cfg.normalize,
+            cfg.pad_to_multiple,
+            crop,
+        )?,
+        None => PreparedCase::prepare(name, vol, label, cfg.normalize, cfg.pad_to_multiple)?,
+    })
 }
 
 /// A phantom case (already z-scored, 1 mm spacing), with its label when `keep_label`.
@@ -188,7 +192,13 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
         if keep_label && s.label.is_none() {
             return Err(TrainError::case(id, "has no label"));
         }
-        prepare(s.id, s.image, if keep_label { s.label } else { None }, cfg)
+        // an unlabeled case's label (when it has one) still places the crop, then is hidden
+        let case = prepare(s.id, s.image, s.label, cfg)?;
+        Ok(if keep_label {
+            case
+        } else {
+            case.without_label()
+        })
     };
     Ok(TrainData {
         validation: Vec::new(),
