@@ -229,9 +229,15 @@ const METRICS: [&str; 4] = ["dice", "jaccard", "hd95_vox", "asd_vox"];
 /// One run's row: each metric's mean over the test cases, averaged over the foreground classes
 /// (null where no class has it defined).
 fn run_row(summary: &Value) -> serde_json::Map<String, Value> {
+    // the class entries ("1", "2", ...), not the summary's own "mean" row of several classes
     let classes: Vec<&Value> = summary["summary"]
         .as_object()
-        .map(|m| m.values().collect())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.parse::<u8>().is_ok())
+                .map(|(_, v)| v)
+                .collect()
+        })
         .unwrap_or_default();
     METRICS
         .iter()
@@ -355,6 +361,24 @@ fn write_slurm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_row_averages_the_class_entries_only() {
+        let summary = json!({"summary": {
+            "1": {"dice": {"mean": 0.8}, "jaccard": {"mean": 0.7}, "hd95_vox": {"mean": 2.0}, "asd_vox": {"mean": 1.0}},
+            "2": {"dice": {"mean": 0.6}, "jaccard": {"mean": 0.5}, "hd95_vox": {"mean": null}, "asd_vox": {"mean": 3.0}},
+            "mean": {"dice": {"mean": 0.0}, "jaccard": {"mean": 0.0}, "hd95_vox": {"mean": 99.0}, "asd_vox": {"mean": 99.0}}
+        }});
+        let row = run_row(&summary);
+        assert!((row["dice"].as_f64().unwrap() - 0.7).abs() < 1e-12);
+        assert_eq!(
+            row["hd95_vox"].as_f64(),
+            Some(2.0),
+            "an undefined class is skipped"
+        );
+        assert_eq!(row["asd_vox"].as_f64(), Some(2.0));
+        assert!(run_row(&json!({"summary": {}}))["dice"].is_null());
+    }
 
     /// The whole reproduction, small enough for CI: 8 hippocampus cases linked into a dataset folder
     /// of their own, `duoseg folds --k 2`, both folds trained for 2 iterations and evaluated, the
