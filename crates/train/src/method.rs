@@ -509,16 +509,7 @@ impl TrainingMethod for Dtc {
 
     fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss> {
         let t = batch.iteration;
-        students.reseed_dropout(batch.seed, t, STUDENT_DROPOUT);
-        let (logits, x9) = students.a.forward_t(batch.images, true)?;
-        ensure_finite("logits_a", &logits, t)?;
-        let head = students.sdf_a.as_ref().ok_or_else(|| {
-            TrainError::Tensor(candle_core::Error::Msg(
-                "dtc needs the V-Net's level-set head".into(),
-            ))
-        })?;
-        let sdf = head.forward(&x9)?;
-        let target = signed_distance_targets(batch.labels, logits.dim(1)?)?;
+        let (logits, sdf, target) = forward_with_level_set(students, batch, "dtc")?;
         let weight = self.ramp.at(t);
         let d = dtc_loss(
             &logits,
@@ -659,12 +650,7 @@ impl TrainingMethod for Sassnet {
 
     fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss> {
         let t = batch.iteration;
-        students.reseed_dropout(batch.seed, t, STUDENT_DROPOUT);
-        let (logits, x9) = students.a.forward_t(batch.images, true)?;
-        ensure_finite("logits_a", &logits, t)?;
-        let head = level_set_head(students, "sassnet")?;
-        let sdf = head.forward(&x9)?;
-        let target = signed_distance_targets(batch.labels, logits.dim(1)?)?;
+        let (logits, sdf, target) = forward_with_level_set(students, batch, "sassnet")?;
         let (n_l, n_u) = (batch.n_labeled, batch.n_unlabeled);
         // the discriminator in eval mode judges the unlabeled level sets; its gradient reaches them
         let d_u = self.discriminator.forward_t(
@@ -747,6 +733,22 @@ impl TrainingMethod for Sassnet {
             .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
         Ok(())
     }
+}
+
+/// The students' V-Net in train mode with this iteration's dropout masks (logits checked for
+/// finiteness), its level-set head on the decoder features, and the signed distance targets of
+/// the labeled crops: `(logits, level set, targets)` for DTC and SASSNet.
+fn forward_with_level_set(
+    students: &Nets,
+    batch: &StepBatch,
+    method: &str,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    students.reseed_dropout(batch.seed, batch.iteration, STUDENT_DROPOUT);
+    let (logits, x9) = students.a.forward_t(batch.images, true)?;
+    ensure_finite("logits_a", &logits, batch.iteration)?;
+    let sdf = level_set_head(students, method)?.forward(&x9)?;
+    let target = signed_distance_targets(batch.labels, logits.dim(1)?)?;
+    Ok((logits, sdf, target))
 }
 
 /// The V-Net's level-set head, or an error naming the method that needs it.

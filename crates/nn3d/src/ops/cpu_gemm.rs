@@ -406,11 +406,26 @@ unsafe fn forward_tile_folded(
         let src = &tmp[o * row_len..(o + 1) * row_len];
         // SAFETY: the caller owns rows `dst + o * s_out .. + t_n * ow_n`.
         let out = unsafe { std::slice::from_raw_parts_mut(dst.add(o * s_out), t_n * ow_n) };
-        for (t, out_row) in out.chunks_exact_mut(ow_n).enumerate() {
-            for (v, &s) in out_row.iter_mut().zip(&src[t * wp..t * wp + ow_n]) {
-                *v = s + b;
-            }
+        rows_off_padded_grid(src, wp, out, ow_n, b);
+    }
+}
+
+/// The first `ow` values of each `wp`-long row of `padded`, plus `bias`, into the `ow`-long rows
+/// of `out` (the folded forward's output leaves its padded grid).
+fn rows_off_padded_grid(padded: &[f32], wp: usize, out: &mut [f32], ow: usize, bias: f32) {
+    for (out_row, row) in out.chunks_exact_mut(ow).zip(padded.chunks_exact(wp)) {
+        for (v, &s) in out_row.iter_mut().zip(&row[..ow]) {
+            *v = s + bias;
         }
+    }
+}
+
+/// The `ow`-long rows of `rows` onto the `wp`-long rows of `padded`, zero in the `wp - ow`
+/// padding columns (the folded backward-filter's output gradient on the padded grid).
+fn rows_onto_padded_grid(rows: &[f32], ow: usize, padded: &mut [f32], wp: usize) {
+    for (seg, s) in padded.chunks_exact_mut(wp).zip(rows.chunks_exact(ow)) {
+        seg[..ow].copy_from_slice(s);
+        seg[ow..].fill(0.0);
     }
 }
 
@@ -600,11 +615,7 @@ unsafe fn forward_whole_batch_folded(
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(out.add((n * g.c_out + o) * s_out), s_out)
                 };
-                for (dst_row, src_row) in dst.chunks_exact_mut(ow).zip(src.chunks_exact(wp)) {
-                    for (v, &s) in dst_row.iter_mut().zip(&src_row[..ow]) {
-                        *v = s + b;
-                    }
-                }
+                rows_off_padded_grid(src, wp, dst, ow, b);
             }
         }
     })
@@ -629,10 +640,7 @@ fn backward_filter_whole_batch_folded(g: &Geometry, x: &[f32], dy: &[f32]) -> Ve
             for o in 0..g.c_out {
                 let src = &dy[(n * g.c_out + o) * s_out..][..s_out];
                 let dst = &mut dy_pad[o * total + n * rows * wp..][..rows * wp];
-                for (seg, s) in dst.chunks_exact_mut(wp).zip(src.chunks_exact(ow)) {
-                    seg[..ow].copy_from_slice(s);
-                    seg[ow..].fill(0.0);
-                }
+                rows_onto_padded_grid(src, ow, dst, wp);
             }
         }
         let n_cols = total - dw * (kw - 1);
@@ -690,10 +698,7 @@ fn backward_filter_tile_folded(
     dy_pad.resize(g.c_out * row_len, 0.0);
     for (o, pad_row) in dy_pad.chunks_exact_mut(row_len).enumerate() {
         let src = &dy_n[o * s_out + r0 * ow_n..][..(r1 - r0) * ow_n];
-        for (seg, s) in pad_row.chunks_exact_mut(wp).zip(src.chunks_exact(ow_n)) {
-            seg[..ow_n].copy_from_slice(s);
-            seg[ow_n..].fill(0.0);
-        }
+        rows_onto_padded_grid(src, ow_n, pad_row, wp);
     }
     let n_cols = row_len - dw * (kw - 1);
     for e in 0..kw {
