@@ -25,7 +25,8 @@ tasks:
                      xtask/gpu-la-bench.sh (the GPU figures: duoseg vs PyTorch seconds per step)
   sweep --config FILE --seeds 1,2,3 [--variant LABEL:k=v,...]... [--set k=v]...
                      train variants x seeds (supervised included), write bench/sweep-<name>.json
-  reproduce-la --data DIR [--folds 0,1,2,3,4] [--labeled 16|8] [--devices cuda:0,..] [--iters N] [--slurm]
+  reproduce-la --data DIR [--folds 0,1,2,3,4] [--labeled 16|8] [--devices cuda:0,..] [--iters N]
+                     [--slurm [--slurm-gpus N]] [--aggregate]
   reproduce-pancreas --data DIR [...]   the K-fold protocol, mean +- std across folds";
 
 fn main() -> std::process::ExitCode {

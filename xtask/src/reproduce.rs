@@ -1,7 +1,8 @@
 //! `cargo xtask reproduce-la` / `reproduce-pancreas`: the K-fold protocol of the paper (MCF's folds),
 //! folds run in parallel across the listed devices, then a table of mean +- std across folds in the
 //! paper's format (`bench/reproduce-<name>.json` / `.md`). `--slurm` writes an sbatch job-array script
-//! (one fold per task) plus an aggregation step instead of running.
+//! (one fold per task, each asking for `--slurm-gpus N` GPUs, 1 by default; 0 runs the folds on the
+//! CPU) instead of running; `--aggregate` makes the table from its results afterwards.
 //!
 //! `--protocol fixed` instead trains once on the config's own split (LA's fixed 80 / 20 lists).
 //! `--config`, `--out`, `--report` and `--bin` (a built `duoseg`) let a test run the whole
@@ -9,7 +10,8 @@
 //!
 //! Usage: `cargo xtask reproduce-la --data DIR [--protocol kfold|fixed] [--folds 0,1,2,3,4]
 //! [--labeled 16|8] [--devices cuda:0,cuda:1] [--iters N] [--method M] [--config FILE]
-//! [--set key=value]... [--out DIR] [--report FILE.json] [--bin PATH] [--slurm] [--aggregate]`
+//! [--set key=value]... [--out DIR] [--report FILE.json] [--bin PATH] [--slurm] [--slurm-gpus N]
+//! [--aggregate]`
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,7 +65,8 @@ enum Protocol {
 const USAGE: &str = "usage: cargo xtask reproduce-{la|pancreas} --data DIR [--protocol kfold|fixed]
        [--folds 0,1,2,3,4] [--labeled N] [--devices cpu|cuda:0,cuda:1] [--iters N] [--method M]
        [--config FILE] [--set key=value]... [--out DIR] [--report FILE.json] [--bin PATH] [--slurm]
-       [--aggregate]";
+       [--slurm-gpus N] [--aggregate]
+--slurm-gpus N: the GPUs each array task asks for (1; 0 runs the fold on the task's CPUs)";
 
 fn run(s: &Setting, args: &[String]) -> Result<()> {
     let mut data = None;
@@ -72,6 +75,7 @@ fn run(s: &Setting, args: &[String]) -> Result<()> {
     let mut devices = vec!["cpu".to_string()];
     let mut extra: Vec<String> = Vec::new();
     let mut slurm = false;
+    let mut slurm_gpus = 1usize;
     let mut aggregate_only = false;
     let mut protocol = Protocol::Kfold;
     let mut config = util::root().join(s.config);
@@ -108,6 +112,7 @@ fn run(s: &Setting, args: &[String]) -> Result<()> {
             "--report" => report = Some(PathBuf::from(val()?)),
             "--bin" => bin = Some(PathBuf::from(val()?)),
             "--slurm" => slurm = true,
+            "--slurm-gpus" => slurm_gpus = val()?.parse().context("--slurm-gpus")?,
             "--aggregate" => aggregate_only = true,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -161,12 +166,18 @@ fn run(s: &Setting, args: &[String]) -> Result<()> {
         if protocol == Protocol::Fixed {
             bail!("--slurm runs one fold per array task; the fixed protocol is one run: run it directly");
         }
+        // each task sees the GPUs Slurm gave it, numbered from 0
+        let device = if slurm_gpus > 0 { "cuda:0" } else { "cpu" };
         return write_slurm(
             s,
             &out_root,
             &folds,
-            &train_args("fold-0", Some(0), "cuda:0"),
-            &args_without_slurm(args),
+            &SlurmJob {
+                example: train_args("fold-0", Some(0), device),
+                aggregate_args: args_without_slurm(args),
+                gpus: slurm_gpus,
+                bin: bin.as_deref(),
+            },
         );
     }
     if !aggregate_only {
@@ -315,13 +326,24 @@ fn aggregate(
         .with_context(|| format!("cannot write {}", md.display()))
 }
 
-fn write_slurm(
-    s: &Setting,
-    out_root: &Path,
-    folds: &[usize],
-    example: &[String],
-    args: &[String],
-) -> Result<()> {
+/// What an sbatch array task runs, besides its fold.
+struct SlurmJob<'a> {
+    /// Fold 0's `duoseg` arguments; the task substitutes its own fold.
+    example: Vec<String>,
+    /// The reproduction's arguments without `--slurm`, for the `--aggregate` line of the script.
+    aggregate_args: Vec<String>,
+    /// The GPUs each task asks for (`--gres=gpu:N`); 0 asks for none.
+    gpus: usize,
+    /// `--bin`: the `duoseg` the tasks run; `target/release/duoseg` without it.
+    bin: Option<&'a Path>,
+}
+
+/// A shell word that stands for `word` as it is.
+fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+fn write_slurm(s: &Setting, out_root: &Path, folds: &[usize], job: &SlurmJob) -> Result<()> {
     std::fs::create_dir_all(out_root)?;
     let list = folds
         .iter()
@@ -329,29 +351,47 @@ fn write_slurm(
         .collect::<Vec<_>>()
         .join(",");
     // the fold index appears in --out and in the split override; substitute the task id there
-    let cmd: Vec<String> = example
+    let cmd: Vec<String> = job
+        .example
         .iter()
         .map(|a| {
             a.replace("fold-0", "fold-${SLURM_ARRAY_TASK_ID}")
                 .replace("\"fold\":0", "\"fold\":${SLURM_ARRAY_TASK_ID}")
         })
-        .map(|a| {
-            format!("'{}'", a.replace('\'', "'\\''"))
-                .replace("${SLURM_ARRAY_TASK_ID}", "'\"${SLURM_ARRAY_TASK_ID}\"'")
-        })
+        .map(|a| sh_quote(&a).replace("${SLURM_ARRAY_TASK_ID}", "'\"${SLURM_ARRAY_TASK_ID}\"'"))
         .collect();
+    let gres = if job.gpus > 0 {
+        format!("#SBATCH --gres=gpu:{}\n", job.gpus)
+    } else {
+        String::new()
+    };
+    // the script runs in the workspace root: a relative --bin is taken from here, made absolute
+    let bin = match job.bin {
+        Some(b) => sh_quote(
+            &std::path::absolute(b)
+                .with_context(|| format!("--bin {}", b.display()))?
+                .display()
+                .to_string(),
+        ),
+        None => "target/release/duoseg".to_string(),
+    };
     let script = format!(
-        "#!/bin/bash\n#SBATCH --job-name=duoseg-{name}\n#SBATCH --array={list}\n#SBATCH --gres=gpu:1\n#SBATCH --time=24:00:00\n#SBATCH --output={out}/slurm-%A_%a.out\n# one fold per array task; afterwards aggregate with:\n#   cargo xtask reproduce-{name} {agg} --aggregate\nset -euo pipefail\ncd {root}\ntarget/release/duoseg {cmd}\n",
+        "#!/bin/bash\n#SBATCH --job-name=duoseg-{name}\n#SBATCH --array={list}\n{gres}#SBATCH --time=24:00:00\n#SBATCH --output={out}/slurm-%A_%a.out\n# one fold per array task; afterwards aggregate with:\n#   cargo xtask reproduce-{name} {agg} --aggregate\nset -euo pipefail\ncd {root}\n{bin} {cmd}\n",
         name = s.name,
         out = out_root.display(),
-        agg = args.join(" "),
-        root = util::root().display(),
+        agg = job.aggregate_args.join(" "),
+        root = sh_quote(&util::root().display().to_string()),
         cmd = cmd.join(" ")
     );
     let path = out_root.join("job.sbatch");
     std::fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
+    let build = match (job.bin, job.gpus) {
+        (Some(_), _) => String::new(),
+        (None, 0) => "build first: cargo build --release -p cli; ".to_string(),
+        (None, _) => "build first: cargo build --release -p cli --features cuda; ".to_string(),
+    };
     println!(
-        "wrote {} (build first: cargo build --release -p cli --features cuda; submit: sbatch {})",
+        "wrote {} ({build}submit: sbatch {})",
         path.display(),
         path.display()
     );
@@ -380,82 +420,103 @@ mod tests {
         assert!(run_row(&json!({"summary": {}}))["dice"].is_null());
     }
 
-    /// The whole reproduction, small enough for CI: 8 hippocampus cases linked into a dataset folder
-    /// of their own, `duoseg folds --k 2`, both folds trained for 2 iterations and evaluated, the
-    /// aggregation of both; then the fixed protocol (one run on a holdout split) and the Slurm
-    /// script. Skips, saying why, without the shared data or the built `duoseg` (which
-    /// `cargo test --workspace --release` builds for the CLI's tests).
-    #[test]
-    fn reproduction_trains_both_protocols_and_aggregates_them() {
-        let root = util::root();
-        let shared = std::env::var_os("DUOSEG_SHARED_DATA")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("../shared/data"));
-        let hip = shared.join("hippocampus");
-        if !hip.join("dataset.json").exists() {
-            eprintln!("skipped: {} is absent (the shared data)", hip.display());
-            return;
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let bin = target.join("release/duoseg");
-        if !bin.exists() {
-            eprintln!("skipped: {} is not built", bin.display());
-            return;
-        }
-        let tmp =
-            std::env::temp_dir().join(format!("duoseg-xtask-reproduce-{}", std::process::id()));
-        let data = tmp.join("data");
-        for sub in ["imagesTr", "labelsTr"] {
-            std::fs::create_dir_all(data.join(sub)).unwrap();
-        }
-        let mut names: Vec<String> = std::fs::read_dir(hip.join("labelsTr"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".nii.gz"))
-            .collect();
-        names.sort();
-        names.truncate(8);
-        for name in &names {
-            for sub in ["imagesTr", "labelsTr"] {
-                std::os::unix::fs::symlink(hip.join(sub).join(name), data.join(sub).join(name))
-                    .unwrap();
+    /// 8 hippocampus cases linked into a dataset folder of their own under a fresh temporary
+    /// folder, with `duoseg folds --k 2` written, and the built `duoseg`.
+    struct Fixture {
+        root: PathBuf,
+        tmp: PathBuf,
+        data: PathBuf,
+        bin: PathBuf,
+    }
+
+    impl Fixture {
+        /// `None`, saying why, without the shared data (`DUOSEG_SHARED_DATA`, else
+        /// `../shared/data`) or the built `duoseg` (which `cargo test --workspace --release`
+        /// builds for the CLI's tests).
+        fn new(name: &str) -> Option<Fixture> {
+            let root = util::root();
+            let shared = std::env::var_os("DUOSEG_SHARED_DATA")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("../shared/data"));
+            let hip = shared.join("hippocampus");
+            if !hip.join("dataset.json").exists() {
+                eprintln!("skipped: {} is absent (the shared data)", hip.display());
+                return None;
             }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            let bin = target.join("release/duoseg");
+            if !bin.exists() {
+                eprintln!("skipped: {} is not built", bin.display());
+                return None;
+            }
+            let tmp =
+                std::env::temp_dir().join(format!("duoseg-xtask-{name}-{}", std::process::id()));
+            let data = tmp.join("data");
+            for sub in ["imagesTr", "labelsTr"] {
+                std::fs::create_dir_all(data.join(sub)).unwrap();
+            }
+            let mut names: Vec<String> = std::fs::read_dir(hip.join("labelsTr"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".nii.gz"))
+                .collect();
+            names.sort();
+            names.truncate(8);
+            for name in &names {
+                for sub in ["imagesTr", "labelsTr"] {
+                    std::os::unix::fs::symlink(hip.join(sub).join(name), data.join(sub).join(name))
+                        .unwrap();
+                }
+            }
+            // the dataset's description with only these cases listed
+            let mut description: Value =
+                serde_json::from_str(&std::fs::read_to_string(hip.join("dataset.json")).unwrap())
+                    .unwrap();
+            let listed = |e: &Value| {
+                let label = e["label"].as_str().unwrap_or_default();
+                names.iter().any(|n| label.ends_with(n.as_str()))
+            };
+            let training: Vec<Value> = description["training"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| listed(e))
+                .cloned()
+                .collect();
+            assert_eq!(training.len(), 8);
+            description["training"] = json!(training);
+            description["numTraining"] = json!(8);
+            util::write_json(&data.join("dataset.json"), &description).unwrap();
+            util::run(
+                Command::new(&bin)
+                    .args(["folds", "--k", "2", "--seed", "1"])
+                    .arg(&data),
+            )
+            .unwrap();
+            Some(Fixture {
+                root,
+                tmp,
+                data,
+                bin,
+            })
         }
-        // the dataset's description with only these cases listed
-        let mut description: Value =
-            serde_json::from_str(&std::fs::read_to_string(hip.join("dataset.json")).unwrap())
-                .unwrap();
-        let listed = |e: &Value| {
-            let label = e["label"].as_str().unwrap_or_default();
-            names.iter().any(|n| label.ends_with(n.as_str()))
-        };
-        let training: Vec<Value> = description["training"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| listed(e))
-            .cloned()
-            .collect();
-        assert_eq!(training.len(), 8);
-        description["training"] = json!(training);
-        description["numTraining"] = json!(8);
-        util::write_json(&data.join("dataset.json"), &description).unwrap();
-        util::run(
-            Command::new(&bin)
-                .args(["folds", "--k", "2", "--seed", "1"])
-                .arg(&data),
-        )
-        .unwrap();
-        let common = |protocol: &str, out: &str| -> Vec<String> {
+
+        /// The reproduction's arguments: 2 labeled cases, 2 iterations, no figures, results under
+        /// `tmp/<out>` and `tmp/<out>.json`; folds 0 and 1 under the k-fold protocol.
+        fn args(&self, protocol: &str, out: &str) -> Vec<String> {
             let mut v: Vec<String> = [
                 "--data",
-                &data.display().to_string(),
+                &self.data.display().to_string(),
                 "--protocol",
                 protocol,
                 "--config",
-                &root.join("configs/hippocampus.json").display().to_string(),
+                &self
+                    .root
+                    .join("configs/hippocampus.json")
+                    .display()
+                    .to_string(),
                 "--labeled",
                 "2",
                 "--iters",
@@ -463,11 +524,11 @@ mod tests {
                 "--set",
                 "eval.figure_cases=0",
                 "--out",
-                &tmp.join(out).display().to_string(),
+                &self.tmp.join(out).display().to_string(),
                 "--report",
-                &tmp.join(format!("{out}.json")).display().to_string(),
+                &self.tmp.join(format!("{out}.json")).display().to_string(),
                 "--bin",
-                &bin.display().to_string(),
+                &self.bin.display().to_string(),
             ]
             .map(String::from)
             .to_vec();
@@ -475,8 +536,20 @@ mod tests {
                 v.extend(["--folds".to_string(), "0,1".to_string()]);
             }
             v
+        }
+    }
+
+    /// The whole reproduction, small enough for CI: on the [`Fixture`]'s 8 hippocampus cases, both
+    /// folds trained for 2 iterations and evaluated, the aggregation of both; then the fixed
+    /// protocol (one run on a holdout split) and the Slurm script. Skips, saying why, without the
+    /// shared data or the built `duoseg`.
+    #[test]
+    fn reproduction_trains_both_protocols_and_aggregates_them() {
+        let Some(fx) = Fixture::new("reproduce") else {
+            return;
         };
-        run(&LA, &common("kfold", "kfold")).unwrap();
+        let tmp = &fx.tmp;
+        run(&LA, &fx.args("kfold", "kfold")).unwrap();
         let report: Value =
             serde_json::from_str(&std::fs::read_to_string(tmp.join("kfold.json")).unwrap())
                 .unwrap();
@@ -501,7 +574,7 @@ mod tests {
         tested.dedup();
         assert_eq!(tested.len(), 8);
 
-        let mut fixed = common("fixed", "fixed");
+        let mut fixed = fx.args("fixed", "fixed");
         fixed.extend([
             "--set".into(),
             r#"data.split={"holdout":{"test":3}}"#.into(),
@@ -512,12 +585,113 @@ mod tests {
                 .unwrap();
         assert_eq!(report["runs"].as_array().unwrap().len(), 1);
 
-        let mut slurm = common("kfold", "slurm");
+        let mut slurm = fx.args("kfold", "slurm");
         slurm.push("--slurm".into());
         run(&LA, &slurm).unwrap();
         let script = std::fs::read_to_string(tmp.join("slurm/job.sbatch")).unwrap();
         assert!(script.contains("#SBATCH --array=0,1"), "{script}");
+        assert!(script.contains("#SBATCH --gres=gpu:1\n"), "{script}");
+        assert!(script.contains("'--device' 'cuda:0'"), "{script}");
         assert!(script.contains("--aggregate"), "{script}");
-        std::fs::remove_dir_all(&tmp).unwrap();
+        let mut cpu = fx.args("kfold", "slurm-cpu");
+        cpu.extend(["--slurm".into(), "--slurm-gpus".into(), "0".into()]);
+        run(&LA, &cpu).unwrap();
+        let script = std::fs::read_to_string(tmp.join("slurm-cpu/job.sbatch")).unwrap();
+        assert!(!script.contains("--gres"), "{script}");
+        assert!(script.contains("'--device' 'cpu'"), "{script}");
+        std::fs::remove_dir_all(tmp).unwrap();
+    }
+
+    /// Whether `tool` is a file in one of `$PATH`'s folders.
+    fn on_path(tool: &str) -> bool {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    }
+
+    /// `--slurm` on a real Slurm: `tests/slurm/run.sh` starts munged, slurmctld and slurmd for this
+    /// host alone, submits the script `--slurm --slurm-gpus 0` wrote for the [`Fixture`]'s 2 folds,
+    /// waits until both array tasks completed with exit code 0, and stops the daemons; then
+    /// `--aggregate` (which trains nothing) reads the two folds' results. Skips, saying why,
+    /// without the shared data, the built `duoseg`, Slurm and munge (`.ci/run` installs them) or
+    /// root (slurmd runs the jobs); `DUOSEG_REQUIRE_SLURM=1` (set by `.ci/run`) turns a missing
+    /// Slurm or root into a failure.
+    #[test]
+    fn slurm_array_runs_the_folds_and_the_aggregation_reads_them() {
+        let tools = [
+            "munged",
+            "mungekey",
+            "slurmctld",
+            "slurmd",
+            "sbatch",
+            "squeue",
+        ];
+        let missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
+        let root_user = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let why = if !missing.is_empty() {
+            Some(format!(
+                "{} not on PATH (slurm-wlm, munge)",
+                missing.join(", ")
+            ))
+        } else if !root_user {
+            Some("not root (slurmd runs the jobs)".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            assert!(
+                std::env::var_os("DUOSEG_REQUIRE_SLURM").is_none_or(|v| v != "1"),
+                "DUOSEG_REQUIRE_SLURM=1 but {why}"
+            );
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let Some(fx) = Fixture::new("slurm") else {
+            return;
+        };
+        let mut args = fx.args("kfold", "slurm");
+        args.extend(["--slurm".into(), "--slurm-gpus".into(), "0".into()]);
+        run(&LA, &args).unwrap();
+        let out = fx.tmp.join("slurm");
+        let script = out.join("job.sbatch");
+        util::run(
+            Command::new(fx.root.join("tests/slurm/run.sh"))
+                .arg(&script)
+                .arg("300"),
+        )
+        .unwrap();
+        // the array's own output: one file per task, each with its fold's training in it
+        let mut logs: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("slurm-") && n.ends_with(".out"))
+            .collect();
+        logs.sort();
+        assert_eq!(logs.len(), 2, "{logs:?}");
+        for (k, log) in logs.iter().enumerate() {
+            assert!(log.ends_with(&format!("_{k}.out")), "{logs:?}");
+            let text = std::fs::read_to_string(out.join(log)).unwrap();
+            eprintln!("--- {log}\n{text}");
+            let summary = out.join(format!("fold-{k}/summary.json"));
+            assert!(summary.exists(), "task {k} wrote no {}", summary.display());
+        }
+
+        let mut aggregate = fx.args("kfold", "slurm");
+        aggregate.push("--aggregate".into());
+        run(&LA, &aggregate).unwrap();
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.tmp.join("slurm.json")).unwrap())
+                .unwrap();
+        let runs = report["runs"].as_array().unwrap();
+        let names: Vec<&str> = runs.iter().filter_map(|r| r["run"].as_str()).collect();
+        assert_eq!(names, ["fold-0", "fold-1"]);
+        for r in runs {
+            let dice = r["dice"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&dice), "{r}");
+        }
+        assert_eq!(report["summary"]["dice"]["n"], 2);
+        std::fs::remove_dir_all(&fx.tmp).unwrap();
     }
 }
