@@ -36,7 +36,11 @@ fn train(config: &Path, run: &Path, extra: &[&str]) -> Command {
 }
 
 fn logged(run: &Path) -> usize {
-    std::fs::read_to_string(run.join("log.jsonl")).map_or(0, |t| t.lines().count())
+    std::fs::read_to_string(run.join("log.jsonl")).map_or(0, |t| {
+        t.lines()
+            .filter(|l| l.contains(r#""event":"iteration""#))
+            .count()
+    })
 }
 
 /// Waits until `child` has logged at least `lines` iterations (or ended).

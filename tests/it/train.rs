@@ -142,6 +142,33 @@ fn train_writes_the_whole_run_folder() {
         (log[2].lr - 0.001).abs() < 1e-12,
         "step decay at iteration 3"
     );
+    // the events around the iterations: start, checkpoints, the evaluation at the end
+    let events: Vec<(String, u64)> = std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] != "iteration")
+        .map(|v| {
+            (
+                v["event"].as_str().unwrap().to_string(),
+                v["iter"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events.first(),
+        Some(&("start".to_string(), 0)),
+        "{events:?}"
+    );
+    assert_eq!(
+        events.last(),
+        Some(&("evaluation".to_string(), 3)),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("checkpoint".to_string(), 3)),
+        "{events:?}"
+    );
     // keep_last = 1: only the newest iteration checkpoint remains
     let left: Vec<usize> = checkpoint::list(&dir.join("checkpoints"))
         .into_iter()
@@ -259,6 +286,83 @@ fn resume_reproduces_the_run_with_ema_teachers() {
     let mut cfg = tiny_config(4, true);
     cfg.ema_teacher = Some(0.9);
     resume_matches(&cfg, "ema");
+}
+
+/// The pseudo-label diagnosis scores the unlabeled crops against their hidden labels on its
+/// iterations only, and changes nothing the run learns: the same weights, the same loss terms.
+#[test]
+fn pseudo_label_diagnosis_is_logged_and_changes_nothing() {
+    let mut off = tiny_config(4, true);
+    off.diagnose_every = 0;
+    let mut on = off.clone();
+    on.diagnose_every = 2;
+    let data: TrainData = data::load(&off.data, None).unwrap();
+    assert!(data
+        .unlabeled
+        .iter()
+        .all(|c| c.hidden_label.is_some() && c.label.is_none()));
+    let (a, b) = (tmp("diag-off"), tmp("diag-on"));
+    duoseg_train::train(&off, &data, opts(&a, false, false, &mut Silent)).unwrap();
+    duoseg_train::train(&on, &data, opts(&b, false, false, &mut Silent)).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let (ta, _) = checkpoint::load(&a.join("final.safetensors"), &dev).unwrap();
+    let (tb, _) = checkpoint::load(&b.join("final.safetensors"), &dev).unwrap();
+    for (k, t) in &ta {
+        let f64s = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+        let diff = (f64s(t) - f64s(&tb[k]))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0, "{k} differs");
+    }
+    let (la, lb) = (
+        read_log(&a.join("log.jsonl")).unwrap(),
+        read_log(&b.join("log.jsonl")).unwrap(),
+    );
+    for (ra, rb) in la.iter().zip(&lb) {
+        let diag: Vec<&String> = rb
+            .terms
+            .keys()
+            .filter(|k| !ra.terms.contains_key(*k))
+            .collect();
+        assert!(!ra.terms.keys().any(|k| k.starts_with("pl_")));
+        if rb.iter % 2 == 0 {
+            for key in [
+                "pl_precision_0",
+                "pl_recall_1",
+                "pl_coverage_1",
+                "pl_accuracy_reliable",
+                "pl_disagree_fraction",
+                "true_share_1",
+            ] {
+                assert!(
+                    rb.terms.contains_key(key),
+                    "iteration {}: no {key} in {diag:?}",
+                    rb.iter
+                );
+            }
+            // precision is left out while no reliable voxel is labeled 1 (an untrained net)
+            for (key, v) in rb.terms.iter().filter(|(k, _)| k.starts_with("pl_")) {
+                assert!((0.0..=1.0).contains(v), "{key} = {v}");
+            }
+            assert!(
+                (rb.terms["pl_reliable_fraction"] - rb.terms["reliable_fraction"]).abs() < 1e-12
+            );
+        } else {
+            assert!(diag.is_empty(), "iteration {}: {diag:?}", rb.iter);
+        }
+        let same: std::collections::BTreeMap<_, _> = rb
+            .terms
+            .iter()
+            .filter(|(k, _)| ra.terms.contains_key(*k))
+            .collect();
+        assert_eq!(same, ra.terms.iter().collect(), "iteration {}", rb.iter);
+    }
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
 
 /// Trains `cfg` straight through and with an interruption after iteration 1 plus `--resume`; the final
@@ -607,7 +711,8 @@ fn train_until_signal(tag: &str, signal: i32) -> (std::process::ExitStatus, Path
         .unwrap();
     let log = run.join("log.jsonl");
     let t0 = std::time::Instant::now();
-    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 2) {
+    let iterations = |t: String| t.matches(r#""event":"iteration""#).count();
+    while std::fs::read_to_string(&log).map_or(true, |t| iterations(t) < 2) {
         assert!(t0.elapsed().as_secs() < 120, "no iteration logged");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

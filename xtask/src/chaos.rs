@@ -87,16 +87,26 @@ fn train(bin: &Path, a: &Args, out: &Path, resume: bool) -> Command {
     cmd
 }
 
-/// The log's loss terms, without the timings (which differ between any two runs).
+/// The log's iteration lines without their timings and time stamps (which differ between any two
+/// runs); event lines (start, resume, checkpoints) differ between an interrupted run and one that
+/// was not, so they are left out.
 fn log_terms(run: &Path) -> Result<Vec<serde_json::Value>> {
     let path = run.join("log.jsonl");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-    text.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok(serde_json::json!([v["iter"], v["lr"], v["terms"]]))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let mut v: serde_json::Value = serde_json::from_str(l)?;
+        if v["event"] != "iteration" {
+            continue;
+        }
+        if let Some(o) = v.as_object_mut() {
+            for k in ["time", "s_per_step", "samples_per_s"] {
+                o.remove(k);
+            }
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 /// A safetensors file's header (parsed: the order of its metadata keys, a hash map's, varies from

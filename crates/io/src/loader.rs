@@ -32,6 +32,11 @@ pub struct LoaderConfig {
     pub unlabeled_per_batch: usize,
     /// Random rot90 + flip in the axial plane before cropping (UA-MT / MC-Net; MCF does not).
     pub rot_flip: bool,
+    /// Batches carry the unlabeled crops' hidden labels ([`Batch::hidden_label`], cropped and
+    /// turned with their images), for diagnosis; every unlabeled case must then have one. The
+    /// random draws are the same either way.
+    #[serde(default)]
+    pub hidden_labels: bool,
     pub seed: u64,
     /// Worker threads.
     pub workers: usize,
@@ -46,6 +51,7 @@ impl Default for LoaderConfig {
             labeled_per_batch: 2,
             unlabeled_per_batch: 2,
             rot_flip: false,
+            hidden_labels: false,
             seed: 1337,
             workers: 2,
             prefetch: 4,
@@ -63,6 +69,9 @@ pub struct Batch {
     pub n_unlabeled: usize,
     pub image: Vec<f32>,
     pub label: Vec<u8>,
+    /// `[n_unlabeled, D, H, W]`: the unlabeled crops' hidden labels when
+    /// [`LoaderConfig::hidden_labels`], else empty. For diagnosis only.
+    pub hidden_label: Vec<u8>,
     /// Case id of each crop, in batch order.
     pub ids: Vec<String>,
 }
@@ -101,6 +110,7 @@ pub fn make_batch(
         n_unlabeled: cfg.unlabeled_per_batch,
         image: Vec::with_capacity(b * voxels),
         label: Vec::with_capacity(cfg.labeled_per_batch * voxels),
+        hidden_label: Vec::new(),
         ids: Vec::with_capacity(b),
     };
     let pools = [
@@ -111,13 +121,17 @@ pub fn make_batch(
         for s in 0..per_batch {
             let position = t * per_batch as u64 + s as u64;
             let case = &pool[case_at(cfg.seed, stream, pool.len(), position)];
-            let want_label = stream == 0;
-            let label = if want_label {
-                Some(case.label.clone().ok_or_else(|| {
+            let label = match (stream, cfg.hidden_labels) {
+                (0, _) => Some(case.label.clone().ok_or_else(|| {
                     Error::Invalid(format!("loader: labeled case {:?} has no label", case.name))
-                })?)
-            } else {
-                None
+                })?),
+                (_, true) => Some(case.hidden_label.clone().ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "loader: hidden labels asked for, but unlabeled case {:?} has none",
+                        case.name
+                    ))
+                })?),
+                (_, false) => None,
             };
             let mut patch = Patch::new(case.shape, case.image.clone(), label)?;
             if cfg.rot_flip {
@@ -126,7 +140,10 @@ pub fn make_batch(
             let patch = crop.apply(&mut rng, patch)?;
             batch.image.extend_from_slice(&patch.image);
             if let Some(l) = patch.label {
-                batch.label.extend_from_slice(&l);
+                match stream {
+                    0 => batch.label.extend_from_slice(&l),
+                    _ => batch.hidden_label.extend_from_slice(&l),
+                }
             }
             batch.ids.push(case.name.clone());
         }
@@ -255,6 +272,7 @@ mod tests {
             labeled_per_batch: 2,
             unlabeled_per_batch: 2,
             rot_flip: true,
+            hidden_labels: false,
             seed: 5,
             workers,
             prefetch: 3,
@@ -305,6 +323,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(other != one[0]);
+    }
+
+    /// Hidden labels ride with the unlabeled crops (same crop, same rotation and flip) and change
+    /// nothing else; a case without one is an error only when they are asked for.
+    #[test]
+    fn hidden_labels_follow_their_crops() {
+        let lab = samples(3, true);
+        let label_of = |v: f32| (v as u64 % 3) as u8;
+        let unl: Arc<[PreparedCase]> = samples(4, false)
+            .iter()
+            .map(|c| PreparedCase {
+                hidden_label: Some(c.image.iter().map(|&v| label_of(v)).collect()),
+                ..c.clone()
+            })
+            .collect();
+        let mut with = cfg(1);
+        with.hidden_labels = true;
+        for t in 0..6 {
+            let plain = make_batch(&lab, &unl, &cfg(1), t).unwrap();
+            let b = make_batch(&lab, &unl, &with, t).unwrap();
+            assert!(plain.hidden_label.is_empty());
+            assert_eq!(
+                (&b.image, &b.label, &b.ids),
+                (&plain.image, &plain.label, &plain.ids)
+            );
+            assert_eq!(b.hidden_label.len(), 2 * 512);
+            let unlabeled_images = &b.image[2 * 512..];
+            assert!(unlabeled_images
+                .iter()
+                .zip(&b.hidden_label)
+                .all(|(&v, &l)| label_of(v) == l));
+            assert!(b.hidden_label.iter().any(|&l| l == 2));
+        }
+        assert!(make_batch(&lab, &samples(2, false), &with, 0).is_err());
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct PreparedCase {
     pub image: Vec<f32>,
     /// Padded labels, when known.
     pub label: Option<Vec<u8>>,
+    /// An unlabeled training case's padded labels, set apart by [`PreparedCase::hide_label`] for
+    /// diagnosis only (how good the pseudo-labels are); training never reads them.
+    pub hidden_label: Option<Vec<u8>>,
     /// Padding added before each axis (to crop predictions back to the original geometry).
     pub pad_before: [usize; 3],
     /// Shape of the original volume (what [`PreparedCase::crop_back`] returns).
@@ -139,6 +142,7 @@ impl PreparedCase {
             spacing: vol.spacing,
             image,
             label,
+            hidden_label: None,
             pad_before: before,
             original_shape: shape,
             crop: None,
@@ -202,6 +206,7 @@ impl PreparedCase {
             spacing,
             image,
             label,
+            hidden_label: None,
             pad_before: [0; 3],
             original_shape: shape,
             crop: None,
@@ -212,6 +217,17 @@ impl PreparedCase {
     /// The case without its label (an unlabeled training case).
     pub fn without_label(self) -> Self {
         PreparedCase {
+            label: None,
+            hidden_label: None,
+            ..self
+        }
+    }
+
+    /// The case as an unlabeled training case whose label, when it has one, is kept apart as
+    /// [`PreparedCase::hidden_label`] (the benchmark data sets label their "unlabeled" cases too).
+    pub fn hide_label(self) -> Self {
+        PreparedCase {
+            hidden_label: self.label,
             label: None,
             ..self
         }
@@ -330,7 +346,11 @@ mod tests {
         assert_eq!(case.crop_back(&case.image)?, img);
         assert_eq!(case.crop_back(case.label.as_deref().unwrap())?, label);
         assert!(case.source.as_ref().is_some_and(|v| v.data.is_empty()));
-        assert!(case.without_label().label.is_none());
+        let hidden = case.clone().hide_label();
+        assert!(hidden.label.is_none());
+        assert_eq!(hidden.hidden_label, case.label);
+        let dropped = hidden.without_label();
+        assert!(dropped.label.is_none() && dropped.hidden_label.is_none());
         Ok(())
     }
 

@@ -85,6 +85,10 @@ pub struct LossTerms {
     pub n_unreliable: usize,
     /// `|M_diff|`.
     pub n_disagree: usize,
+    /// The pseudo-labels `y_hat` of the unlabeled half `[N_u, D, H, W]` (u32), for diagnosis.
+    pub pseudo_labels: Tensor,
+    /// 1 where an unlabeled voxel is reliable, else 0 `[N_u, D, H, W]`, for diagnosis.
+    pub reliable: Tensor,
 }
 
 impl LossTerms {
@@ -178,6 +182,11 @@ impl Objective {
             n_classes,
             threshold,
         })
+    }
+
+    /// The number of classes.
+    pub fn n_classes(&self) -> usize {
+        self.n_classes
     }
 
     /// The configuration.
@@ -304,6 +313,8 @@ impl Objective {
             n_reliable,
             n_unreliable,
             n_disagree,
+            pseudo_labels: targets.yhat,
+            reliable: targets.reliable,
         })
     }
 

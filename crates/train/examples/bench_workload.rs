@@ -79,6 +79,7 @@ fn step_workload(cfg: &TrainConfig, iters: usize, warmup: usize) -> Res<serde_js
             iteration: t,
             total_iterations: cfg.iterations,
             seed: cfg.seed,
+            hidden_labels: None,
         };
         let loss = method.loss(&students, &batch)?;
         let t_loss = t0.elapsed().as_secs_f64();

@@ -604,6 +604,12 @@ pub struct TrainConfig {
     /// Write a plain progress line every this many iterations when stderr is not a terminal.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// Every this many iterations, log how good the pseudo-labels are against the unlabeled crops'
+    /// hidden labels (`pl_*` keys of `log.jsonl`, the diagnosis figure): the benchmark data sets
+    /// label their "unlabeled" cases too. Used when every unlabeled case has a label and the
+    /// method makes pseudo-labels; 0 switches it off.
+    #[serde(default = "default_diagnose_every")]
+    pub diagnose_every: usize,
 }
 
 fn default_seed() -> u64 {
@@ -611,6 +617,9 @@ fn default_seed() -> u64 {
 }
 fn default_log_every() -> usize {
     50
+}
+fn default_diagnose_every() -> usize {
+    20
 }
 
 /// Why a config could not be used.

@@ -105,15 +105,14 @@ pub fn prepare(
     })
 }
 
-/// A phantom case (already z-scored, 1 mm spacing), with its label when `keep_label`.
+/// A phantom case (already z-scored, 1 mm spacing); without `keep_label` its label is hidden.
 fn from_phantom(p: PhantomCase, keep_label: bool) -> PreparedCase {
-    PreparedCase::in_memory(
-        p.name,
-        p.shape,
-        [1.0; 3],
-        p.image,
-        keep_label.then_some(p.label),
-    )
+    let case = PreparedCase::in_memory(p.name, p.shape, [1.0; 3], p.image, Some(p.label));
+    if keep_label {
+        case
+    } else {
+        case.hide_label()
+    }
 }
 
 /// Loads the labeled, unlabeled and test cases that `cfg` describes (`root` overrides `cfg.root`).
@@ -192,13 +191,10 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
         if keep_label && s.label.is_none() {
             return Err(TrainError::case(id, "has no label"));
         }
-        // an unlabeled case's label (when it has one) still places the crop, then is hidden
+        // an unlabeled case's label (when it has one) still places the crop, then is hidden: kept
+        // apart for the pseudo-label diagnosis, never trained on
         let case = prepare(s.id, s.image, s.label, cfg)?;
-        Ok(if keep_label {
-            case
-        } else {
-            case.without_label()
-        })
+        Ok(if keep_label { case } else { case.hide_label() })
     };
     Ok(TrainData {
         validation: Vec::new(),

@@ -137,6 +137,18 @@ pub fn evaluate_run(
         return Ok(None);
     };
     write_summary(run, &cfg, &report, &model)?;
+    crate::run::LogWriter::append_to(&run.log())?
+        .event(
+            "evaluation",
+            cfg.iterations,
+            serde_json::json!({
+                "checkpoint": model.get("checkpoint"),
+                "model_iter": model.get("iteration"),
+                "test_cases": test.len(),
+                "mean_dice": report.mean_dice(),
+            }),
+        )
+        .map_err(TrainError::file(run.log()))?;
     let records = crate::run::read_log(&run.log()).map_err(TrainError::file(run.log()))?;
     let fig = run.figures().join("losses.png");
     crate::figures::loss_curves(&records, &fig)?;

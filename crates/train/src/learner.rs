@@ -86,6 +86,8 @@ struct Learner<'c, 'o> {
     /// `eval.checkpoint = best_val`: the validation cases, and the best (iteration, mean Dice) so far.
     validation: &'c [PreparedCase],
     best: Option<BestModel>,
+    /// Score the pseudo-labels every this many iterations (0: never; see [`crate::diagnosis`]).
+    diagnose_every: usize,
 }
 
 /// The model `eval.checkpoint = best_val` keeps: `best.safetensors`, described by `best.json`.
@@ -168,12 +170,28 @@ impl<'c, 'o> Learner<'c, 'o> {
         let (students, method, opt) = learner_state;
         crate::run::write_json(&run.config(), cfg)?;
         crate::run::write_json(&run.split(), &data.roles())?;
-        let log = LogWriter::open(&run.log(), start)?;
+        let mut log = LogWriter::open(&run.log(), start)?;
+        log.event(
+            if resume { "resume" } else { "start" },
+            start,
+            serde_json::json!({
+                "method": cfg.method.name(),
+                "iterations": cfg.iterations,
+                "seed": cfg.seed,
+                "labeled_cases": data.labeled.len(),
+                "unlabeled_cases": data.unlabeled.len(),
+                "validation_cases": data.validation.len(),
+                "test_cases": data.test.len(),
+            }),
+        )
+        .map_err(TrainError::file(run.log()))?;
+        let diagnose_every = diagnosis_period(cfg, data, method.as_ref(), observer);
         let loader_cfg = LoaderConfig {
             patch: cfg.patch,
             labeled_per_batch: cfg.batch.labeled,
             unlabeled_per_batch: n_unlabeled,
             rot_flip: cfg.data.augment,
+            hidden_labels: diagnose_every > 0,
             seed: cfg.seed,
             workers: 1,
             prefetch: 2,
@@ -209,6 +227,7 @@ impl<'c, 'o> Learner<'c, 'o> {
             start,
             validation: if best_val { &data.validation } else { &[] },
             best,
+            diagnose_every,
         })
     }
 
@@ -265,6 +284,17 @@ impl<'c, 'o> Learner<'c, 'o> {
             self.best = Some(best);
         }
         if let Some(b) = self.best {
+            self.log
+                .event(
+                    "validation",
+                    done,
+                    serde_json::json!({
+                        "val_dice": dice,
+                        "best_val_dice": b.val_dice,
+                        "best_iter": b.iteration,
+                    }),
+                )
+                .map_err(TrainError::file(self.run.log()))?;
             self.observer.message(&format!(
                 "validation after {done} iterations: mean Dice {dice:.4} (best {:.4} after {})",
                 b.val_dice, b.iteration
@@ -298,6 +328,8 @@ impl<'c, 'o> Learner<'c, 'o> {
             iteration: t,
             total_iterations: self.cfg.iterations,
             seed: self.cfg.seed,
+            hidden_labels: (self.diagnose_every > 0 && (t + 1) % self.diagnose_every == 0)
+                .then_some(&batch.hidden_label[..]),
         };
         let loss = self
             .method
@@ -361,6 +393,9 @@ impl<'c, 'o> Learner<'c, 'o> {
         let path = checkpoint::iter_path(&dir, done);
         self.save(&path, done)?;
         checkpoint::prune(&dir, self.cfg.checkpoint.keep_last)?;
+        self.log
+            .event("checkpoint", done, serde_json::json!({ "file": path }))
+            .map_err(TrainError::file(self.run.log()))?;
         self.observer
             .message(&format!("checkpoint {}", path.display()));
         Ok(())
@@ -382,6 +417,32 @@ impl<'c, 'o> Learner<'c, 'o> {
         };
         checkpoint::save(path, &tensors, &meta)
     }
+}
+
+/// How often to score the pseudo-labels: `cfg.diagnose_every` when the method makes pseudo-labels
+/// and every unlabeled case has a hidden label, else 0 (saying why when the config asked for it).
+fn diagnosis_period(
+    cfg: &TrainConfig,
+    data: &TrainData,
+    method: &dyn TrainingMethod,
+    observer: &mut dyn Observer,
+) -> usize {
+    if cfg.diagnose_every == 0 || !method.diagnoses_pseudo_labels() {
+        return 0;
+    }
+    let without = data
+        .unlabeled
+        .iter()
+        .filter(|c| c.hidden_label.is_none())
+        .count();
+    if without > 0 {
+        observer.message(&format!(
+            "pseudo-label diagnosis off: {without} of {} unlabeled cases have no label to score              against",
+            data.unlabeled.len()
+        ));
+        return 0;
+    }
+    cfg.diagnose_every
 }
 
 /// Refuses a folder that holds another run's files unless the run resumes it or replaces them.
@@ -436,7 +497,13 @@ fn check_same_cases(run: &RunDir, data: &TrainData) -> Result<()> {
 
 /// Config fields a resumed run may change: how long it runs, how often it saves and logs, and how it
 /// is evaluated afterwards. Everything else must equal the checkpoint's.
-const RESUMABLE_CHANGES: [&str; 4] = ["iterations", "checkpoint", "log_every", "eval"];
+const RESUMABLE_CHANGES: [&str; 5] = [
+    "iterations",
+    "checkpoint",
+    "log_every",
+    "diagnose_every",
+    "eval",
+];
 
 /// The dotted keys whose values differ between two configs (as JSON), outside [`RESUMABLE_CHANGES`].
 fn config_differences(before: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {

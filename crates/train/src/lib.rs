@@ -16,6 +16,7 @@ pub mod adam;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod diagnosis;
 mod error;
 pub mod evaluation;
 pub mod figures;

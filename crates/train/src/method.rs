@@ -48,6 +48,9 @@ pub struct StepBatch<'a> {
     pub total_iterations: usize,
     /// The run seed; every random stream of iteration t derives from `(seed, t)`.
     pub seed: u64,
+    /// On diagnosis iterations, the unlabeled crops' hidden labels `[N_u, D, H, W]`, to score the
+    /// pseudo-labels with ([`crate::diagnosis`]); never part of the loss.
+    pub hidden_labels: Option<&'a [u8]>,
 }
 
 /// One iteration's loss: the tensor to back-propagate and every term's value for the log.
@@ -63,8 +66,14 @@ pub trait TrainingMethod {
     /// Unlabeled crops the method wants per batch (0: it never sees unlabeled data).
     fn unlabeled_per_batch(&self) -> usize;
 
-    /// Runs the forward passes of iteration `batch.iteration` and assembles its loss.
+    /// Runs the forward passes of iteration `batch.iteration` and assembles its loss; with
+    /// `batch.hidden_labels`, also scores its pseudo-labels (the `pl_*` terms).
     fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss>;
+
+    /// Whether the method makes pseudo-labels that [`StepBatch::hidden_labels`] can score.
+    fn diagnoses_pseudo_labels(&self) -> bool {
+        false
+    }
 
     /// After the students' SGD step of 0-based iteration `iteration` (e.g. moving-average teachers
     /// follow them).
@@ -268,10 +277,21 @@ impl TrainingMethod for DualStream {
             "reliable_fraction".into(),
             lt.n_reliable as f64 / n_u as f64,
         );
+        if let Some(truth) = batch.hidden_labels {
+            terms.extend(diagnose(&lt, truth, self.objective.n_classes())?);
+            terms.insert(
+                "pl_disagree_fraction".into(),
+                lt.n_disagree as f64 / n_u as f64,
+            );
+        }
         Ok(StepLoss {
             total: lt.total,
             terms,
         })
+    }
+
+    fn diagnoses_pseudo_labels(&self) -> bool {
+        true
     }
 
     fn after_update(&mut self, students: &Nets, _iteration: usize) -> Result<()> {
@@ -302,6 +322,27 @@ impl TrainingMethod for DualStream {
         }
         Ok(())
     }
+}
+
+/// The `pl_*` terms: the iteration's pseudo-labels and reliable mask scored against the unlabeled
+/// crops' hidden labels `truth`.
+fn diagnose(
+    lt: &duoseg_losses::LossTerms,
+    truth: &[u8],
+    n_classes: usize,
+) -> Result<BTreeMap<String, f64>> {
+    let pseudo = lt.pseudo_labels.flatten_all()?.to_vec1::<u32>()?;
+    let reliable: Vec<bool> = lt
+        .reliable
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|r| r > 0.5)
+        .collect();
+    let q = crate::diagnosis::pseudo_label_quality(&pseudo, &reliable, truth, n_classes)
+        .map_err(|e| TrainError::Dataset(format!("pseudo-label diagnosis: {e}")))?;
+    Ok(q.terms())
 }
 
 /// `x + clamp(n, -clip, clip)` with `n ~ N(0, std^2)` drawn from `seed` (on the host, then moved to
