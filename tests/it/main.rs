@@ -1,4 +1,5 @@
 mod chaos;
+mod convert;
 mod evaluate;
 mod inspect;
 mod train;

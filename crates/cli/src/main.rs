@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod convert;
 mod demo;
 mod device;
 mod evaluate;
@@ -38,6 +39,7 @@ struct Cli {
 enum Command {
     /// Show a volume's shape, spacing, data type, intensity statistics and label counts.
     Inspect(inspect::InspectArgs),
+    Convert(convert::ConvertArgs),
     Evaluate(evaluate::EvaluateArgs),
     /// Write seeded K-fold cross-validation splits of a dataset folder (folds.json).
     Folds(folds::FoldsArgs),
@@ -97,6 +99,7 @@ fn one_line(err: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Folds(args) => folds::run(args),
         Command::Train(args) => train::run(args),

@@ -105,6 +105,34 @@ pub enum Error {
     /// A file named by a dataset description does not exist.
     #[error("{manifest}: names {missing}, which does not exist")]
     MissingFile { manifest: PathBuf, missing: PathBuf },
+    /// A DICOM file cannot be parsed, or its pixel data is encoded in a way we do not read
+    /// (compressed transfer syntaxes, colour images, multi-frame objects).
+    #[error("{path}: DICOM: {reason}")]
+    Dicom { path: PathBuf, reason: String },
+    /// A DICOM attribute that the volume needs is missing or malformed in one file of the series.
+    #[error("{path}: DICOM {tag}: {reason}")]
+    DicomTag {
+        path: PathBuf,
+        /// The attribute's keyword and tag, e.g. `PixelSpacing (0028,0030)`.
+        tag: String,
+        reason: String,
+    },
+    /// A DICOM folder does not name one series: it has none, or several and none was picked, or
+    /// the picked one is not there. The message lists the series found.
+    #[error("{dir}: {reason}")]
+    DicomSeries { dir: PathBuf, reason: String },
+    /// Two slices of one series disagree on an attribute that must be the same for a volume.
+    #[error("{path}: DICOM {tag} is {reason}")]
+    DicomInconsistent {
+        path: PathBuf,
+        tag: String,
+        /// This slice's value and the other slices' (with the file they were read from).
+        reason: String,
+    },
+    /// The slices of a DICOM series are not evenly spaced along the slice normal (a missing slice,
+    /// two slices at one position, a variable gap) or not stacked along it (gantry tilt).
+    #[error("{dir}: {reason}")]
+    DicomSliceSpacing { dir: PathBuf, reason: String },
     /// An invalid argument (crop size, split, spacing, ...).
     #[error("{0}")]
     Invalid(String),

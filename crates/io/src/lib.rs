@@ -22,6 +22,8 @@
 //! 9. [`prepared`]: a case normalised and padded once for training and inference ([`PreparedCase`]).
 //! 10. [`dataset`], then [`loader`]: cases, splits, and seeded batches read from prepared cases.
 //! 11. [`check`]: a dataset folder checked case by case (`duoseg inspect DIR`).
+//! 12. [`dicom`]: a DICOM series read with dicom-rs into a [`Volume`] and written as NIfTI
+//!     (`duoseg convert`); it uses `volume`, `header`, `nifti` and `fs` only.
 
 // Voxel code indexes several arrays by one axis variable; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -29,6 +31,7 @@
 pub mod augment;
 pub mod check;
 pub mod dataset;
+pub mod dicom;
 mod dtype;
 mod error;
 mod format;
@@ -46,6 +49,7 @@ pub(crate) mod testutil;
 
 pub use augment::{Patch, RandCrop, RandRot90Flip, Rng};
 pub use dataset::{Case, Dataset, LabeledSplit, Layout, Sample, Split};
+pub use dicom::{convert_dicom, read_dicom_series, DicomOptions, DicomSeries, SeriesInfo};
 pub use dtype::DataType;
 pub use error::{Error, Result};
 pub use format::{
