@@ -2,6 +2,7 @@ mod chaos;
 mod convert;
 mod evaluate;
 mod inspect;
+mod plot;
 mod train;
 mod weights;
 

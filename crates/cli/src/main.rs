@@ -17,6 +17,7 @@ mod folds;
 mod infer;
 mod inspect;
 mod model;
+mod plot;
 mod signals;
 mod train;
 mod weights;
@@ -51,6 +52,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Inspect the networks: `duoseg model summary --arch vnet|resnet34`.
     Model(model::ModelArgs),
+    /// Draw a run's loss and pseudo-label diagnosis curves from its log.jsonl.
+    Plot(plot::PlotArgs),
     /// Write one net of a trained model as a plain PyTorch state_dict (safetensors).
     Export(weights::ExportArgs),
     /// Build a duoseg model file from PyTorch state_dicts and a config.
@@ -106,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Infer(args) => infer::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Model(args) => model::run(args),
+        Command::Plot(args) => plot::run(args),
         Command::Export(args) => weights::export(args),
         Command::Import(args) => weights::import(args),
     }

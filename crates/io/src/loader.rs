@@ -354,7 +354,7 @@ mod tests {
                 .iter()
                 .zip(&b.hidden_label)
                 .all(|(&v, &l)| label_of(v) == l));
-            assert!(b.hidden_label.iter().any(|&l| l == 2));
+            assert!(b.hidden_label.contains(&2));
         }
         assert!(make_batch(&lab, &samples(2, false), &with, 0).is_err());
     }

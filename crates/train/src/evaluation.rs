@@ -149,9 +149,7 @@ pub fn evaluate_run(
             }),
         )
         .map_err(TrainError::file(run.log()))?;
-    let records = crate::run::read_log(&run.log()).map_err(TrainError::file(run.log()))?;
-    let fig = run.figures().join("losses.png");
-    crate::figures::loss_curves(&records, &fig)?;
+    crate::figures::plot_log(run)?;
     std::fs::create_dir_all(run.predictions()).map_err(TrainError::file(run.predictions()))?;
     for (i, (case, pred)) in test.iter().zip(&preds).enumerate() {
         let shape = case.original_shape;
@@ -159,7 +157,16 @@ pub fn evaluate_run(
         if i < cfg.eval.figure_cases {
             let gt = case.crop_back(case.label.as_deref().unwrap_or_default())?;
             let p = run.figures().join(format!("{}.png", case.name));
-            crate::figures::overlay_slices(&image, &gt, &pred.labels, shape, &case.name, &p)?;
+            let affine = case.source.as_ref().map(|v| &v.affine);
+            crate::figures::overlay_slices(
+                &image,
+                &gt,
+                &pred.labels,
+                shape,
+                affine,
+                &case.name,
+                &p,
+            )?;
         }
         let like = match &case.source {
             Some(v) => v.clone(),
