@@ -187,13 +187,22 @@ pub fn run(args: &[String]) -> Result<()> {
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or(Value::Null);
+            let (s_per_step, train_minutes) = step_times(&out.join("log.jsonl"));
             let mut row = json!({ "seed": seed, "dice": dice, "jaccard": jac, "hd95_vox": hd, "asd_vox": asd, "run": out, "code": version,
-                "iterations": resolved["iterations"], "lr_step": resolved["optim"]["lr_step"] });
+                "iterations": resolved["iterations"], "lr_step": resolved["optim"]["lr_step"],
+                "s_per_step_median": s_per_step, "train_minutes": train_minutes });
             row.as_object_mut().expect("a JSON object").extend(by_net);
             per_seed.push(row);
         }
         let col = |k: &str| -> Vec<f64> { per_seed.iter().filter_map(|r| r[k].as_f64()).collect() };
-        let stats: Value = ["dice", "jaccard", "hd95_vox", "asd_vox"]
+        let stats: Value = [
+            "dice",
+            "jaccard",
+            "hd95_vox",
+            "asd_vox",
+            "s_per_step_median",
+            "train_minutes",
+        ]
             .iter()
             .map(|k| {
                 let (m, sd) = mean_std(&col(k));
@@ -228,6 +237,24 @@ pub fn run(args: &[String]) -> Result<()> {
     util::write_json(&root.join("bench").join(format!("sweep-{name}.json")), &out)?;
     write_md(&root.join("bench").join(format!("sweep-{name}.md")), &md)?;
     Ok(())
+}
+
+/// A run's median seconds per training step and its training time in minutes (the sum of its
+/// steps, evaluation left out), from the iteration lines of its `log.jsonl`; `None` without them.
+fn step_times(log: &Path) -> (Option<f64>, Option<f64>) {
+    let mut steps: Vec<f64> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("event").is_none_or(|e| e == "iteration"))
+        .filter_map(|v| v["s_per_step"].as_f64())
+        .collect();
+    if steps.is_empty() {
+        return (None, None);
+    }
+    let total = steps.iter().sum::<f64>() / 60.0;
+    steps.sort_by(f64::total_cmp);
+    (Some(steps[steps.len() / 2]), Some(total))
 }
 
 /// The subnetworks `--per-net` scores, as `duoseg evaluate --nets` names them.
@@ -277,11 +304,11 @@ fn table(rows: &[Value], seeds: &[u64]) -> String {
     for seed in seeds {
         s.push_str(&format!(" Dice s{seed} |"));
     }
-    s.push_str(" Dice mean ± std | Jaccard | 95HD (vox) | ASD (vox) | beats supervised on every seed |\n|---|");
+    s.push_str(" Dice mean ± std | Jaccard | 95HD (vox) | ASD (vox) | s / step | train (min) | beats supervised on every seed |\n|---|");
     for _ in seeds {
         s.push_str("---|");
     }
-    s.push_str("---|---|---|---|---|\n");
+    s.push_str("---|---|---|---|---|---|---|\n");
     let sup: Vec<f64> = rows
         .first()
         .map(|r| {
@@ -314,12 +341,15 @@ fn table(rows: &[Value], seeds: &[u64]) -> String {
         let beats = r["variant"] != "supervised"
             && dice.len() == sup.len()
             && dice.iter().zip(&sup).all(|(a, b)| a > b);
+        let mean = |k: &str| r["summary"][k]["mean"].as_f64().unwrap_or(f64::NAN);
         s.push_str(&format!(
-            " {} | {} | {} | {} | {} |\n",
+            " {} | {} | {} | {} | {:.2} | {:.1} | {} |\n",
             f("dice", 100.0),
             f("jaccard", 100.0),
             f("hd95_vox", 1.0),
             f("asd_vox", 1.0),
+            mean("s_per_step_median"),
+            mean("train_minutes"),
             if r["variant"] == "supervised" {
                 "-"
             } else if beats {
@@ -480,4 +510,31 @@ fn provenance(rows: &[Value]) -> String {
 
 fn write_md(path: &Path, md: &str) -> Result<()> {
     Ok(duoseg_io::fs::write_atomic(path, md.as_bytes())?)
+}
+
+#[cfg(test)]
+mod step_time_tests {
+    use super::*;
+
+    /// Median and total over the iteration lines only, in both log formats; none without a log.
+    #[test]
+    fn step_times_read_iteration_lines() {
+        let dir = std::env::temp_dir().join(format!("duoseg-steptimes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log.jsonl");
+        std::fs::write(
+            &log,
+            "{\"event\":\"start\",\"iter\":0}\n\
+             {\"event\":\"iteration\",\"iter\":1,\"s_per_step\":3.0}\n\
+             {\"iter\":2,\"lr\":0.1,\"s_per_step\":1.0,\"terms\":{}}\n\
+             {\"event\":\"checkpoint\",\"iter\":2,\"s_per_step\":100.0}\n\
+             {\"event\":\"iteration\",\"iter\":3,\"s_per_step\":2.0}\n",
+        )
+        .unwrap();
+        let (median, minutes) = step_times(&log);
+        assert_eq!(median, Some(2.0));
+        assert_eq!(minutes, Some(0.1));
+        assert_eq!(step_times(&dir.join("none.jsonl")), (None, None));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
