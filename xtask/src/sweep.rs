@@ -203,13 +203,13 @@ pub fn run(args: &[String]) -> Result<()> {
             "s_per_step_median",
             "train_minutes",
         ]
-            .iter()
-            .map(|k| {
-                let (m, sd) = mean_std(&col(k));
-                (k.to_string(), json!({ "mean": m, "std": sd }))
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+        .iter()
+        .map(|k| {
+            let (m, sd) = mean_std(&col(k));
+            (k.to_string(), json!({ "mean": m, "std": sd }))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
         rows.push(json!({ "variant": v.label, "sets": common.iter().chain(&v.sets).collect::<Vec<_>>(), "seeds": per_seed, "summary": stats }));
     }
     let paired_both = paired(&rows, "summary.json")?;
