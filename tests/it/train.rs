@@ -550,18 +550,25 @@ fn nnunet_folder(dir: &Path) {
     }
 }
 
+/// [`nnunet_folder`] at `root` and a two-iteration config reading it: one labeled case, one test
+/// case, the rest unlabeled.
+fn nnunet_config(root: &Path) -> TrainConfig {
+    nnunet_folder(root);
+    let mut cfg = tiny_config(2, false);
+    cfg.data.synthetic = None;
+    cfg.data.root = Some(root.to_path_buf());
+    cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
+    cfg
+}
+
 /// `data.crop_to_label`: cases with a label (the unlabeled training cases too, before their label
 /// is hidden) are cut to the label's box plus the margin; cases without a label stay whole; the
 /// run trains, evaluates, and writes its predictions in the whole volume's geometry.
 #[test]
 fn a_label_crop_trains_on_the_box_and_predicts_in_the_whole_volume() {
     let root = tmp("crop-data");
-    nnunet_folder(&root);
-    let mut cfg = tiny_config(2, false);
-    cfg.data.synthetic = None;
-    cfg.data.root = Some(root.clone());
-    cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
-    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
+    let mut cfg = nnunet_config(&root);
     cfg.data.crop_to_label = Some(duoseg_io::LabelCrop {
         margin: [Some(1), Some(1), None],
         min_size: [16, 16, 16],
@@ -597,12 +604,7 @@ fn a_label_crop_trains_on_the_box_and_predicts_in_the_whole_volume() {
 #[test]
 fn images_without_labels_train_as_unlabeled_and_the_run_records_the_roles() {
     let root = tmp("nnunet-data");
-    nnunet_folder(&root);
-    let mut cfg = tiny_config(2, false);
-    cfg.data.synthetic = None;
-    cfg.data.root = Some(root.clone());
-    cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
-    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
+    let mut cfg = nnunet_config(&root);
     cfg.validate().unwrap();
     let data = data::load(&cfg.data, None).unwrap();
     let roles = data.roles();
@@ -648,7 +650,7 @@ fn images_without_labels_train_as_unlabeled_and_the_run_records_the_roles() {
 #[test]
 fn bad_label_values_stop_the_run_before_training_and_inspect_lists_them() {
     let root = tmp("bad-labels");
-    nnunet_folder(&root);
+    let cfg = nnunet_config(&root);
     // c1's label gets a value 2: outside dataset.json's labels and >= n_classes 2
     let p = root.join("labelsTr/c1.nii.gz");
     let image = duoseg_io::read_volume(root.join("imagesTr/c1_0000.nii.gz")).unwrap();
@@ -656,11 +658,6 @@ fn bad_label_values_stop_the_run_before_training_and_inspect_lists_them() {
     label[0] = 2;
     duoseg_io::write_labels(&p, image.shape, &label, &image).unwrap();
 
-    let mut cfg = tiny_config(2, false);
-    cfg.data.synthetic = None;
-    cfg.data.root = Some(root.clone());
-    cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
-    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
     let dir = tmp("bad-labels-run");
     let err = duoseg_train::run_training(&cfg, None, opts(&dir, false, false, &mut Silent))
         .unwrap_err()

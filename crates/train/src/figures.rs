@@ -521,6 +521,14 @@ impl AxialView {
     }
 }
 
+/// The affine of a volume without geometry: voxel axes taken as R, A, S.
+const IDENTITY: [[f64; 4]; 4] = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+    [0.0, 0.0, 0.0, 1.0],
+];
+
 /// The colour of class `l` in overlays and keys.
 fn class_color(l: u8) -> RGBColor {
     match l {
@@ -558,13 +566,7 @@ pub fn overlay_slices(
             ),
         ));
     }
-    let identity = [
-        [1.0, 0.0, 0.0, 0.0],
-        [0.0, 1.0, 0.0, 0.0],
-        [0.0, 0.0, 1.0, 0.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ];
-    let view = AxialView::from_affine(affine.unwrap_or(&identity));
+    let view = AxialView::from_affine(affine.unwrap_or(&IDENTITY));
     let index = |v: [usize; 3]| (v[0] * shape[1] + v[1]) * shape[2] + v[2];
     let (n_rows, n_cols) = (shape[view.rows.0], shape[view.cols.0]);
     let voxel = |s: usize, r: usize, c: usize| {
@@ -811,13 +813,9 @@ mod tests {
     /// rows; an LPS-like affine (x and y negated, as a DICOM-derived file without flip) runs forward.
     #[test]
     fn axial_view_follows_the_affine() {
-        let mut a = [[0.0; 4]; 4];
-        a[0][0] = 1.0;
-        a[1][1] = 1.0;
-        a[2][2] = 1.0;
-        let v = AxialView::from_affine(&a);
+        let v = AxialView::from_affine(&IDENTITY);
         assert_eq!((v.slice, v.cols, v.rows), (2, (0, true), (1, true)));
-        let mut lps = a;
+        let mut lps = IDENTITY;
         lps[0][0] = -0.7;
         lps[1][1] = -0.7;
         let v = AxialView::from_affine(&lps);
@@ -841,10 +839,8 @@ mod tests {
         let img: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
         // class 1 where x >= 15 (the patient's right in RAS+)
         let gt: Vec<u8> = (0..n).map(|i| u8::from(i / (16 * 6) >= 15)).collect();
-        let mut a = [[0.0; 4]; 4];
-        (0..4).for_each(|i| a[i][i] = 1.0);
         let p = dir.join("case.png");
-        overlay_slices(&img, &gt, &gt, shape, Some(&a), "case", &p).unwrap();
+        overlay_slices(&img, &gt, &gt, shape, Some(&IDENTITY), "case", &p).unwrap();
         let (w, h, px) = decode(&p);
         let scale = (320 / 20usize).clamp(1, 8);
         let (gap, top) = (36usize, 72usize);
