@@ -288,6 +288,51 @@ fn resume_reproduces_the_run_with_ema_teachers() {
     resume_matches(&cfg, "ema");
 }
 
+#[test]
+fn copy_paste_and_per_class_reliability_train_reproducibly_and_change_the_run() {
+    // the pasted cuboids come from the iteration's own stream: resuming reproduces them
+    let mut cfg = tiny_config(4, true);
+    cfg.copy_paste = Some(0.5);
+    cfg.loss = serde_json::from_value(serde_json::json!({ "reliability": "per_class" })).unwrap();
+    cfg.diagnose_every = 1;
+    resume_matches(&cfg, "paste");
+    // and they change what is learned
+    let data: TrainData = data::load(&cfg.data, None).unwrap();
+    let (a, b) = (tmp("paste-on"), tmp("paste-off"));
+    duoseg_train::train(&cfg, &data, opts(&a, false, false, &mut Silent)).unwrap();
+    let mut plain = cfg.clone();
+    plain.copy_paste = None;
+    duoseg_train::train(&plain, &data, opts(&b, false, false, &mut Silent)).unwrap();
+    let (la, lb) = (
+        read_log(&a.join("log.jsonl")).unwrap(),
+        read_log(&b.join("log.jsonl")).unwrap(),
+    );
+    assert_ne!(la[0].terms["unsup"], lb[0].terms["unsup"]);
+    // pasted voxels are reliable, so more are reliable than without pasting
+    let (ra, rb) = (la[0].terms["reliable_fraction"], lb[0].terms["reliable_fraction"]);
+    assert!(ra >= rb, "reliable {ra} with pasting, {rb} without");
+    assert!(la
+        .iter()
+        .all(|r| r.terms.contains_key("pl_reliable_fraction")));
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+    // a comparison method does not read it; shares outside (0, 1] are refused
+    let mut mt = tiny_config(4, true);
+    mt.method = duoseg_train::config::Method::MeanTeacher;
+    mt.copy_paste = Some(0.5);
+    assert!(mt
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("copy_paste"));
+    for bad in [0.0, 1.5, f64::NAN] {
+        let mut c = tiny_config(4, true);
+        c.copy_paste = Some(bad);
+        assert!(c.validate().is_err(), "copy_paste {bad} accepted");
+    }
+}
+
 /// The pseudo-label diagnosis scores the unlabeled crops against their hidden labels on its
 /// iterations only, and changes nothing the run learns: the same weights, the same loss terms.
 #[test]

@@ -30,6 +30,18 @@ pub enum StudentRule {
     Both,
 }
 
+/// How the `alpha_t` unreliable voxels are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reliability {
+    /// The `alpha_t` share of highest teacher entropy over all unlabeled voxels (the paper). Default.
+    #[default]
+    Global,
+    /// The `alpha_t` share of highest entropy within each pseudo-label class
+    /// ([`crate::select_reliable_per_class`]).
+    PerClass,
+}
+
 /// Every option of the per-iteration loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,6 +57,8 @@ pub struct LossConfig {
     /// Floor of `alpha_t`: `max(alpha_floor, alpha_t)` (0, SPEC's schedule, by default). With a floor the most
     /// uncertain voxels (the organ boundary) stay out of `L_u` late in training, when `lambda_u` is largest.
     pub alpha_floor: f64,
+    /// How the unreliable voxels are chosen: over all voxels (paper) or within each class.
+    pub reliability: Reliability,
     /// Threshold T of `M_diff`.
     pub threshold: ThresholdRule,
     /// What `L_reg` is divided by.
@@ -74,6 +88,7 @@ impl Default for LossConfig {
             student: StudentRule::Other,
             alpha0: 0.2,
             alpha_floor: 0.0,
+            reliability: Reliability::Global,
             threshold: ThresholdRule::default(),
             reg_normalize: RegNormalization::default(),
             contrastive: ContrastiveConfig::default(),

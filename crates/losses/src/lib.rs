@@ -23,7 +23,7 @@ pub use baselines::{
     softmax_squared_difference, uncertainty_masked_consistency, uncertainty_threshold,
     ConsistencyRamp, DtcTerms, McNetTerms, McfTerms, SassnetTerms,
 };
-pub use config::{LossConfig, Preset, StudentRule};
+pub use config::{LossConfig, Preset, Reliability, StudentRule};
 pub use consistency::{
     consistency_l1, consistency_l1_normalized, disagreement_mask, mean_confidence,
     DynamicThreshold, RegNormalization, ThresholdRule,
@@ -31,10 +31,10 @@ pub use consistency::{
 pub use contrastive::{
     l2_normalize, prototype_contrastive, ContrastiveConfig, ContrastiveTerms, PullNormalization,
 };
-pub use objective::{IterationInput, LossTerms, NetOutputs, Objective};
+pub use objective::{IterationInput, LossTerms, NetOutputs, Objective, PastedLabels};
 pub use reliability::{
     alpha_schedule, choose_teacher, entropy, pseudo_labels, reliable_threshold_by_bisection,
-    select_reliable, Net, Teacher, TeacherRule, ENTROPY_EPS,
+    select_reliable, select_reliable_per_class, Net, Teacher, TeacherRule, ENTROPY_EPS,
 };
 pub use schedule::{LambdaSchedule, ScheduleShape};
 pub use supervised::{

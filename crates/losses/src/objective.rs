@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 
 use candle_core::{bail, DType, Result, Tensor};
 
-use crate::config::{LossConfig, Preset, StudentRule};
+use crate::config::{LossConfig, Preset, Reliability, StudentRule};
 use crate::consistency::{
     consistency_l1_normalized, disagreement_mask, mean_confidence, DynamicThreshold,
 };
 use crate::contrastive::{prototype_contrastive, ContrastiveTerms};
 use crate::reduce;
 use crate::reliability::{
-    alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable, Net, Teacher,
+    alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable,
+    select_reliable_per_class, Net, Teacher,
 };
 use crate::supervised::{cross_entropy, dice_loss, supervised_loss, SupervisedTerms};
 
@@ -50,6 +51,18 @@ pub struct IterationInput<'a> {
     /// Teacher's damping of confirmation bias, SPEC section 6). `None`: the live nets teach (SPEC section 2).
     /// Used by `Preset::Paper` only.
     pub teacher_logits: Option<[&'a Tensor; 2]>,
+    /// Ground truth pasted into the unlabeled items (copy-paste, as BCP does), when the trainer pastes:
+    /// there the target is that truth, always reliable. `None`: the unlabeled items are untouched.
+    pub pasted: Option<PastedLabels<'a>>,
+}
+
+/// Where the unlabeled items hold pasted labeled voxels, and those voxels' labels.
+#[derive(Debug, Clone, Copy)]
+pub struct PastedLabels<'a> {
+    /// Labels `[N_u, D, H, W]` (integer dtype), read where `mask` is 1.
+    pub labels: &'a Tensor,
+    /// 1 where the voxel was pasted from a labeled item, else 0 `[N_u, D, H, W]` (f32).
+    pub mask: &'a Tensor,
 }
 
 /// Every term of one iteration. Tensors are scalars; `total` is the one to back-propagate.
@@ -268,7 +281,11 @@ impl Objective {
         let targets = if reference {
             reference_targets(&a, &b)?
         } else {
-            paper_targets(input, teacher, &a, &b, cfg.alpha0, cfg.alpha_floor)?
+            paper_targets(input, teacher, &a, &b, &cfg, self.n_classes)?
+        };
+        let targets = match input.pasted {
+            Some(p) => targets.with_pasted(p)?,
+            None => targets,
         };
         let n_reliable = count(&targets.reliable)?;
         let n_unreliable = targets.reliable.elem_count() - n_reliable;
@@ -347,6 +364,30 @@ struct Targets {
     alpha: f64,
 }
 
+impl Targets {
+    /// The pasted truth replaces the pseudo-labels under the paste mask, and is reliable there.
+    fn with_pasted(self, pasted: PastedLabels) -> Result<Targets> {
+        let (labels, mask) = (pasted.labels, pasted.mask);
+        if labels.dims() != self.yhat.dims() || mask.dims() != self.yhat.dims() {
+            bail!(
+                "pasted labels {:?} and mask {:?} must match the unlabeled half {:?}",
+                labels.dims(),
+                mask.dims(),
+                self.yhat.dims()
+            );
+        }
+        let mask = mask.to_dtype(DType::F32)?;
+        let labels = labels.to_dtype(self.yhat.dtype())?;
+        let yhat = mask.gt(0.5)?.where_cond(&labels, &self.yhat)?;
+        let reliable = self.reliable.maximum(&mask)?;
+        Ok(Targets {
+            yhat,
+            reliable,
+            alpha: self.alpha,
+        })
+    }
+}
+
 /// The paper's targets: the teacher's (or its EMA copy's) argmax, the `alpha_t` most uncertain voxels
 /// unreliable.
 fn paper_targets(
@@ -354,8 +395,8 @@ fn paper_targets(
     teacher: Teacher,
     a: &Halves,
     b: &Halves,
-    alpha0: f64,
-    alpha_floor: f64,
+    cfg: &LossConfig,
+    n_classes: usize,
 ) -> Result<Targets> {
     let (t, t_max) = (input.iteration, input.total_iterations);
     let probs_t = match input.teacher_logits {
@@ -375,8 +416,12 @@ fn paper_targets(
         }
     };
     let yhat = pseudo_labels(&probs_t)?;
-    let alpha = alpha_schedule(alpha0, t, t_max).max(alpha_floor);
-    let reliable = select_reliable(&entropy(&probs_t)?, alpha)?;
+    let alpha = alpha_schedule(cfg.alpha0, t, t_max).max(cfg.alpha_floor);
+    let h = entropy(&probs_t)?;
+    let reliable = match cfg.reliability {
+        Reliability::Global => select_reliable(&h, alpha)?,
+        Reliability::PerClass => select_reliable_per_class(&h, &yhat, n_classes, alpha)?,
+    };
     Ok(Targets {
         yhat,
         reliable,

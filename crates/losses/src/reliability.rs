@@ -43,9 +43,55 @@ pub fn select_reliable(entropy: &Tensor, alpha: f64) -> Result<Tensor> {
     if !alpha.is_finite() || alpha < 0.0 {
         bail!("alpha must be finite and >= 0, got {alpha}");
     }
+    let n = entropy.elem_count();
+    select_unreliable_count(entropy, ((alpha * n as f64).floor() as usize).min(n))
+}
+
+/// Class-balanced reliable-voxel mask (f32 0/1, detached): within each pseudo-label class `c` of
+/// `yhat` (u32, the shape of `entropy`), the `floor(alpha * n_c)` voxels of highest entropy are
+/// unreliable, with [`select_reliable`]'s tie guard. The global rule lets the rare foreground classes,
+/// whose voxels are the uncertain ones, fall out of the reliable set almost entirely; this keeps each
+/// class's reliable share equal to its pseudo-label share.
+pub fn select_reliable_per_class(
+    entropy: &Tensor,
+    yhat: &Tensor,
+    n_classes: usize,
+    alpha: f64,
+) -> Result<Tensor> {
+    if !alpha.is_finite() || alpha < 0.0 {
+        bail!("alpha must be finite and >= 0, got {alpha}");
+    }
+    if yhat.dims() != entropy.dims() {
+        bail!(
+            "pseudo-labels {:?} must match the entropy {:?}",
+            yhat.dims(),
+            entropy.dims()
+        );
+    }
+    let entropy = entropy.detach();
+    let yhat = yhat.to_dtype(DType::U32)?;
+    let mut reliable = Tensor::ones(entropy.shape(), DType::F32, entropy.device())?;
+    for c in 0..n_classes {
+        let in_class = yhat.eq(c as u32)?;
+        let n_c = reduce::sum_all(&in_class.to_dtype(DType::U32)?)?.to_scalar::<u32>()? as usize;
+        let n_unreliable = ((alpha * n_c as f64).floor() as usize).min(n_c);
+        if n_unreliable == 0 {
+            continue;
+        }
+        // other classes' voxels below every entropy (which is >= 0): always reliable in this pass
+        let below =
+            Tensor::full(-1f32, entropy.shape(), entropy.device())?.to_dtype(entropy.dtype())?;
+        let masked = in_class.where_cond(&entropy, &below)?;
+        reliable = reliable.minimum(&select_unreliable_count(&masked, n_unreliable)?)?;
+    }
+    Ok(reliable)
+}
+
+/// [`select_reliable`] with the number of unreliable voxels given.
+fn select_unreliable_count(entropy: &Tensor, n_unreliable: usize) -> Result<Tensor> {
     let entropy = entropy.detach();
     let n = entropy.elem_count();
-    let n_unreliable = ((alpha * n as f64).floor() as usize).min(n);
+    let n_unreliable = n_unreliable.min(n);
     let ones = Tensor::ones(entropy.shape(), DType::F32, entropy.device())?;
     if n_unreliable == 0 {
         return check_finite(&entropy).and(Ok(ones));

@@ -184,6 +184,7 @@ fn main() -> Res<()> {
             total_iterations: 6000,
             seed: step as u64,
             teacher_logits: None,
+            pasted: None,
         };
         let terms = objective.assemble(&input)?;
         let t_loss = now(&t0)?;

@@ -593,6 +593,12 @@ pub struct TrainConfig {
     /// Mean Teacher's remedy for confirmation bias, a SPEC section 6 candidate.
     #[serde(default)]
     pub ema_teacher: Option<f64>,
+    /// Copy-paste of labeled into unlabeled crops (as BCP does), duoseg methods only: each unlabeled
+    /// crop gets a cuboid cut from a labeled crop of the batch, this fraction of the crop along every
+    /// axis, at a random place; under it the pasted labels are the targets (always reliable), elsewhere
+    /// the pseudo-labels. `null` (default): no pasting.
+    #[serde(default)]
+    pub copy_paste: Option<f64>,
     /// Options of the comparison methods (`mean_teacher`, `ua_mt`, `mcf`); written only when changed.
     #[serde(default, skip_serializing_if = "BaselineConfig::is_default")]
     pub baseline: BaselineConfig,
@@ -740,6 +746,19 @@ impl TrainConfig {
                 "eval.nets = \"b\": {} trains the V-Net (subnet A) only",
                 self.method.name()
             ));
+        }
+        if let Some(f) = self.copy_paste {
+            if self.method.is_baseline() || self.method == Method::Supervised {
+                return bad(format!(
+                    "copy_paste is an option of the duoseg method; {} does not read it (unset it with --set copy_paste=null)",
+                    self.method.name()
+                ));
+            }
+            if !(f > 0.0 && f <= 1.0) {
+                return bad(format!(
+                    "copy_paste {f}: the pasted cuboid's share of each axis must lie in (0, 1]"
+                ));
+            }
         }
         if let Some(m) = self.ema_teacher {
             if !(0.0..1.0).contains(&m) {

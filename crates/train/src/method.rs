@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use duoseg_losses::{
     dtc_loss, ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, supervised_loss,
     uncertainty_masked_consistency, uncertainty_threshold, ConsistencyRamp, IterationInput,
-    NetOutputs, Objective,
+    NetOutputs, Objective, PastedLabels,
 };
 use duoseg_models::SegNet;
 
@@ -30,6 +30,8 @@ const LOSS_STREAM: u64 = 2;
 /// `k` of UA-MT's Monte-Carlo passes draws from `NOISE_STREAM + 1 + k`, its dropout from
 /// `MC_DROPOUT + k`.
 const NOISE_STREAM: u64 = 100;
+/// The per-iteration stream of the copy-paste cuboids.
+const PASTE_STREAM: u64 = 400;
 const MC_DROPOUT: u64 = 200;
 
 /// One iteration's batch on the device.
@@ -145,6 +147,7 @@ pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn Training
             Box::new(DualStream {
                 objective: Objective::new(loss, cfg.model.n_classes)?,
                 unlabeled_per_batch: cfg.batch.unlabeled,
+                copy_paste: cfg.copy_paste,
                 teachers: match cfg.ema_teacher {
                     // the smoothed teachers start as exact copies (same seed, same initialisation)
                     Some(momentum) => Some(EmaTeachers {
@@ -226,6 +229,8 @@ struct EmaTeachers {
 pub struct DualStream {
     objective: Objective,
     unlabeled_per_batch: usize,
+    /// The pasted cuboid's share of each axis (`copy_paste`), when pasting.
+    copy_paste: Option<f64>,
     teachers: Option<EmaTeachers>,
 }
 
@@ -235,6 +240,21 @@ impl TrainingMethod for DualStream {
     }
 
     fn loss(&mut self, students: &Nets, batch: &StepBatch) -> Result<StepLoss> {
+        let paste = match self.copy_paste {
+            Some(share) if batch.n_unlabeled > 0 => Some(CopyPaste::draw(batch, share)?),
+            _ => None,
+        };
+        let pasted_batch;
+        let batch = match &paste {
+            Some(p) => {
+                pasted_batch = StepBatch {
+                    images: &p.images,
+                    ..*batch
+                };
+                &pasted_batch
+            }
+            None => batch,
+        };
         let [(la, fa), (lb, fb)] = forward_students(students, batch)?;
         let teacher_logits = match &self.teachers {
             Some(teachers) => {
@@ -265,6 +285,10 @@ impl TrainingMethod for DualStream {
             total_iterations: batch.total_iterations,
             seed: mix(batch.seed, batch.iteration as u64, LOSS_STREAM),
             teacher_logits: teacher_logits.as_ref().map(|(a, b)| [a, b]),
+            pasted: paste.as_ref().map(|p| PastedLabels {
+                labels: &p.labels,
+                mask: &p.mask,
+            }),
         };
         let lt = self.objective.assemble(&input)?;
         let mut terms: BTreeMap<String, f64> = lt
@@ -278,7 +302,8 @@ impl TrainingMethod for DualStream {
             lt.n_reliable as f64 / n_u as f64,
         );
         if let Some(truth) = batch.hidden_labels {
-            terms.extend(diagnose(&lt, truth, self.objective.n_classes())?);
+            let keep = paste.as_ref().map(|p| p.unpasted.as_slice());
+            terms.extend(diagnose(&lt, truth, keep, self.objective.n_classes())?);
             terms.insert(
                 "pl_disagree_fraction".into(),
                 lt.n_disagree as f64 / n_u as f64,
@@ -325,10 +350,12 @@ impl TrainingMethod for DualStream {
 }
 
 /// The `pl_*` terms: the iteration's pseudo-labels and reliable mask scored against the unlabeled
-/// crops' hidden labels `truth`.
+/// crops' hidden labels `truth`, on the voxels where `keep` is true (all when `None`; pasted
+/// voxels are left out, their targets being the pasted truth).
 fn diagnose(
     lt: &duoseg_losses::LossTerms,
     truth: &[u8],
+    keep: Option<&[bool]>,
     n_classes: usize,
 ) -> Result<BTreeMap<String, f64>> {
     let pseudo = lt.pseudo_labels.flatten_all()?.to_vec1::<u32>()?;
@@ -340,9 +367,90 @@ fn diagnose(
         .into_iter()
         .map(|r| r > 0.5)
         .collect();
-    let q = crate::diagnosis::pseudo_label_quality(&pseudo, &reliable, truth, n_classes)
-        .map_err(|e| TrainError::Dataset(format!("pseudo-label diagnosis: {e}")))?;
+    let q = match keep {
+        None => crate::diagnosis::pseudo_label_quality(&pseudo, &reliable, truth, n_classes),
+        Some(keep) => {
+            let kept = |n: usize| (0..n).filter(|&i| keep.get(i) == Some(&true));
+            let pseudo: Vec<u32> = kept(pseudo.len()).map(|i| pseudo[i]).collect();
+            let reliable: Vec<bool> = kept(reliable.len()).map(|i| reliable[i]).collect();
+            let truth: Vec<u8> = kept(truth.len()).map(|i| truth[i]).collect();
+            crate::diagnosis::pseudo_label_quality(&pseudo, &reliable, &truth, n_classes)
+        }
+    }
+    .map_err(|e| TrainError::Dataset(format!("pseudo-label diagnosis: {e}")))?;
     Ok(q.terms())
+}
+
+/// One iteration's copy-paste (as BCP does): into each unlabeled crop, a cuboid of a labeled crop of
+/// the same batch, `share` of the crop along every axis, at a place drawn from the iteration's stream.
+struct CopyPaste {
+    /// The batch's images with the unlabeled crops pasted `[N_l + N_u, 1, D, H, W]`.
+    images: Tensor,
+    /// The pasted voxels' labels, read under `mask` `[N_u, D, H, W]` (u32).
+    labels: Tensor,
+    /// 1 where pasted `[N_u, D, H, W]` (f32).
+    mask: Tensor,
+    /// The complement of `mask` on the host, in the order of `[N_u, D, H, W]`.
+    unpasted: Vec<bool>,
+}
+
+impl CopyPaste {
+    fn draw(batch: &StepBatch, share: f64) -> Result<CopyPaste> {
+        use rand::{Rng as _, SeedableRng};
+        let (n_l, n_u) = (batch.n_labeled, batch.n_unlabeled);
+        let &[n, _, d, h, w] = batch.images.dims() else {
+            return Err(TrainError::Tensor(candle_core::Error::Msg(format!(
+                "copy-paste needs images [N, 1, D, H, W], got {:?}",
+                batch.images.dims()
+            ))));
+        };
+        if n_l == 0 || n != n_l + n_u {
+            return Err(TrainError::Tensor(candle_core::Error::Msg(format!(
+                "copy-paste needs labeled crops and {} = {n_l} + {n_u} images, got {n}",
+                n_l + n_u
+            ))));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(
+            batch.seed,
+            batch.iteration as u64,
+            PASTE_STREAM,
+        ));
+        let dims = [d, h, w];
+        let voxels = d * h * w;
+        let mut sources = Vec::with_capacity(n_u);
+        let mut unpasted = vec![true; n_u * voxels];
+        for item in unpasted.chunks_mut(voxels) {
+            sources.push(rng.random_range(0..n_l) as u32);
+            let mut lo = [0usize; 3];
+            let mut hi = [0usize; 3];
+            for a in 0..3 {
+                let size = ((share * dims[a] as f64).round() as usize).clamp(1, dims[a]);
+                lo[a] = rng.random_range(0..=dims[a] - size);
+                hi[a] = lo[a] + size;
+            }
+            for z in lo[0]..hi[0] {
+                for y in lo[1]..hi[1] {
+                    let row = (z * h + y) * w;
+                    item[row + lo[2]..row + hi[2]].fill(false);
+                }
+            }
+        }
+        let device = batch.images.device();
+        let mask_host: Vec<u8> = unpasted.iter().map(|&keep| u8::from(!keep)).collect();
+        let mask_u8 = Tensor::from_vec(mask_host, (n_u, d, h, w), device)?;
+        let sources = Tensor::from_vec(sources, n_u, device)?;
+        let labeled = batch.images.narrow(0, 0, n_l)?;
+        let unlabeled = batch.images.narrow(0, n_l, n_u)?;
+        let pasted = mask_u8
+            .unsqueeze(1)?
+            .where_cond(&labeled.index_select(&sources, 0)?, &unlabeled)?;
+        Ok(CopyPaste {
+            images: Tensor::cat(&[&labeled, &pasted], 0)?,
+            labels: batch.labels.index_select(&sources, 0)?,
+            mask: mask_u8.to_dtype(batch.images.dtype())?,
+            unpasted,
+        })
+    }
 }
 
 /// `x + clamp(n, -clip, clip)` with `n ~ N(0, std^2)` drawn from `seed` (on the host, then moved to
@@ -799,4 +907,94 @@ fn level_set_head<'a>(students: &'a Nets, method: &str) -> Result<&'a duoseg_mod
             "{method} needs the V-Net's level-set head"
         )))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2 labeled + 2 unlabeled crops of 4 x 6 x 5 with distinct values; labels 0..3.
+    fn batch_parts() -> (Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let n = 4 * 4 * 6 * 5;
+        let images = Tensor::from_vec(
+            (0..n).map(|i| i as f32).collect::<Vec<_>>(),
+            (4, 1, 4, 6, 5),
+            &dev,
+        )
+        .unwrap();
+        let labels = Tensor::from_vec(
+            (0..n / 2).map(|i| (i % 3) as u32).collect::<Vec<_>>(),
+            (2, 4, 6, 5),
+            &dev,
+        )
+        .unwrap();
+        (images, labels)
+    }
+
+    #[test]
+    fn copy_paste_puts_a_labeled_cuboid_into_each_unlabeled_crop() {
+        let (images, labels) = batch_parts();
+        let batch = StepBatch {
+            images: &images,
+            labels: &labels,
+            n_labeled: 2,
+            n_unlabeled: 2,
+            iteration: 7,
+            total_iterations: 10,
+            seed: 5,
+            hidden_labels: None,
+        };
+        let p = CopyPaste::draw(&batch, 0.5).unwrap();
+        let x = images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = labels.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        let out = p.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pl = p.labels.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        let mask = p.mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = 4 * 6 * 5;
+        // the labeled crops are untouched
+        assert_eq!(out[..2 * v], x[..2 * v]);
+        for u in 0..2 {
+            // the source crop is the one whose values appear under the mask
+            let pasted: Vec<usize> = (0..v).filter(|&i| mask[u * v + i] == 1.0).collect();
+            // a cuboid of round(0.5 * dims) = 2 x 3 x 3 (2.5 rounds away from zero)
+            assert_eq!(pasted.len(), 2 * 3 * 3, "crop {u}");
+            assert_eq!(
+                pasted
+                    .iter()
+                    .map(|&i| i / 30)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                2
+            );
+            let src = (out[2 * v + u * v + pasted[0]] as usize - pasted[0]) / v;
+            assert!(src < 2);
+            for i in 0..v {
+                let under = mask[u * v + i] == 1.0;
+                assert_eq!(p.unpasted[u * v + i], !under);
+                let expected = if under {
+                    x[src * v + i]
+                } else {
+                    x[(2 + u) * v + i]
+                };
+                assert_eq!(out[(2 + u) * v + i], expected, "crop {u} voxel {i}");
+                assert_eq!(pl[u * v + i], y[src * v + i]);
+            }
+        }
+        // the same seed and iteration give the same paste; another iteration another one
+        let again = CopyPaste::draw(&batch, 0.5).unwrap();
+        assert_eq!(again.unpasted, p.unpasted);
+        let other = CopyPaste::draw(
+            &StepBatch {
+                iteration: 8,
+                ..batch
+            },
+            0.5,
+        )
+        .unwrap();
+        assert_ne!(other.unpasted, p.unpasted);
+        // share 1 pastes the whole crop
+        let all = CopyPaste::draw(&batch, 1.0).unwrap();
+        assert!(all.unpasted.iter().all(|&k| !k));
+    }
 }

@@ -273,6 +273,7 @@ fn assemble_with(cfg: LossConfig, logits_a: &Tensor, logits_b: &Tensor, y: &Tens
         total_iterations: 100,
         seed: 0,
         teacher_logits: None,
+        pasted: None,
     };
     let terms = obj.assemble(&input).unwrap();
     for (k, v) in terms.scalars().unwrap() {
@@ -355,6 +356,7 @@ fn assemble_rejects_bad_shapes() {
         total_iterations: 10,
         seed: 0,
         teacher_logits: None,
+        pasted: None,
     };
     assert!(obj
         .assemble(&input)
@@ -423,6 +425,7 @@ fn alpha_floor_keeps_the_most_uncertain_voxels_out_late_in_training() {
             total_iterations: 100,
             seed: 0,
             teacher_logits: None,
+            pasted: None,
         })
         .unwrap()
     };
@@ -467,6 +470,7 @@ fn two_nets<'a>(
         total_iterations: 100,
         seed,
         teacher_logits,
+        pasted: None,
     }
 }
 
@@ -559,4 +563,126 @@ fn ensemble_teacher_labels_from_the_mean_and_teaches_both_nets() {
         let norm = scalar(&g.sqr().unwrap().sum_all().unwrap());
         assert!(norm > 0.0);
     }
+}
+
+#[test]
+fn pasted_truth_replaces_the_pseudo_labels_under_its_mask_and_is_reliable() {
+    let y = rand_labels(&[1, 4, 4, 4], 3, 90).unwrap();
+    let la = candle_core::Var::from_tensor(&rand_f64(&[2, 3, 4, 4, 4], 2.0, 91).unwrap()).unwrap();
+    let lb = candle_core::Var::from_tensor(&rand_f64(&[2, 3, 4, 4, 4], 2.0, 92).unwrap()).unwrap();
+    let f = candle_core::Var::from_tensor(&rand_f64(&[2, 4, 4, 4, 4], 1.0, 93).unwrap()).unwrap();
+    let pasted_labels = rand_labels(&[1, 4, 4, 4], 3, 94).unwrap();
+    // a 2x2x2 cube pasted at (1, 0, 2)
+    let mask: Vec<f32> = (0..64)
+        .map(|i| {
+            let (d, h, w) = (i / 16, (i / 4) % 4, i % 4);
+            f32::from((1..3).contains(&d) && h < 2 && w >= 2)
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (1, 4, 4, 4), &candle_core::Device::Cpu).unwrap();
+    let run = |pasted: Option<PastedLabels>| -> LossTerms {
+        let mut obj = Objective::new(LossConfig::default(), 3).unwrap();
+        let mut input = two_nets([&la, &lb], &f, &y, 30, 5, None);
+        input.pasted = pasted;
+        obj.assemble(&input).unwrap()
+    };
+    let plain = run(None);
+    let pasted = run(Some(PastedLabels {
+        labels: &pasted_labels,
+        mask: &mask,
+    }));
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let flat_f = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (m, truth) = (
+        flat_f(&mask),
+        flat(&pasted_labels.to_dtype(DType::U32).unwrap()),
+    );
+    let (y0, y1) = (flat(&plain.pseudo_labels), flat(&pasted.pseudo_labels));
+    let (r0, r1) = (flat_f(&plain.reliable), flat_f(&pasted.reliable));
+    for i in 0..64 {
+        if m[i] > 0.5 {
+            assert_eq!((y1[i], r1[i]), (truth[i], 1.0), "voxel {i} under the paste");
+        } else {
+            assert_eq!(
+                (y1[i], r1[i]),
+                (y0[i], r0[i]),
+                "voxel {i} outside the paste"
+            );
+        }
+    }
+    assert_eq!(
+        pasted.n_reliable,
+        r1.iter().filter(|&&r| r > 0.5).count(),
+        "the reliable count includes the pasted voxels"
+    );
+    // a mask of the wrong shape is refused
+    let wrong = Tensor::zeros((1, 4, 4, 3), DType::F32, &candle_core::Device::Cpu).unwrap();
+    let mut obj = Objective::new(LossConfig::default(), 3).unwrap();
+    let mut input = two_nets([&la, &lb], &f, &y, 30, 5, None);
+    input.pasted = Some(PastedLabels {
+        labels: &pasted_labels,
+        mask: &wrong,
+    });
+    assert!(obj.assemble(&input).is_err());
+}
+
+#[test]
+fn per_class_reliability_drops_the_most_uncertain_share_of_each_class() {
+    let dev = Device::Cpu;
+    // 3 classes of 40, 10 and 7 voxels with distinct entropies (and one tie inside class 1)
+    let n = 57;
+    let yhat: Vec<u32> = (0..n)
+        .map(|i| {
+            if i < 40 {
+                0
+            } else if i < 50 {
+                1
+            } else {
+                2
+            }
+        })
+        .collect();
+    let mut h: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 50.0).collect();
+    h[45] = h[44];
+    let alpha = 0.25;
+    let mask = select_reliable_per_class(
+        &Tensor::from_vec(h.clone(), n, &dev).unwrap(),
+        &Tensor::from_vec(yhat.clone(), n, &dev).unwrap(),
+        3,
+        alpha,
+    )
+    .unwrap()
+    .to_vec1::<f32>()
+    .unwrap();
+    // by hand: per class, sort the entropies; the reliable threshold is the n_reliable-th smallest
+    for c in 0..3u32 {
+        let idx: Vec<usize> = (0..n).filter(|&i| yhat[i] == c).collect();
+        let mut vals: Vec<f32> = idx.iter().map(|&i| h[i]).collect();
+        vals.sort_by(f32::total_cmp);
+        let n_unreliable = (alpha * idx.len() as f64).floor() as usize;
+        let threshold = vals[idx.len() - n_unreliable - 1];
+        for &i in &idx {
+            assert_eq!(mask[i], f32::from(h[i] <= threshold), "class {c} voxel {i}");
+        }
+        let dropped = idx.iter().filter(|&&i| mask[i] == 0.0).count();
+        assert!(
+            dropped <= n_unreliable,
+            "class {c}: {dropped} > {n_unreliable}"
+        );
+    }
+    // one class everywhere: the same mask as the global rule
+    let one = Tensor::zeros(n, DType::U32, &dev).unwrap();
+    let ht = Tensor::from_vec(h, n, &dev).unwrap();
+    assert_eq!(
+        select_reliable_per_class(&ht, &one, 3, alpha)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        select_reliable(&ht, alpha)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    );
+    // shapes must agree
+    assert!(select_reliable_per_class(&ht, &one.narrow(0, 0, 5).unwrap(), 3, alpha).is_err());
 }

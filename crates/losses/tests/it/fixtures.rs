@@ -60,6 +60,7 @@ fn check_preset(preset: &str, cfg: LossConfig) {
         total_iterations: 6000,
         seed: 0,
         teacher_logits: None,
+        pasted: None,
     };
     let terms = objective.assemble(&input).unwrap();
     let got = terms.scalars().unwrap();

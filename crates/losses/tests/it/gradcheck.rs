@@ -193,6 +193,7 @@ fn assembled_total_gradient() {
                 total_iterations: 600,
                 seed: 5,
                 teacher_logits: None,
+                pasted: None,
             };
             objective.clone().assemble(&input)
         };
