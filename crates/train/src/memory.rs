@@ -108,6 +108,7 @@ mod tests {
             unlabeled: Vec::new().into(),
             test: Vec::new(),
             validation: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
