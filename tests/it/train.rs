@@ -633,6 +633,16 @@ fn data_spacing_resamples_and_predictions_come_back_in_the_source_geometry() {
         assert_eq!(case.shape, [32, 29, 16], "{}", case.name);
         assert!(case.label.as_ref().is_none_or(|l| l.len() == 32 * 29 * 16));
     }
+    // data.spacing_mm is for files without a spacing: these have theirs, and it differs
+    let mut told = cfg.clone();
+    told.data.spacing_mm = Some([0.625; 3]);
+    let notes = data::load(&told.data, None).unwrap().notes;
+    assert!(
+        notes.len() == 1
+            && notes[0].contains("data.spacing_mm = 0.625 x 0.625 x 0.625 mm is not used"),
+        "{notes:?}"
+    );
+    assert!(data.notes.is_empty(), "{:?}", data.notes);
     // the median of the training cases' spacings (the header holds f32)
     let median = data.training_spacing(None).unwrap();
     assert!(

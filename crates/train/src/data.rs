@@ -88,7 +88,7 @@ impl TrainData {
     }
 
     /// The spacing the nets learn at: `target` (`data.spacing`) when set, else the median of the
-    /// training cases' source spacings per axis (`None` without training cases).
+    /// training cases' (labeled and unlabeled) source spacings per axis (`None` without any).
     pub fn training_spacing(&self, target: Option<[f64; 3]>) -> Option<[f64; 3]> {
         if target.is_some() {
             return target;
@@ -97,7 +97,6 @@ impl TrainData {
             .labeled
             .iter()
             .chain(self.unlabeled.iter())
-            .chain(&self.validation)
             .map(|c| c.source_spacing)
             .collect();
         (!spacings.is_empty())
@@ -156,8 +155,7 @@ pub fn spacing_warning(
     resampled: bool,
 ) -> Option<String> {
     let tol = duoseg_io::check::SPACING_TOLERANCE;
-    let off = (0..3).any(|a| (spacing[a] - training[a]).abs() > tol * training[a]);
-    off.then(|| {
+    spacing_differs(spacing, training).then(|| {
         format!(
             "warning: case {case}: spacing {} mm differs from the training spacing {} mm by more \
              than {:.0} %{}",
@@ -171,6 +169,13 @@ pub fn spacing_warning(
             }
         )
     })
+}
+
+/// Whether `spacing` differs from `reference` by more than `duoseg_io::check::SPACING_TOLERANCE`
+/// of it along some axis.
+pub fn spacing_differs(spacing: [f64; 3], reference: [f64; 3]) -> bool {
+    let tol = duoseg_io::check::SPACING_TOLERANCE;
+    (0..3).any(|a| (spacing[a] - reference[a]).abs() > tol * reference[a])
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -376,7 +381,7 @@ fn spacing_mm_unused(cfg: &DataConfig, root: &Path, mut data: TrainData) -> Trai
     }
     let own: [f64; 3] =
         std::array::from_fn(|a| median(all.iter().map(|c| c.source_spacing[a]).collect()));
-    if spacing_warning("", own, given, false).is_some() {
+    if spacing_differs(own, given) {
         data.notes.push(format!(
             "warning: {}: data.spacing_mm = {} mm is not used: the files carry their own spacing \
              (median {} mm)",
