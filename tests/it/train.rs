@@ -520,6 +520,7 @@ fn a_non_finite_checkpoint_is_refused() {
         seed: cfg.seed,
         config: serde_json::to_value(&cfg).unwrap(),
         state: serde_json::json!({}),
+        spacing: None,
     };
     checkpoint::save(&path, &tensors, &meta).unwrap();
     let err = Nets::load(&path, &candle_core::Device::Cpu)
@@ -605,6 +606,228 @@ fn nnunet_config(root: &Path) -> TrainConfig {
     cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
     cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
     cfg
+}
+
+/// An nnU-Net folder of phantoms written with `spacing` and an affine with a flip and an origin:
+/// three labelled cases (the last, `c2`, with `test_spacing`), one image without a label.
+fn nnunet_folder_at(dir: &Path, spacing: [f64; 3], test_spacing: [f64; 3]) {
+    let set = duoseg_train::phantom::PhantomConfig {
+        shape: [20, 18, 16],
+        labeled: 4,
+        unlabeled: 0,
+        test: 0,
+        seed: 9,
+        noise: 0.2,
+    }
+    .generate();
+    for d in ["imagesTr", "labelsTr"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("dataset.json"),
+        r#"{"file_ending": ".nii.gz", "labels": {"background": 0, "organ": 1}}"#,
+    )
+    .unwrap();
+    for (i, c) in set.labeled.iter().enumerate() {
+        let s = if i == 2 { test_spacing } else { spacing };
+        let mut vol = duoseg_io::Volume::from_data(c.shape, s, c.image.clone()).unwrap();
+        vol.affine = [
+            [-s[0], 0.0, 0.0, 12.5],
+            [0.0, s[1], 0.0, -7.0],
+            [0.0, 0.0, s[2], 30.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let image = if i < 3 {
+            format!("imagesTr/c{i}_0000.nii.gz")
+        } else {
+            format!("imagesTr/u{i}_0000.nii.gz")
+        };
+        duoseg_io::write_probabilities(dir.join(image), c.shape, &c.image, &vol).unwrap();
+        if i < 3 {
+            let p = dir.join(format!("labelsTr/c{i}.nii.gz"));
+            duoseg_io::write_labels(p, c.shape, &c.label, &vol).unwrap();
+        }
+    }
+}
+
+/// `data.spacing`: every case is resampled to it (here 1.6 mm and 2 mm in-plane up to 1 mm), the
+/// run trains and evaluates; predictions come back in each source file's shape and geometry (the
+/// file's affine, flip and origin included), the metrics are those of that prediction against the
+/// label as read, with the file's spacing; a scan more than 10 % off the training spacing is
+/// named; `duoseg infer` does the same for a new scan, and the checkpoint records the spacing.
+#[test]
+fn data_spacing_resamples_and_predictions_come_back_in_the_source_geometry() {
+    let root = tmp("spacing-data");
+    nnunet_folder_at(&root, [1.6, 1.6, 1.0], [2.0, 2.0, 1.0]);
+    let mut cfg = tiny_config(2, false);
+    cfg.data.synthetic = None;
+    cfg.data.root = Some(root.clone());
+    cfg.data.split = duoseg_train::config::Split::Holdout { test: 1 };
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
+    cfg.data.spacing = Some([1.0, 1.0, 1.0]);
+    cfg.validate().unwrap();
+
+    let data = data::load(&cfg.data, None).unwrap();
+    let test = &data.test[0];
+    assert_eq!(test.name, "c2");
+    assert_eq!(test.original_shape, [20, 18, 16]);
+    assert_eq!(test.source_spacing, [2.0, 2.0, 1.0]);
+    assert_eq!(test.shape, [40, 36, 16], "resampled to 1 mm");
+    assert_eq!(test.spacing, [1.0; 3]);
+    for case in data.labeled.iter().chain(data.unlabeled.iter()) {
+        assert_eq!(case.shape, [32, 29, 16], "{}", case.name);
+        assert!(case.label.as_ref().is_none_or(|l| l.len() == 32 * 29 * 16));
+    }
+    // data.spacing_mm is for files without a spacing: these have theirs, and it differs
+    let mut told = cfg.clone();
+    told.data.spacing_mm = Some([0.625; 3]);
+    let notes = data::load(&told.data, None).unwrap().notes;
+    assert!(
+        notes.len() == 1
+            && notes[0].contains("data.spacing_mm = 0.625 x 0.625 x 0.625 mm is not used"),
+        "{notes:?}"
+    );
+    assert!(data.notes.is_empty(), "{:?}", data.notes);
+    // the median of the training cases' spacings (the header holds f32)
+    let median = data.training_spacing(None).unwrap();
+    assert!(
+        (0..3).all(|a| (median[a] - [1.6, 1.6, 1.0][a]).abs() < 1e-6),
+        "{median:?}"
+    );
+
+    let dir = tmp("spacing-run");
+    let mut messages = Messages::default();
+    let outcome = duoseg_train::run_training(&cfg, None, opts_with(&dir, &mut messages)).unwrap();
+    let RunOutcome::Evaluated(report) = outcome else {
+        panic!("not evaluated: {outcome:?}");
+    };
+    let warned: Vec<&String> = messages
+        .0
+        .iter()
+        .filter(|m| m.contains("differs from the training spacing"))
+        .collect();
+    assert!(
+        warned.iter().any(|m| m.contains("case c2")
+            && m.contains("2 x 2 x 1 mm")
+            && m.contains("1 x 1 x 1 mm")
+            && m.contains("resampled")),
+        "{:?}",
+        messages.0
+    );
+    assert_eq!(
+        warned.len(),
+        4,
+        "every case is 1.6 or 2 mm in-plane: {warned:?}"
+    );
+
+    let source = duoseg_io::read_volume(root.join("imagesTr/c2_0000.nii.gz")).unwrap();
+    let pred = duoseg_io::read_volume(dir.join("predictions/c2.nii.gz")).unwrap();
+    assert_eq!(pred.shape, source.shape);
+    assert_eq!(pred.spacing, source.spacing);
+    assert_eq!(pred.affine, source.affine);
+    let pred_labels = pred.to_labels().unwrap();
+    let label = duoseg_io::read_labels(root.join("labelsTr/c2.nii.gz"), Some(&source)).unwrap();
+    let want = duoseg_metrics::evaluate_labels(
+        &pred_labels,
+        &label,
+        source.shape,
+        source.spacing,
+        &[1],
+        &duoseg_metrics::MetricDefinition::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::to_value(&report.cases["c2"]).unwrap(),
+        serde_json::to_value(&want).unwrap()
+    );
+    let meta = checkpoint::load_meta(&dir.join("final.safetensors")).unwrap();
+    assert_eq!(meta.spacing, Some([1.0; 3]));
+
+    // duoseg infer on the test scan: the source's shape and geometry, and the warning
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duoseg"))
+        .args(["infer", "--checkpoint"])
+        .arg(dir.join("final.safetensors"))
+        .arg("--input")
+        .arg(root.join("imagesTr/c2_0000.nii.gz"))
+        .arg("--out")
+        .arg(dir.join("infer"))
+        .arg("--probs")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("case c2") && stderr.contains("differs from the training spacing"),
+        "{stderr}"
+    );
+    let inferred = duoseg_io::read_volume(dir.join("infer/c2.nii.gz")).unwrap();
+    assert_eq!(
+        (inferred.shape, inferred.spacing, inferred.affine),
+        (source.shape, source.spacing, source.affine)
+    );
+    assert_eq!(inferred.to_labels().unwrap(), pred_labels);
+    assert!(dir.join("infer/probabilities/c2.nii.gz").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// [`opts`] with an observer that keeps the messages.
+fn opts_with<'a>(dir: &Path, observer: &'a mut Messages) -> TrainOptions<'a> {
+    TrainOptions {
+        run: RunDir::create(dir).unwrap(),
+        device: candle_core::Device::Cpu,
+        resume: false,
+        overwrite: false,
+        stop: Arc::new(AtomicBool::new(false)),
+        observer,
+    }
+}
+
+/// The LA h5 files carry no spacing: without `data.spacing_mm` the loader says it assumes 1 mm;
+/// with it the cases (and so their mm metrics) take it, and the loader says so.
+#[test]
+fn h5_cases_take_data_spacing_mm_and_say_so() {
+    let shared = std::env::var_os("DUOSEG_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let root = shared.join("la2018-h5-sample");
+    if !root.exists() {
+        eprintln!(
+            "skipped: h5_cases_take_data_spacing_mm_and_say_so: needs {}, not found \
+             (set DUOSEG_SHARED_DATA)",
+            root.display()
+        );
+        return;
+    }
+    let mut cfg = tiny_config(1, false);
+    cfg.data.synthetic = None;
+    cfg.data.root = Some(root.clone());
+    cfg.data.split = duoseg_train::config::Split::Lists;
+    cfg.data.labeled = duoseg_train::config::LabeledCases::Count(1);
+    cfg.validate().unwrap();
+    let plain = data::load(&cfg.data, None).unwrap();
+    assert!(
+        plain.notes.iter().any(|n| n.contains("assuming 1 mm")),
+        "{:?}",
+        plain.notes
+    );
+    assert_eq!(plain.test[0].source_spacing, [1.0; 3]);
+    cfg.data.spacing_mm = Some([0.625; 3]);
+    cfg.validate().unwrap();
+    let told = data::load(&cfg.data, None).unwrap();
+    assert!(
+        told.notes
+            .iter()
+            .any(|n| n.contains("data.spacing_mm = 0.625 x 0.625 x 0.625 mm")),
+        "{:?}",
+        told.notes
+    );
+    for case in told.labeled.iter().chain(&told.test) {
+        assert_eq!(case.source_spacing, [0.625; 3], "{}", case.name);
+        assert_eq!(case.spacing, [0.625; 3], "{}", case.name);
+    }
+    assert_eq!(told.training_spacing(None), Some([0.625; 3]));
+    assert!(data::check(&cfg.data, 2, None).is_ok());
 }
 
 /// `data.crop_to_label`: cases with a label (the unlabeled training cases too, before their label

@@ -9,8 +9,13 @@ use duoseg_train::Nets;
 /// Predict label maps for new volumes with the two trained nets (sliding window as in SPEC section 4:
 /// patch, stride and classes come from the checkpoint's config; both nets' softmax averaged by default).
 ///
-/// Writes one uint8 label NIfTI per input into OUT, with the input's file name and geometry, and with
+/// Writes one uint8 label NIfTI per input into OUT, with the input's file name, shape and geometry, and with
 /// `--probs` one float32 probability map per foreground class (`<name>_prob<k>.nii.gz`).
+///
+/// With the config's `data.spacing` set, each volume is resampled to it, predicted, and its class
+/// probabilities are resampled back to the input's grid before the argmax. A volume whose spacing
+/// differs from the training spacing (`data.spacing`, else the training cases' median) by more than
+/// 10 % on some axis gets a warning on stderr.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   duoseg infer --checkpoint runs/la/final.safetensors --input ../shared/data/la2018/imagesTr --out runs/la/pred
@@ -70,6 +75,20 @@ pub fn run(args: InferArgs) -> Result<crate::Outcome> {
     let device = args.device.open()?;
     let (mut cfg, nets) = Nets::load(&args.checkpoint, &device)
         .with_context(|| format!("cannot load {}", args.checkpoint.display()))?;
+    let training_spacing = match cfg.data.spacing {
+        Some(s) => Some(s),
+        None => {
+            duoseg_train::checkpoint::load_meta(&args.checkpoint)
+                .with_context(|| format!("cannot load {}", args.checkpoint.display()))?
+                .spacing
+        }
+    };
+    if training_spacing.is_none() {
+        eprintln!(
+            "note: {} does not record the spacing it was trained at; input spacings are not checked",
+            args.checkpoint.display()
+        );
+    }
     cfg.eval.largest_component |= args.lcc;
     if let Some(n) = &args.nets {
         cfg.eval.nets = parse_nets(n);
@@ -93,6 +112,17 @@ pub fn run(args: InferArgs) -> Result<crate::Outcome> {
     for path in &inputs {
         let vol = duoseg_io::read_volume(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
+        if let Some(training) = training_spacing {
+            let resampled = cfg.data.spacing.is_some();
+            if let Some(w) = duoseg_train::data::spacing_warning(
+                &case_name(path),
+                vol.spacing,
+                training,
+                resampled,
+            ) {
+                eprintln!("{w}");
+            }
+        }
         let like = duoseg_io::Volume {
             data: Vec::new(),
             ..vol.clone()

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::format::{read_labels, read_volume};
 use crate::h5::read_h5_image_labels;
-use crate::volume::Volume;
+use crate::volume::{diag_affine, Volume};
 
 /// Folder name of the UA-MT LA distribution.
 pub const LA_H5_DIR: &str = "2018LA_Seg_Training Set";
@@ -77,6 +77,10 @@ pub struct Dataset {
     /// The dataset's own train / test split (`train.list` / `test.list`, or `dataset.json`'s
     /// `train` / `test` id lists), when it has one.
     pub split: Option<Split>,
+    /// Spacing in mm (x, y, z) given to volumes whose files carry none (HDF5: the LA `.h5` files),
+    /// with the affine `diag(spacing)`; `None`: the readers' 1 mm. Set with
+    /// [`Dataset::with_spacing_for_h5`].
+    pub h5_spacing: Option<[f64; 3]>,
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> Error {
@@ -286,6 +290,12 @@ fn unlabeled_images(root: &Path, ending: &str, labelled: &[Case]) -> Result<Vec<
             label: None,
         })
         .collect())
+}
+
+/// Whether `path` is an HDF5 file (by its extension), whose volumes carry no spacing.
+fn is_h5(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("h5"))
 }
 
 fn exists_or_missing(manifest: &Path, p: PathBuf) -> Result<PathBuf> {
@@ -540,11 +550,31 @@ impl Dataset {
             cases,
             label_names,
             split,
+            h5_spacing: None,
         };
         if let Some(split) = &ds.split {
             ds.check_split(split)?;
         }
         Ok(ds)
+    }
+
+    /// This dataset with `spacing` (mm, x y z) for the volumes whose files carry no spacing (the
+    /// `.h5` files), instead of 1 mm; errors on a spacing that is not positive and finite.
+    pub fn with_spacing_for_h5(mut self, spacing: [f64; 3]) -> Result<Self> {
+        if !spacing.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(ds_err(
+                &self.root,
+                format!("spacing {spacing:?} mm for the h5 files must be positive and finite"),
+            ));
+        }
+        self.h5_spacing = Some(spacing);
+        Ok(self)
+    }
+
+    /// Number of cases whose image file carries no spacing (`.h5`): they get
+    /// [`Dataset::h5_spacing`], or 1 mm.
+    pub fn cases_without_spacing(&self) -> usize {
+        self.cases.iter().filter(|c| is_h5(&c.image)).count()
     }
 
     /// Whether case `id` has a label (h5 cases always do).
@@ -621,19 +651,22 @@ impl Dataset {
     /// image's shape and geometry.
     pub fn load(&self, id: &str) -> Result<Sample> {
         let case = self.case(id)?;
-        if self.layout == Layout::H5 {
+        let (mut image, label) = if self.layout == Layout::H5 {
             let (image, label) = read_h5_image_labels(&case.image)?;
-            return Ok(Sample {
-                id: id.to_string(),
-                image,
-                label: Some(label),
-            });
-        }
-        let image = read_volume(&case.image)?;
-        let label = match &case.label {
-            Some(p) => Some(read_labels(p, Some(&image))?),
-            None => None,
+            (image, Some(label))
+        } else {
+            let image = read_volume(&case.image)?;
+            let label = match &case.label {
+                Some(p) => Some(read_labels(p, Some(&image))?),
+                None => None,
+            };
+            (image, label)
         };
+        // after the label's geometry check, which compares two 1 mm h5 grids
+        if let (Some(spacing), true) = (self.h5_spacing, is_h5(&case.image)) {
+            image.spacing = spacing;
+            image.affine = diag_affine(spacing);
+        }
         Ok(Sample {
             id: id.to_string(),
             image,
@@ -807,7 +840,19 @@ mod tests {
         );
         let s = ds.load("X1").unwrap();
         assert_eq!(s.image.shape, [4, 4, 3]);
+        assert_eq!(s.image.spacing, [1.0; 3], "no spacing in the file: 1 mm");
         assert_eq!(s.label.unwrap().len(), 48);
+        assert_eq!(ds.cases_without_spacing(), 2);
+        // the config's spacing for files without one: the image's spacing and affine
+        let ds = ds.with_spacing_for_h5([0.625; 3]).unwrap();
+        let s = ds.load("X1").unwrap();
+        assert_eq!(s.image.spacing, [0.625; 3]);
+        assert_eq!(s.image.affine, diag_affine([0.625; 3]));
+        assert_eq!(s.label.unwrap().len(), 48);
+        for bad in [[0.0, 1.0, 1.0], [1.0, -0.5, 1.0], [f64::NAN, 1.0, 1.0]] {
+            let e = ds.clone().with_spacing_for_h5(bad).unwrap_err();
+            assert!(e.to_string().contains("positive"), "{e}");
+        }
     }
 
     #[test]

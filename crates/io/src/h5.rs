@@ -2,7 +2,9 @@
 //!
 //! Read with the pure-Rust `hdf5-reader` crate (no libhdf5, no build script). HDF5 datasets are
 //! C order already, so h5py's `f["image"][:]` is exactly [`Volume::data`]. The files carry no
-//! geometry: spacing is 1 mm and the affine the identity unless the caller knows better.
+//! geometry: the readers give 1 mm spacing and the identity affine; a dataset opened with
+//! [`crate::Dataset::with_spacing_for_h5`] (the trainer's `data.spacing_mm`) gives its volumes the
+//! spacing the caller knows (LA: 0.625 mm isotropic) after the label's geometry check.
 
 use std::path::Path;
 

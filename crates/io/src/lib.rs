@@ -19,7 +19,8 @@
 //! 7. `format`: [`read_volume`] / [`read_labels`] by extension, [`write_labels`] /
 //!    [`write_probabilities`].
 //! 8. [`preprocess`], then [`augment`]: voxel operations on buffers.
-//! 9. [`prepared`]: a case normalised and padded once for training and inference ([`PreparedCase`]).
+//! 9. [`prepared`]: a case cut, resampled, normalised and padded once for training and inference
+//!    ([`PreparedCase`]), with what it takes to map predictions back to the file's grid.
 //! 10. [`dataset`], then [`loader`]: cases, splits, and seeded batches read from prepared cases.
 //! 11. [`check`]: a dataset folder checked case by case (`duoseg inspect DIR`).
 //! 12. [`dicom`]: a DICOM series read with dicom-rs into a [`Volume`] and written as NIfTI
@@ -61,5 +62,5 @@ pub use h5::{
 };
 pub use loader::{load_cases, Batch, Loader, LoaderConfig};
 pub use nifti::NiftiHeader;
-pub use prepared::{LabelCrop, Normalize, PreparedCase};
+pub use prepared::{LabelCrop, Normalize, PrepareOptions, PreparedCase, Resampled};
 pub use volume::Volume;

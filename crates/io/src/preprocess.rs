@@ -190,7 +190,13 @@ pub fn pad_center<T: Copy + Default>(
     Ok((out, s, before))
 }
 
-/// The shape after resampling from `spacing` to `target` (rounded, at least 1).
+/// Most voxels a resampled volume may have (2^31, as the readers allow): a target spacing far below
+/// the source's is an error instead of an allocation the machine cannot make.
+pub const MAX_RESAMPLED_VOXELS: usize = 1 << 31;
+
+/// The shape after resampling from `spacing` to `target` (rounded, at least 1), nnU-Net's
+/// `round(shape * spacing / target)`. Errors on a spacing that is not positive and finite, and on a
+/// result of more than [`MAX_RESAMPLED_VOXELS`] voxels.
 pub fn resampled_shape(
     shape: [usize; 3],
     spacing: [f64; 3],
@@ -204,9 +210,48 @@ pub fn resampled_shape(
                 "resample: spacing {spacing:?} -> {target:?} must be positive"
             )));
         }
-        out[a] = ((shape[a] as f64 * spacing[a] / target[a]).round() as usize).max(1);
+        let n = (shape[a] as f64 * spacing[a] / target[a]).round().max(1.0);
+        if n > MAX_RESAMPLED_VOXELS as f64 {
+            return Err(too_many(shape, spacing, target));
+        }
+        out[a] = n as usize;
+    }
+    if out
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .is_none_or(|n| n > MAX_RESAMPLED_VOXELS)
+    {
+        return Err(too_many(shape, spacing, target));
     }
     Ok(out)
+}
+
+fn too_many(shape: [usize; 3], spacing: [f64; 3], target: [f64; 3]) -> Error {
+    Error::Invalid(format!(
+        "resample: {shape:?} voxels of {spacing:?} mm at {target:?} mm would exceed \
+         {MAX_RESAMPLED_VOXELS} voxels"
+    ))
+}
+
+/// The spacing and affine of a grid of `out_shape` voxels over the field of view of `shape` voxels
+/// with `spacing` and `affine`, as [`resize_trilinear`] and [`resize_nearest`] place it: the outer
+/// faces of the two grids coincide, so output voxel `d` sits at input index
+/// `(d + 0.5) * shape / out_shape - 0.5` (the spacing is the target's up to the rounding of the shape).
+pub fn resized_geometry(
+    shape: [usize; 3],
+    out_shape: [usize; 3],
+    spacing: [f64; 3],
+    affine: &[[f64; 4]; 4],
+) -> ([f64; 3], [[f64; 4]; 4]) {
+    let scale: [f64; 3] = std::array::from_fn(|a| shape[a] as f64 / out_shape[a].max(1) as f64);
+    let mut out = *affine;
+    for r in 0..4 {
+        for a in 0..3 {
+            out[r][a] = affine[r][a] * scale[a];
+            out[r][3] += affine[r][a] * (0.5 * scale[a] - 0.5);
+        }
+    }
+    (std::array::from_fn(|a| spacing[a] * scale[a]), out)
 }
 
 /// Source coordinate of output index `d` (PyTorch `align_corners=False`).
@@ -257,7 +302,9 @@ pub fn resize_trilinear(
     Ok(out)
 }
 
-/// Nearest-neighbour resampling (labels), as PyTorch `mode="nearest-exact"`.
+/// Nearest-neighbour resampling (labels), as PyTorch `mode="nearest-exact"`: output voxel `d`
+/// takes input voxel `floor((d + 0.5) * shape / out_shape)`, the one whose centre is nearest
+/// (ties to the higher index), so every output value is an input value.
 pub fn resize_nearest<T: Copy>(
     data: &[T],
     shape: [usize; 3],
@@ -271,9 +318,10 @@ pub fn resize_nearest<T: Copy>(
     }
     let idx: Vec<Vec<usize>> = (0..3)
         .map(|a| {
-            let scale = shape[a] as f64 / out_shape[a] as f64;
+            // floor((d + 0.5) * n / n_out) in integers: exact, also where it is a tie
+            let (n, m) = (shape[a] as u128, out_shape[a] as u128);
             (0..out_shape[a])
-                .map(|d| (((d as f64 + 0.5) * scale).floor() as usize).min(shape[a] - 1))
+                .map(|d| ((((2 * d as u128 + 1) * n) / (2 * m)) as usize).min(shape[a] - 1))
                 .collect()
         })
         .collect();
@@ -414,5 +462,228 @@ mod tests {
         assert!(resampled_shape([1, 1, 1], [0.0, 1.0, 1.0], [1.0; 3]).is_err());
         // Same shape is the identity.
         assert_eq!(resize_trilinear(&x, [2, 3, 2], [2, 3, 2]).unwrap(), x);
+    }
+
+    /// Trilinear interpolation written out plainly: each output voxel's centre mapped to a
+    /// continuous input index (`align_corners=False`, clamped to the grid), then the eight corner
+    /// voxels weighted by the products of their 1-D weights, in f64.
+    fn naive_trilinear(data: &[f32], shape: [usize; 3], out: [usize; 3]) -> Vec<f32> {
+        let mut v = Vec::new();
+        for i in 0..out[0] {
+            for j in 0..out[1] {
+                for k in 0..out[2] {
+                    let x: [f64; 3] = std::array::from_fn(|a| {
+                        let d = [i, j, k][a] as f64;
+                        let s = (d + 0.5) * shape[a] as f64 / out[a] as f64 - 0.5;
+                        s.clamp(0.0, (shape[a] - 1) as f64)
+                    });
+                    let mut sum = 0.0f64;
+                    for corner in 0..8 {
+                        let mut w = 1.0;
+                        let mut idx = [0usize; 3];
+                        for a in 0..3 {
+                            let lo = x[a].floor();
+                            let up = (corner >> a) & 1 == 1;
+                            w *= if up { x[a] - lo } else { 1.0 - (x[a] - lo) };
+                            idx[a] = (lo as usize + usize::from(up)).min(shape[a] - 1);
+                        }
+                        sum +=
+                            w * f64::from(data[(idx[0] * shape[1] + idx[1]) * shape[2] + idx[2]]);
+                    }
+                    v.push(sum as f32);
+                }
+            }
+        }
+        v
+    }
+
+    /// Nearest neighbour written out plainly: the input voxel whose centre lies nearest to the
+    /// output voxel's centre, both as fractions of the field of view, compared in integers
+    /// (`(2i + 1) / 2n` vs `(2d + 1) / 2m`), ties to the higher index.
+    fn naive_nearest<T: Copy>(data: &[T], shape: [usize; 3], out: [usize; 3]) -> Vec<T> {
+        let pick = |a: usize, d: usize| -> usize {
+            let (n, m) = (shape[a] as i64, out[a] as i64);
+            let dist = |i: usize| ((2 * i as i64 + 1) * m - (2 * d as i64 + 1) * n).abs();
+            let mut best = 0usize;
+            for i in 1..shape[a] {
+                if dist(i) <= dist(best) {
+                    best = i;
+                }
+            }
+            best
+        };
+        let mut v = Vec::new();
+        for i in 0..out[0] {
+            for j in 0..out[1] {
+                for k in 0..out[2] {
+                    let (x, y, z) = (pick(0, i), pick(1, j), pick(2, k));
+                    v.push(data[(x * shape[1] + y) * shape[2] + z]);
+                }
+            }
+        }
+        v
+    }
+
+    fn random_volume(shape: [usize; 3], seed: u64) -> Vec<f32> {
+        use rand::{Rng as _, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-3.0f32..5.0))
+            .collect()
+    }
+
+    /// Down, up, mixed, to and from single voxels: the resampler equals the plain definitions.
+    #[test]
+    fn resize_matches_the_naive_definitions() {
+        let cases = [
+            ([8, 6, 5], [4, 3, 5]),
+            ([5, 7, 3], [9, 4, 6]),
+            ([1, 4, 6], [3, 2, 6]),
+            ([6, 1, 2], [1, 5, 3]),
+            ([10, 9, 7], [7, 13, 2]),
+        ];
+        for (n, (shape, out)) in cases.into_iter().enumerate() {
+            let x = random_volume(shape, n as u64);
+            let got = resize_trilinear(&x, shape, out).unwrap();
+            let want = naive_trilinear(&x, shape, out);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() < 1e-5,
+                    "{shape:?} -> {out:?} voxel {i}: {g} vs {w}"
+                );
+            }
+            let labels: Vec<u8> = x.iter().map(|v| (v.abs() as u8) % 4 * 3).collect();
+            let got = resize_nearest(&labels, shape, out).unwrap();
+            assert_eq!(
+                got,
+                naive_nearest(&labels, shape, out),
+                "{shape:?} -> {out:?}"
+            );
+        }
+    }
+
+    /// A linear ramp is reproduced exactly: `f(x) = 2x - 3y + 0.5z + 7` read at each output voxel's
+    /// position in the input grid (clamped to it, where upsampling reaches past the outer centres).
+    #[test]
+    fn trilinear_reproduces_a_linear_ramp() {
+        let ramp = |p: [f64; 3]| 2.0 * p[0] - 3.0 * p[1] + 0.5 * p[2] + 7.0;
+        for (shape, out) in [
+            ([8, 6, 4], [4, 3, 2]),
+            ([3, 4, 5], [7, 9, 11]),
+            ([9, 4, 6], [6, 10, 4]),
+        ] {
+            let mut x = Vec::new();
+            for i in 0..shape[0] {
+                for j in 0..shape[1] {
+                    for k in 0..shape[2] {
+                        x.push(ramp([i as f64, j as f64, k as f64]) as f32);
+                    }
+                }
+            }
+            let got = resize_trilinear(&x, shape, out).unwrap();
+            let mut at = 0;
+            for i in 0..out[0] {
+                for j in 0..out[1] {
+                    for k in 0..out[2] {
+                        let p: [f64; 3] = std::array::from_fn(|a| {
+                            let d = [i, j, k][a] as f64;
+                            ((d + 0.5) * shape[a] as f64 / out[a] as f64 - 0.5)
+                                .clamp(0.0, (shape[a] - 1) as f64)
+                        });
+                        assert!(
+                            (f64::from(got[at]) - ramp(p)).abs() < 1e-4,
+                            "{shape:?} -> {out:?} at {i} {j} {k}: {} vs {}",
+                            got[at],
+                            ramp(p)
+                        );
+                        at += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Nearest keeps label values (no value that is not in the input, none lost on a finer grid);
+    /// a coarser grid and back keeps the shape, and the geometry of the way back is the source's.
+    #[test]
+    fn nearest_keeps_labels_and_a_round_trip_keeps_shape_and_geometry() {
+        let shape = [12, 10, 6];
+        let labels: Vec<u8> = random_volume(shape, 7)
+            .iter()
+            .map(|v| [0u8, 2, 5][(v.abs() as usize) % 3])
+            .collect();
+        let spacing = [0.625, 0.625, 1.25];
+        let coarse = resampled_shape(shape, spacing, [1.0, 1.0, 2.5]).unwrap();
+        assert_eq!(coarse, [8, 6, 3]);
+        let down = resize_nearest(&labels, shape, coarse).unwrap();
+        assert!(down.iter().all(|l| [0, 2, 5].contains(l)));
+        let fine = resize_nearest(&labels, shape, [24, 20, 12]).unwrap();
+        let mut seen: Vec<u8> = fine.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, vec![0, 2, 5]);
+        // doubling repeats every voxel: halving that again gives the labels back exactly
+        assert_eq!(resize_nearest(&fine, [24, 20, 12], shape).unwrap(), labels);
+        let back = resize_nearest(&down, coarse, shape).unwrap();
+        assert_eq!(back.len(), labels.len());
+        let image = random_volume(shape, 8);
+        let back = resize_trilinear(
+            &resize_trilinear(&image, shape, coarse).unwrap(),
+            coarse,
+            shape,
+        )
+        .unwrap();
+        assert_eq!(back.len(), image.len());
+
+        // an oblique affine with an origin: the coarse grid's voxel (0, 0, 0) lies half a coarse
+        // voxel inside the field of view, its spacing is the target's; the way back is the source
+        let mut affine = [[0.0; 4]; 4];
+        affine[0] = [0.0, 0.0, -1.25, 30.0];
+        affine[1] = [0.625 * 0.6, 0.625 * 0.8, 0.0, -12.0];
+        affine[2] = [0.625 * 0.8, -0.625 * 0.6, 0.0, 4.5];
+        affine[3][3] = 1.0;
+        let (cs, ca) = resized_geometry(shape, coarse, spacing, &affine);
+        for a in 0..3 {
+            assert!(
+                (cs[a] - [0.9375, 1.0416666666666667, 2.5][a]).abs() < 1e-12,
+                "{cs:?}"
+            );
+        }
+        let world = |m: &[[f64; 4]; 4], p: [f64; 3]| -> [f64; 3] {
+            std::array::from_fn(|r| m[r][0] * p[0] + m[r][1] * p[1] + m[r][2] * p[2] + m[r][3])
+        };
+        // coarse voxel 0 = source index (0.5 * 12 / 8 - 0.5, ...) = (0.25, 0.333.., 0.5)
+        let w0 = world(&ca, [0.0; 3]);
+        let s0 = world(&affine, [0.25, 1.0 / 3.0, 0.5]);
+        assert!(
+            (0..3).all(|r| (w0[r] - s0[r]).abs() < 1e-12),
+            "{w0:?} vs {s0:?}"
+        );
+        let (bs, ba) = resized_geometry(coarse, shape, cs, &ca);
+        assert!((0..3).all(|a| (bs[a] - spacing[a]).abs() < 1e-12), "{bs:?}");
+        for r in 0..4 {
+            for c in 0..4 {
+                assert!(
+                    (ba[r][c] - affine[r][c]).abs() < 1e-12,
+                    "{ba:?} vs {affine:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn resampled_shape_refuses_bad_spacings_and_huge_results() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(resampled_shape([4; 3], [1.0, bad, 1.0], [1.0; 3]).is_err());
+            assert!(resampled_shape([4; 3], [1.0; 3], [1.0, 1.0, bad]).is_err());
+        }
+        let e = resampled_shape([512, 512, 300], [1.0; 3], [1e-3; 3]).unwrap_err();
+        assert!(e.to_string().contains("would exceed"), "{e}");
+        assert!(resampled_shape([4; 3], [1.0; 3], [1e-300; 3]).is_err());
+        assert_eq!(
+            resampled_shape([4; 3], [1.0; 3], [100.0; 3]).unwrap(),
+            [1; 3]
+        );
     }
 }

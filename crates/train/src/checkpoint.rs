@@ -37,6 +37,10 @@ pub struct CheckpointMeta {
     pub config: serde_json::Value,
     /// Loop state that is not a tensor (e.g. the EMA of the self-adaptive threshold), as JSON.
     pub state: serde_json::Value,
+    /// The spacing in mm (x, y, z) the nets were trained at: `data.spacing`, else the median of the
+    /// training cases' spacings; inference warns about scans far from it. `None` in checkpoints
+    /// written before it was recorded.
+    pub spacing: Option<[f64; 3]>,
 }
 
 /// Locks a var map's table of variables.
@@ -67,6 +71,9 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &CheckpointMe
     info.insert("seed".to_string(), meta.seed.to_string());
     info.insert("config".to_string(), meta.config.to_string());
     info.insert("state".to_string(), meta.state.to_string());
+    if let Some(s) = meta.spacing {
+        info.insert("spacing".to_string(), serde_json::json!(s).to_string());
+    }
     let contiguous: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
@@ -103,6 +110,15 @@ fn parse_meta(info: Option<&HashMap<String, String>>, path: &Path) -> Result<Che
         seed: field("seed")?.parse().map_err(|_| bad("bad seed".into()))?,
         config: parse_json("config")?,
         state: parse_json("state")?,
+        spacing: info
+            .get("spacing")
+            .map(|t| {
+                serde_json::from_str::<[f64; 3]>(t)
+                    .ok()
+                    .filter(|s| s.iter().all(|v| v.is_finite() && *v > 0.0))
+                    .ok_or_else(|| bad(format!("bad spacing {t:?}")))
+            })
+            .transpose()?,
     })
 }
 
@@ -247,6 +263,7 @@ mod tests {
             seed: 42,
             config: serde_json::json!({"a": 1}),
             state: serde_json::json!({"t_ema": 0.5}),
+            spacing: Some([0.625, 0.625, 2.5]),
         };
         let dir = tmpdir("rt");
         let path = iter_path(&dir, 7);
@@ -260,6 +277,15 @@ mod tests {
         assert_eq!(meta, meta2);
         // the header alone gives the same metadata; a header longer than the file is an error
         assert_eq!(load_meta(&path)?, meta);
+        // without a recorded spacing (older checkpoints) it reads as None
+        let old = dir.join("old.safetensors");
+        let unrecorded = CheckpointMeta {
+            spacing: None,
+            ..meta.clone()
+        };
+        save(&old, &tensors, &unrecorded)?;
+        assert_eq!(load_meta(&old)?.spacing, None);
+        std::fs::remove_file(&old).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let cut = dir.join("cut.safetensors");
         std::fs::write(&cut, &bytes[..40]).unwrap();

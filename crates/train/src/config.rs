@@ -409,10 +409,69 @@ pub struct DataConfig {
     /// whole volume. `null` (default): whole volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crop_to_label: Option<duoseg_io::LabelCrop>,
+    /// Training spacing in mm, `[x, y, z]` in the volumes' own axis order (the NIfTI file's i, j, k;
+    /// the order of `patch`), or one number for all three. Every image is resampled to it
+    /// (trilinear) and every label (nearest neighbour) after the label crop and before
+    /// normalisation; predictions are taken back to each source grid (class probabilities
+    /// trilinear, then argmax). `null` (default): no resampling.
+    #[serde(default, deserialize_with = "spacing_key")]
+    pub spacing: Option<[f64; 3]>,
+    /// Spacing in mm (`[x, y, z]` or one number) of volumes whose files carry none: the LA `.h5`
+    /// files (0.625 mm isotropic). Used for their mm metrics and for `spacing`; files with a
+    /// spacing of their own (NIfTI) keep it. `null` (default): such files are taken as 1 mm, and
+    /// the run says so.
+    #[serde(default, deserialize_with = "spacing_mm_key")]
+    pub spacing_mm: Option<[f64; 3]>,
 }
 
 fn one() -> usize {
     1
+}
+
+/// A spacing in mm from JSON: `null`, one number (isotropic) or three (x, y, z); `key` names the
+/// field in the error.
+fn spacing_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    key: &str,
+) -> Result<Option<[f64; 3]>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Spacing {
+        One(f64),
+        Many(Vec<f64>),
+    }
+    match Option::<Spacing>::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{key}: expected a spacing in mm, one number or three [x, y, z]"
+        ))
+    })? {
+        None => Ok(None),
+        Some(Spacing::One(v)) => Ok(Some([v; 3])),
+        Some(Spacing::Many(v)) => <[f64; 3]>::try_from(v.as_slice()).map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{key}: expected 3 values [x, y, z] in mm (or one number), got {}: {v:?}",
+                v.len()
+            ))
+        }),
+    }
+}
+
+fn spacing_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[f64; 3]>, D::Error> {
+    spacing_value(d, "data.spacing")
+}
+
+fn spacing_mm_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[f64; 3]>, D::Error> {
+    spacing_value(d, "data.spacing_mm")
+}
+
+/// Refuses a spacing that is not three positive, finite millimetre values, naming `key`.
+fn check_spacing(key: &str, spacing: Option<[f64; 3]>) -> Result<(), ConfigError> {
+    match spacing {
+        Some(s) if !s.iter().all(|v| v.is_finite() && *v > 0.0) => Err(ConfigError::Invalid(
+            format!("{key} {s:?}: every value must be a positive, finite spacing in mm"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The two subnetworks (their architecture is fixed by SPEC section 1).
@@ -704,6 +763,7 @@ impl TrainConfig {
         if self.eval.sw_batch == 0 {
             return bad("eval.sw_batch must be positive".into());
         }
+        check_spacing("data.spacing", self.data.spacing)?;
         if let Some(a) = (0..3).find(|&a| self.eval.stride[a] > self.patch[a]) {
             return bad(format!(
                 "eval.stride {:?} exceeds the window (patch {:?}) on axis {a}: voxels between windows \
@@ -771,6 +831,7 @@ impl TrainConfig {
         if self.data.root.is_none() && self.data.synthetic.is_none() {
             return bad("data needs a root folder (or --data) or a synthetic generator".into());
         }
+        check_spacing("data.spacing_mm", self.data.spacing_mm)?;
         if self.data.pad_to_multiple == 0 {
             return bad("data.pad_to_multiple must be at least 1".into());
         }
@@ -915,6 +976,83 @@ mod tests {
         }
     }
 
+    #[test]
+    fn spacings_parse_one_or_three_values_and_bad_ones_are_config_errors() {
+        let cfg = TrainConfig::load(&configs_dir().join("demo.json")).unwrap();
+        assert_eq!((cfg.data.spacing, cfg.data.spacing_mm), (None, None));
+        let c = cfg.with_override("data.spacing=[0.8,0.8,2.5]").unwrap();
+        assert_eq!(c.data.spacing, Some([0.8, 0.8, 2.5]));
+        c.validate().unwrap();
+        let c = cfg.with_override("data.spacing_mm=0.625").unwrap();
+        assert_eq!(c.data.spacing_mm, Some([0.625; 3]));
+        c.validate().unwrap();
+        // written back as three values, read again the same
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        for key in ["data.spacing", "data.spacing_mm"] {
+            for bad in ["0", "[1,0,1]", "[1,-0.5,1]", "-1"] {
+                let err = cfg
+                    .with_override(&format!("{key}={bad}"))
+                    .unwrap()
+                    .validate()
+                    .unwrap_err();
+                assert!(matches!(err, ConfigError::Invalid(_)), "{key}={bad}: {err}");
+                let err = err.to_string();
+                assert!(err.contains(key) && err.contains("positive"), "{err}");
+            }
+            for bad in ["[1,1]", "[1,1,1,1]", "\"x\"", "[1,\"a\",1]"] {
+                let err = cfg
+                    .with_override(&format!("{key}={bad}"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key), "{key}={bad}: {err}");
+            }
+            let err = cfg
+                .with_override(&format!("{key}=[1,1]"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("expected 3 values") && err.contains("got 2"),
+                "{err}"
+            );
+            // NaN cannot be written in JSON; set in code, it is refused too
+            let mut c = cfg.clone();
+            c.data.spacing = Some([1.0, f64::NAN, 1.0]);
+            c.data.spacing_mm = Some([1.0, f64::NAN, 1.0]);
+            assert!(c
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("data.spacing"));
+            c.data.spacing = None;
+            assert!(c
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("data.spacing_mm"));
+        }
+        // a trained model's config with a bad spacing cannot predict
+        let mut c = cfg.clone();
+        c.data.spacing = Some([0.0, 1.0, 1.0]);
+        assert!(c.validate_model().is_err());
+        // in a config file the error names the file and the key
+        let dir = std::env::temp_dir().join(format!("duoseg-cfg-sp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(configs_dir().join("demo.json")).unwrap(),
+        )
+        .unwrap();
+        json["data"]["spacing"] = serde_json::json!([1.0, 2.0]);
+        let p = dir.join("bad.json");
+        std::fs::write(&p, json.to_string()).unwrap();
+        let err = TrainConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("data.spacing"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn configs_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
     }
@@ -952,6 +1090,10 @@ mod tests {
         assert_eq!((cfg.batch.labeled, cfg.batch.unlabeled), (2, 2));
         assert_eq!(cfg.method, Method::Duoseg);
         assert_eq!(cfg.loss, LossConfig::default());
+        // the challenge's spacing, for the h5 distribution, which carries none; the NIfTI crops
+        // carry it themselves; the protocol does not resample
+        assert_eq!(cfg.data.spacing_mm, Some([0.625; 3]));
+        assert_eq!(cfg.data.spacing, None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use duoseg_io::prepared::{crop_back, pad_to_multiple};
-use duoseg_io::PreparedCase;
+use duoseg_io::{Dataset, PrepareOptions, PreparedCase};
 
 use std::collections::BTreeSet;
 
@@ -27,6 +27,9 @@ pub struct TrainData {
     /// Validation cases (with labels), carved from the labeled ones for `eval.checkpoint = best_val`
     /// ([`TrainData::carve_validation`]); empty otherwise.
     pub validation: Vec<PreparedCase>,
+    /// What loading decided that the user should hear (the spacing given to h5 files), one line
+    /// each; the caller shows them.
+    pub notes: Vec<String>,
 }
 
 impl TrainData {
@@ -59,7 +62,7 @@ impl TrainData {
         for (axis, &p) in patch.iter().enumerate() {
             let largest = cases
                 .iter()
-                .map(|c| c.original_shape[axis])
+                .map(|c| c.grid_extent()[axis])
                 .max()
                 .unwrap_or(0);
             if p > largest {
@@ -73,7 +76,7 @@ impl TrainData {
         }
         let smaller = cases
             .iter()
-            .filter(|c| (0..3).any(|a| c.original_shape[a] < patch[a]))
+            .filter(|c| (0..3).any(|a| c.grid_extent()[a] < patch[a]))
             .count();
         Ok((smaller > 0).then(|| {
             format!(
@@ -83,36 +86,182 @@ impl TrainData {
             )
         }))
     }
+
+    /// The spacing the nets learn at: `target` (`data.spacing`) when set, else the median of the
+    /// training cases' (labeled and unlabeled) source spacings per axis (`None` without any).
+    pub fn training_spacing(&self, target: Option<[f64; 3]>) -> Option<[f64; 3]> {
+        if target.is_some() {
+            return target;
+        }
+        let spacings: Vec<[f64; 3]> = self
+            .labeled
+            .iter()
+            .chain(self.unlabeled.iter())
+            .map(|c| c.source_spacing)
+            .collect();
+        (!spacings.is_empty())
+            .then(|| std::array::from_fn(|a| median(spacings.iter().map(|s| s[a]).collect())))
+    }
+
+    /// One [`spacing_warning`] per case (training, validation and test) whose source spacing
+    /// differs from the [`TrainData::training_spacing`] by more than 10 % on some axis, the first
+    /// [`MAX_SPACING_WARNINGS`] of them, then how many more.
+    pub fn spacing_warnings(&self, target: Option<[f64; 3]>) -> Vec<String> {
+        let Some(training) = self.training_spacing(target) else {
+            return Vec::new();
+        };
+        let mut lines: Vec<String> = self
+            .labeled
+            .iter()
+            .chain(self.unlabeled.iter())
+            .chain(&self.validation)
+            .chain(&self.test)
+            .filter_map(|c| spacing_warning(&c.name, c.source_spacing, training, target.is_some()))
+            .collect();
+        let more = lines.len().saturating_sub(MAX_SPACING_WARNINGS);
+        if more > 0 {
+            lines.truncate(MAX_SPACING_WARNINGS);
+            lines.push(format!(
+                "warning: and {more} more cases whose spacing differs from the training spacing \
+                 {} mm by more than 10 %",
+                mm(training)
+            ));
+        }
+        lines
+    }
 }
 
-/// A file's volume prepared as `cfg` says (the label crop, normalisation, padding).
+/// [`TrainData::spacing_warnings`] names at most this many cases, then counts the others.
+pub const MAX_SPACING_WARNINGS: usize = 10;
+
+/// A spacing as `x x y x z` in mm, to 4 decimals without trailing zeros.
+pub fn mm(s: [f64; 3]) -> String {
+    s.map(|v| {
+        let t = format!("{v:.4}");
+        let t = t.trim_end_matches('0');
+        t.strip_suffix('.').unwrap_or(t).to_string()
+    })
+    .join(" x ")
+}
+
+/// The warning for a scan whose `spacing` differs from the `training` spacing by more than
+/// `duoseg_io::check::SPACING_TOLERANCE` (10 %) along some axis, naming the case and both spacings;
+/// `resampled` says whether it is resampled to the training spacing (`data.spacing` is set) or
+/// predicted at its own. `None` when it does not differ.
+pub fn spacing_warning(
+    case: &str,
+    spacing: [f64; 3],
+    training: [f64; 3],
+    resampled: bool,
+) -> Option<String> {
+    let tol = duoseg_io::check::SPACING_TOLERANCE;
+    spacing_differs(spacing, training).then(|| {
+        format!(
+            "warning: case {case}: spacing {} mm differs from the training spacing {} mm by more \
+             than {:.0} %{}",
+            mm(spacing),
+            mm(training),
+            tol * 100.0,
+            if resampled {
+                " (resampled to it)"
+            } else {
+                "; it is not resampled (data.spacing unset), so the nets see it at another scale"
+            }
+        )
+    })
+}
+
+/// Whether `spacing` differs from `reference` by more than `duoseg_io::check::SPACING_TOLERANCE`
+/// of it along some axis.
+pub fn spacing_differs(spacing: [f64; 3], reference: [f64; 3]) -> bool {
+    let tol = duoseg_io::check::SPACING_TOLERANCE;
+    (0..3).any(|a| (spacing[a] - reference[a]).abs() > tol * reference[a])
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        0.5 * (v[m - 1] + v[m])
+    }
+}
+
+/// How `cfg` prepares a volume: the label crop, resampling to `data.spacing`, normalisation,
+/// padding, in that order.
+pub fn prepare_options(cfg: &DataConfig) -> PrepareOptions {
+    PrepareOptions {
+        normalize: cfg.normalize,
+        pad_to_multiple: cfg.pad_to_multiple,
+        crop_to_label: cfg.crop_to_label,
+        spacing: cfg.spacing,
+    }
+}
+
+/// A file's volume prepared as `cfg` says ([`prepare_options`]).
 pub fn prepare(
     name: String,
     vol: duoseg_io::Volume,
     label: Option<Vec<u8>>,
     cfg: &DataConfig,
 ) -> Result<PreparedCase> {
-    Ok(match cfg.crop_to_label {
-        Some(crop) => PreparedCase::prepare_cropped(
-            name,
-            vol,
-            label,
-            cfg.normalize,
-            cfg.pad_to_multiple,
-            crop,
-        )?,
-        None => PreparedCase::prepare(name, vol, label, cfg.normalize, cfg.pad_to_multiple)?,
-    })
+    Ok(PreparedCase::prepare_with(
+        name,
+        vol,
+        label,
+        &prepare_options(cfg),
+    )?)
 }
 
-/// A phantom case (already z-scored, 1 mm spacing); without `keep_label` its label is hidden.
-fn from_phantom(p: PhantomCase, keep_label: bool) -> PreparedCase {
-    let case = PreparedCase::in_memory(p.name, p.shape, [1.0; 3], p.image, Some(p.label));
-    if keep_label {
-        case
-    } else {
-        case.hide_label()
+/// A phantom case (already z-scored, 1 mm spacing), resampled when `spacing` is set; without
+/// `keep_label` its label is hidden.
+fn from_phantom(
+    p: PhantomCase,
+    keep_label: bool,
+    spacing: Option<[f64; 3]>,
+) -> Result<PreparedCase> {
+    let case = match spacing {
+        None => PreparedCase::in_memory(p.name, p.shape, [1.0; 3], p.image, Some(p.label)),
+        Some(_) => {
+            let vol = duoseg_io::Volume::from_data(p.shape, [1.0; 3], p.image)?;
+            let opts = PrepareOptions {
+                spacing,
+                ..PrepareOptions::default()
+            };
+            PreparedCase::prepare_with(p.name, vol, Some(p.label), &opts)?
+        }
+    };
+    Ok(if keep_label { case } else { case.hide_label() })
+}
+
+/// Opens the dataset folder `root` for `cfg`: files without a spacing of their own (h5) get
+/// `data.spacing_mm`. Returns the note that says which spacing they got (`None` when every file
+/// has its own).
+pub fn open_dataset(cfg: &DataConfig, root: &Path) -> Result<(Dataset, Option<String>)> {
+    let ds = Dataset::open(root)?;
+    let without = ds.cases_without_spacing();
+    if without == 0 {
+        return Ok((ds, None));
     }
+    Ok(match cfg.spacing_mm {
+        Some(s) => (
+            ds.with_spacing_for_h5(s)?,
+            Some(format!(
+                "{}: {without} h5 file(s) carry no spacing; using data.spacing_mm = {} mm",
+                root.display(),
+                mm(s)
+            )),
+        ),
+        None => (
+            ds,
+            Some(format!(
+                "warning: {}: {without} h5 file(s) carry no spacing; assuming 1 mm, so their \
+                 HD95 / ASD in mm are in voxels (set data.spacing_mm; LA: 0.625)",
+                root.display()
+            )),
+        ),
+    })
 }
 
 /// Loads the labeled, unlabeled and test cases that `cfg` describes (`root` overrides `cfg.root`).
@@ -128,23 +277,18 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
             )));
         }
         let set = s.generate();
+        let phantoms = |cases: Vec<PhantomCase>, keep_label: bool| -> Result<Vec<PreparedCase>> {
+            cases
+                .into_iter()
+                .map(|c| from_phantom(c, keep_label, cfg.spacing))
+                .collect()
+        };
         return Ok(TrainData {
             validation: Vec::new(),
-            labeled: set
-                .labeled
-                .into_iter()
-                .map(|c| from_phantom(c, true))
-                .collect(),
-            unlabeled: set
-                .unlabeled
-                .into_iter()
-                .map(|c| from_phantom(c, false))
-                .collect(),
-            test: set
-                .test
-                .into_iter()
-                .map(|c| from_phantom(c, true))
-                .collect(),
+            labeled: phantoms(set.labeled, true)?.into(),
+            unlabeled: phantoms(set.unlabeled, false)?.into(),
+            test: phantoms(set.test, true)?,
+            notes: Vec::new(),
         });
     }
     let Some(root) = root.or(cfg.root.as_deref()) else {
@@ -152,7 +296,7 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
             "no data folder: give --data DIR or data.root".into(),
         ));
     };
-    let ds = duoseg_io::Dataset::open(root)?;
+    let (ds, note) = open_dataset(cfg, root)?;
     let (train, test) = match &cfg.split {
         Split::Lists => match &ds.split {
             Some(s) => (s.train.clone(), s.test.clone()),
@@ -196,7 +340,7 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
         let case = prepare(s.id, s.image, s.label, cfg)?;
         Ok(if keep_label { case } else { case.hide_label() })
     };
-    Ok(TrainData {
+    let data = TrainData {
         validation: Vec::new(),
         labeled: assigned
             .labeled
@@ -209,7 +353,44 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
             .map(|id| get(id, false))
             .collect::<Result<_>>()?,
         test: test.iter().map(|id| get(id, true)).collect::<Result<_>>()?,
+        notes: Vec::new(),
+    };
+    Ok(match note {
+        Some(n) => TrainData {
+            notes: vec![n],
+            ..data
+        },
+        None => spacing_mm_unused(cfg, root, data),
     })
+}
+
+/// `data.spacing_mm` is for files without a spacing; for a dataset whose every file has its own,
+/// a note says when their median differs from it by more than 10 % (the files' is used).
+fn spacing_mm_unused(cfg: &DataConfig, root: &Path, mut data: TrainData) -> TrainData {
+    let Some(given) = cfg.spacing_mm else {
+        return data;
+    };
+    let all: Vec<&PreparedCase> = data
+        .labeled
+        .iter()
+        .chain(data.unlabeled.iter())
+        .chain(&data.test)
+        .collect();
+    if all.is_empty() {
+        return data;
+    }
+    let own: [f64; 3] =
+        std::array::from_fn(|a| median(all.iter().map(|c| c.source_spacing[a]).collect()));
+    if spacing_differs(own, given) {
+        data.notes.push(format!(
+            "warning: {}: data.spacing_mm = {} mm is not used: the files carry their own spacing \
+             (median {} mm)",
+            root.display(),
+            mm(given),
+            mm(own)
+        ));
+    }
+    data
 }
 
 /// Checks the dataset folder `cfg` names before anything trains on it (`duoseg_io::check`): any error
@@ -226,7 +407,8 @@ pub fn check(cfg: &DataConfig, n_classes: usize, root: Option<&Path>) -> Result<
             "no data folder: give --data DIR or data.root".into(),
         ));
     };
-    let ds = duoseg_io::Dataset::open(root)?;
+    // the note on h5 spacing comes with `load`
+    let (ds, _) = open_dataset(cfg, root)?;
     let report = check_dataset(&ds);
     let mut errors: Vec<String> = report
         .problems
@@ -360,4 +542,72 @@ fn assign(
             .filter(|id| !listed.contains(id)),
     );
     Ok(roles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(name: &str, spacing: [f64; 3]) -> PreparedCase {
+        PreparedCase::in_memory(name.into(), [2; 3], spacing, vec![0.0; 8], Some(vec![0; 8]))
+    }
+
+    #[test]
+    fn spacing_warnings_name_the_case_and_both_spacings_past_ten_percent() {
+        assert_eq!(mm([0.625, 1.0, 2.5]), "0.625 x 1 x 2.5");
+        assert_eq!(mm([1.0 / 3.0, 10.0, 0.00001]), "0.3333 x 10 x 0");
+        let t = [1.0, 1.0, 2.0];
+        // up to 10 % is tolerated, beyond it on any one axis is not
+        assert_eq!(spacing_warning("a", [1.09, 0.91, 2.19], t, false), None);
+        assert!(spacing_warning("a", [1.0, 1.0, 2.21], t, false).is_some());
+        let w = spacing_warning("b", [1.0, 1.0, 2.5], t, true).unwrap();
+        assert_eq!(
+            w,
+            "warning: case b: spacing 1 x 1 x 2.5 mm differs from the training spacing \
+             1 x 1 x 2 mm by more than 10 % (resampled to it)"
+        );
+        let w = spacing_warning("c", [0.8, 1.0, 2.0], t, false).unwrap();
+        assert!(w.contains("case c") && w.contains("not resampled"), "{w}");
+
+        // the training spacing: data.spacing, else the median of the training cases
+        let mut data = TrainData {
+            labeled: vec![case("l1", [1.0; 3]), case("l2", [1.0, 1.0, 3.0])].into(),
+            unlabeled: vec![case("u1", [1.0, 1.0, 1.2])].into(),
+            test: vec![case("t1", [1.5, 1.0, 1.0])],
+            validation: Vec::new(),
+            notes: Vec::new(),
+        };
+        assert_eq!(data.training_spacing(None), Some([1.0, 1.0, 1.2]));
+        assert_eq!(data.training_spacing(Some(t)), Some(t));
+        let names = |lines: Vec<String>| -> Vec<String> {
+            lines
+                .iter()
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(data.spacing_warnings(None)),
+            ["case l1", "case l2", "case t1"]
+        );
+        assert_eq!(
+            names(data.spacing_warnings(Some([1.0; 3]))),
+            ["case l2", "case u1", "case t1"]
+        );
+        // many cases: the first ten named, then a count
+        data.test = (0..14).map(|i| case(&format!("t{i}"), [3.0; 3])).collect();
+        let lines = data.spacing_warnings(Some([1.0; 3]));
+        assert_eq!(lines.len(), MAX_SPACING_WARNINGS + 1);
+        assert!(
+            lines[MAX_SPACING_WARNINGS].contains("and 6 more"),
+            "{lines:?}"
+        );
+        let empty = TrainData {
+            labeled: Vec::new().into(),
+            unlabeled: Vec::new().into(),
+            test: data.test.clone(),
+            validation: Vec::new(),
+            notes: Vec::new(),
+        };
+        assert!(empty.spacing_warnings(None).is_empty());
+    }
 }

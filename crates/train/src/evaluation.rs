@@ -27,7 +27,10 @@ pub struct Prediction {
     pub probs: Option<Vec<f32>>,
 }
 
-/// Sliding-window prediction of one prepared case (labels in the case's original geometry).
+/// Sliding-window prediction of one prepared case, on its prepared grid, then taken back to the
+/// case's original geometry (labels, and probabilities when `keep_probs`): the padding removed, a
+/// resampled case's probabilities resampled trilinearly to the source grid before the argmax, a
+/// cropped case put back in place.
 pub fn predict_case(
     cfg: &TrainConfig,
     nets: &Nets,
@@ -42,18 +45,32 @@ pub fn predict_case(
         predictor.predict_probs(cfg.eval.nets, x)
     })?;
     let n = case.shape.iter().product::<usize>();
-    let mut labels = crate::sliding::argmax_classes(&out.probs, k);
-    let mut probs = keep_probs.then_some(out.probs);
-    if case.shape != case.original_shape {
-        labels = case.crop_back(&labels)?;
-        if let Some(p) = probs.as_mut() {
-            let mut cropped = Vec::new();
-            for c in 0..k {
-                cropped.extend(case.crop_back(&p[c * n..(c + 1) * n])?);
-            }
-            *p = cropped;
+    let (mut labels, probs) = if case.resampled.is_some() {
+        // nnU-Net's way back to the source grid: each class's probabilities resampled
+        // trilinearly, then the argmax there (not the labels by nearest neighbour)
+        let mut back = Vec::with_capacity(k * case.original_shape.iter().product::<usize>());
+        for c in 0..k {
+            back.extend(case.crop_back_linear(&out.probs[c * n..(c + 1) * n])?);
         }
-    }
+        (
+            crate::sliding::argmax_classes(&back, k),
+            keep_probs.then_some(back),
+        )
+    } else {
+        let mut labels = crate::sliding::argmax_classes(&out.probs, k);
+        let mut probs = keep_probs.then_some(out.probs);
+        if case.shape != case.original_shape {
+            labels = case.crop_back(&labels)?;
+            if let Some(p) = probs.as_mut() {
+                let mut cropped = Vec::new();
+                for c in 0..k {
+                    cropped.extend(case.crop_back(&p[c * n..(c + 1) * n])?);
+                }
+                *p = cropped;
+            }
+        }
+        (labels, probs)
+    };
     if cfg.eval.largest_component {
         for c in 1..k as u8 {
             let mut mask: Vec<bool> = labels.iter().map(|&l| l == c).collect();
@@ -95,16 +112,16 @@ pub fn evaluate(
             ));
             return Ok(None);
         }
-        let Some(gt) = &case.label else {
+        // on the source grid, against the label as read (a resampled case keeps it)
+        let Some(gt) = case.original_label()? else {
             return Err(TrainError::case(&case.name, "a test case needs a label"));
         };
         let pred = predict_case(cfg, nets, case, device, false)?;
-        let gt = case.crop_back(gt)?;
         let m = duoseg_metrics::evaluate_labels(
             &pred.labels,
             &gt,
             case.original_shape,
-            case.spacing,
+            case.source_spacing,
             &classes,
             &definition,
         )
@@ -153,9 +170,9 @@ pub fn evaluate_run(
     std::fs::create_dir_all(run.predictions()).map_err(TrainError::file(run.predictions()))?;
     for (i, (case, pred)) in test.iter().zip(&preds).enumerate() {
         let shape = case.original_shape;
-        let image = case.crop_back(&case.image)?;
+        let image = case.crop_back_linear(&case.image)?;
         if i < cfg.eval.figure_cases {
-            let gt = case.crop_back(case.label.as_deref().unwrap_or_default())?;
+            let gt = case.original_label()?.unwrap_or_default();
             let p = run.figures().join(format!("{}.png", case.name));
             let affine = case.source.as_ref().map(|v| &v.affine);
             crate::figures::overlay_slices(
@@ -170,7 +187,7 @@ pub fn evaluate_run(
         }
         let like = match &case.source {
             Some(v) => v.clone(),
-            None => duoseg_io::Volume::from_data(shape, case.spacing, image)?,
+            None => duoseg_io::Volume::from_data(shape, case.source_spacing, image)?,
         };
         let p = run.predictions().join(format!("{}.nii.gz", case.name));
         duoseg_io::write_labels(&p, shape, &pred.labels, &like)?;
@@ -251,6 +268,13 @@ pub fn reevaluate_run(
         cfg.eval.nets = n;
     }
     let data = crate::data::load(&cfg.data, data_root)?;
+    for line in data
+        .notes
+        .iter()
+        .chain(&data.spacing_warnings(cfg.data.spacing))
+    {
+        observer.message(line);
+    }
     if data.test.is_empty() {
         return Err(TrainError::Dataset(format!(
             "{}: the run's split has no test case",

@@ -88,6 +88,8 @@ struct Learner<'c, 'o> {
     best: Option<BestModel>,
     /// Score the pseudo-labels every this many iterations (0: never; see [`crate::diagnosis`]).
     diagnose_every: usize,
+    /// The spacing the nets learn at, recorded in every checkpoint for inference's warning.
+    spacing: Option<[f64; 3]>,
 }
 
 /// The model `eval.checkpoint = best_val` keeps: `best.safetensors`, described by `best.json`.
@@ -228,6 +230,7 @@ impl<'c, 'o> Learner<'c, 'o> {
             validation: if best_val { &data.validation } else { &[] },
             best,
             diagnose_every,
+            spacing: data.training_spacing(cfg.data.spacing),
         })
     }
 
@@ -414,6 +417,7 @@ impl<'c, 'o> Learner<'c, 'o> {
             config: serde_json::to_value(self.cfg)
                 .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?,
             state,
+            spacing: self.spacing,
         };
         checkpoint::save(path, &tensors, &meta)
     }

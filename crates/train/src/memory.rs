@@ -51,14 +51,22 @@ pub fn training_step_bytes(cfg: &TrainConfig) -> Result<u64> {
         .saturating_add(BASE_BYTES))
 }
 
-/// Bytes the loaded cases hold (intensities and labels).
+/// Bytes the loaded cases hold (intensities, labels and a resampled case's source
+/// label).
 pub fn data_bytes(data: &TrainData) -> u64 {
     data.labeled
         .iter()
         .chain(data.unlabeled.iter())
         .chain(data.test.iter())
         .chain(data.validation.iter())
-        .map(|c| (c.image.len() * 4 + c.label.as_ref().map_or(0, Vec::len)) as u64)
+        .map(|c| {
+            let labels = [&c.label, &c.source_label];
+            (c.image.len() * 4
+                + labels
+                    .iter()
+                    .map(|l| l.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>()) as u64
+        })
         .sum()
 }
 
@@ -108,6 +116,7 @@ mod tests {
             unlabeled: Vec::new().into(),
             test: Vec::new(),
             validation: Vec::new(),
+            notes: Vec::new(),
         }
     }
 

@@ -49,6 +49,15 @@ pub fn run_training(
         observer.message(&warning);
     }
     let mut data = crate::data::load(&cfg.data, data_root)?;
+    for note in &data.notes {
+        observer.message(note);
+    }
+    // without data.spacing, the check above already named the cases far from the dataset's median
+    if cfg.data.spacing.is_some() {
+        for warning in data.spacing_warnings(cfg.data.spacing) {
+            observer.message(&warning);
+        }
+    }
     if cfg.eval.checkpoint == CheckpointChoice::BestVal {
         data = data.carve_validation(cfg.eval.validation_cases)?;
         observer.message(&format!(

@@ -198,6 +198,7 @@ pub fn save_model(path: &Path, cfg: &TrainConfig, nets: &Nets) -> Result<()> {
         config: serde_json::to_value(cfg)
             .map_err(|e| TrainError::checkpoint(path, format!("config: {e}")))?,
         state: serde_json::json!({}),
+        spacing: cfg.data.spacing,
     };
     checkpoint::save(path, &nets.tensors([NET_A, NET_B])?, &meta)
 }

@@ -22,6 +22,11 @@ pub fn trials() -> Vec<Trial> {
             la2018_h5_sample_opens_with_its_split,
         ),
         with_data(
+            "datasets::la2018_h5_cases_take_the_nifti_spacing_when_told",
+            &["la2018-h5-sample", "la2018"],
+            la2018_h5_cases_take_the_nifti_spacing_when_told,
+        ),
+        with_data(
             "datasets::hippocampus_opens_and_every_pair_decodes",
             &["hippocampus"],
             hippocampus_opens_and_every_pair_decodes,
@@ -53,6 +58,33 @@ fn la2018_h5_sample_opens_with_its_split(data: &Path) {
     let ds = Dataset::open(&root).unwrap();
     assert_eq!((ds.layout, ds.cases.len()), (Layout::H5, 2));
     assert!(ds.split.is_some());
+}
+
+/// The h5 files carry no spacing (1 mm); the same cases as NIfTI say 0.625 mm isotropic (the
+/// challenge's, as `configs/la.json`'s `data.spacing_mm`): told so, the h5 volumes have the NIfTI
+/// cases' shape and spacing.
+fn la2018_h5_cases_take_the_nifti_spacing_when_told(data: &Path) {
+    let h5 = Dataset::open(data.join("la2018-h5-sample")).unwrap();
+    let nifti = Dataset::open(data.join("la2018")).unwrap();
+    assert_eq!(h5.cases_without_spacing(), 2);
+    assert_eq!(nifti.cases_without_spacing(), 0);
+    let told = h5.clone().with_spacing_for_h5([0.625; 3]).unwrap();
+    for id in h5.ids() {
+        let plain = h5.load(&id).unwrap();
+        assert_eq!(plain.image.spacing, [1.0; 3]);
+        let s = told.load(&id).unwrap();
+        let n = nifti.load(&id).unwrap();
+        assert_eq!(s.image.shape, n.image.shape, "{id}");
+        assert_eq!(s.image.spacing, [0.625; 3], "{id}");
+        for a in 0..3 {
+            assert!(
+                (n.image.spacing[a] - 0.625).abs() < 1e-6,
+                "{id}: {:?}",
+                n.image.spacing
+            );
+        }
+        assert_eq!(s.label, n.label, "{id}");
+    }
 }
 
 /// MSD hippocampus: 208 cases, label names read.
