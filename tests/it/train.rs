@@ -309,7 +309,10 @@ fn copy_paste_and_per_class_reliability_train_reproducibly_and_change_the_run() 
     );
     assert_ne!(la[0].terms["unsup"], lb[0].terms["unsup"]);
     // pasted voxels are reliable, so more are reliable than without pasting
-    let (ra, rb) = (la[0].terms["reliable_fraction"], lb[0].terms["reliable_fraction"]);
+    let (ra, rb) = (
+        la[0].terms["reliable_fraction"],
+        lb[0].terms["reliable_fraction"],
+    );
     assert!(ra >= rb, "reliable {ra} with pasting, {rb} without");
     assert!(la
         .iter()
