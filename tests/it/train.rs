@@ -919,6 +919,29 @@ fn images_without_labels_train_as_unlabeled_and_the_run_records_the_roles() {
 }
 
 #[test]
+fn a_case_in_both_split_lists_or_twice_in_one_is_refused() {
+    let root = tmp("split-overlap");
+    let mut cfg = nnunet_config(&root);
+    cfg.data.split = duoseg_train::config::Split::Lists;
+    std::fs::write(root.join("train.list"), "c0\nc1\nc2\n").unwrap();
+    std::fs::write(root.join("test.list"), "c2\n").unwrap();
+    let e = data::load(&cfg.data, None).unwrap_err().to_string();
+    assert!(
+        e.contains("c2") && e.contains("both a training and a test case"),
+        "{e}"
+    );
+    std::fs::write(root.join("train.list"), "c0\nc1\nc0\n").unwrap();
+    let e = data::load(&cfg.data, None).unwrap_err().to_string();
+    assert!(
+        e.contains("train.list") && e.contains("case c0 is listed twice"),
+        "{e}"
+    );
+    std::fs::write(root.join("train.list"), "c0\nc1\n").unwrap();
+    assert_eq!(data::load(&cfg.data, None).unwrap().roles().test, ["c2"]);
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn bad_label_values_stop_the_run_before_training_and_inspect_lists_them() {
     let root = tmp("bad-labels");
     let cfg = nnunet_config(&root);

@@ -103,22 +103,32 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Reads a case list (`train.list`): one id per line, blank lines ignored. UA-MT lists sometimes
-/// hold paths (`.../<ID>/mri_norm2.h5`); those are reduced to the `<ID>`.
+/// hold paths (`.../<ID>/mri_norm2.h5`); those are reduced to the `<ID>`. A case listed twice is an
+/// error naming both lines.
 pub fn read_list(path: impl AsRef<Path>) -> Result<Vec<String>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let l = l
-                .strip_suffix(LA_H5_FILE)
-                .unwrap_or(l)
-                .trim_end_matches('/');
-            l.rsplit('/').next().unwrap_or(l).to_string()
-        })
-        .collect())
+    let mut seen = std::collections::BTreeMap::new();
+    let mut ids = Vec::new();
+    for (line, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.is_empty() {
+            continue;
+        }
+        let l = l
+            .strip_suffix(LA_H5_FILE)
+            .unwrap_or(l)
+            .trim_end_matches('/');
+        let id = l.rsplit('/').next().unwrap_or(l).to_string();
+        if let Some(first) = seen.insert(id.clone(), line + 1) {
+            return Err(Error::Dataset {
+                path: path.to_path_buf(),
+                reason: format!("case {id} is listed twice (lines {first} and {})", line + 1),
+            });
+        }
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// Reads `folds.json` (`{"folds": [{"fold": 0, "train": [...], "test": [...]}, ...]}`), in fold order.
@@ -787,6 +797,22 @@ mod tests {
         );
         std::fs::write(root.join("dataset.json"), "{not json").unwrap();
         assert!(matches!(Dataset::open(&root), Err(Error::Dataset { .. })));
+    }
+
+    #[test]
+    fn a_case_listed_twice_is_refused_naming_both_lines() {
+        let dir = std::env::temp_dir().join(format!("duoseg-list-twice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let list = dir.join("labeled.txt");
+        std::fs::write(&list, "a\nb/mri_norm2.h5\n\nc\n").unwrap();
+        assert_eq!(read_list(&list).unwrap(), ["a", "b", "c"]);
+        std::fs::write(&list, "a\nb\n\nx/a/mri_norm2.h5\n").unwrap();
+        let e = read_list(&list).unwrap_err().to_string();
+        assert!(
+            e.contains("labeled.txt") && e.contains("case a is listed twice (lines 1 and 4)"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

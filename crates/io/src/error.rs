@@ -66,7 +66,7 @@ pub enum Error {
         value: f32,
     },
     /// A label value is not an integer in [0, 255].
-    #[error("{path}: label value {value} at voxel {index} is not an integer in [0, 255]")]
+    #[error("{path}: label value {value:?} at voxel {index} is not an integer in [0, 255]")]
     BadLabel {
         path: PathBuf,
         index: usize,

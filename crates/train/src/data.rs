@@ -329,6 +329,14 @@ pub fn load(cfg: &DataConfig, root: Option<&Path>) -> Result<TrainData> {
             (ids[..cut].to_vec(), ids[cut..].to_vec())
         }
     };
+    // a test case that is also trained on would leak into every reported number
+    let train_set: BTreeSet<&String> = train.iter().collect();
+    if let Some(id) = test.iter().find(|id| train_set.contains(id)) {
+        return Err(TrainError::case(
+            id,
+            "is both a training and a test case of the split; a case may be in one only",
+        ));
+    }
     let assigned = assign(&ds, &cfg.labeled, &train, &test)?;
     let get = |id: &String, keep_label: bool| -> Result<PreparedCase> {
         let s = ds.load(id)?;
