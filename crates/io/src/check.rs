@@ -154,6 +154,28 @@ fn check_case(
             format!("spacing {:?} mm is not positive and finite", image.spacing),
         ));
     }
+    // a header spacing of 0 or NaN is read as 1 mm (Header::spacing): say so, it is not the scan's
+    if let Some(h) = &image.nifti {
+        let bad: Vec<String> = (1..4)
+            .filter(|&k| !(h.pixdim[k].is_finite() && h.pixdim[k] != 0.0))
+            .map(|k| format!("pixdim[{k}] = {:?}", h.pixdim[k]))
+            .collect();
+        if !bad.is_empty() {
+            problems.push(problem(
+                Severity::Error,
+                Some(id),
+                format!(
+                    "{}: the header's voxel spacing is not positive and finite ({}); fix the header \
+                     (it would be read as 1 mm)",
+                    image
+                        .path
+                        .as_deref()
+                        .map_or_else(|| id.to_string(), |p| p.display().to_string()),
+                    bad.join(", ")
+                ),
+            ));
+        }
+    }
     // the readers refuse NaN and infinity, so every voxel here is finite
     let (mut lo, mut hi, mut sum, mut n) = (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0usize);
     for x in &image.data {
@@ -342,12 +364,25 @@ mod tests {
         write("d", [1.0; 3], nan, None);
         // an unreadable image
         std::fs::write(root.join("imagesTr/e_0000.nii.gz"), b"not a volume").unwrap();
+        // a header spacing of 0 (pixdim[2], bytes 84..88 of the header)
+        write("f", [1.0; 3], ramp.clone(), Some(organ.clone()));
+        let f = root.join("imagesTr/f_0000.nii.gz");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(std::fs::File::open(&f).unwrap()),
+            &mut bytes,
+        )
+        .unwrap();
+        bytes[84..88].copy_from_slice(&0f32.to_le_bytes());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &bytes).unwrap();
+        std::fs::write(&f, gz.finish().unwrap()).unwrap();
 
         let ds = Dataset::open(&root).unwrap();
         let check = check_dataset(&ds);
         // d (a NaN voxel) and e (not a volume) cannot be read
-        assert_eq!(check.cases.len(), 3, "{:?}", check.problems);
-        assert_eq!(check.labelled_unlabelled(), (3, 0));
+        assert_eq!(check.cases.len(), 4, "{:?}", check.problems);
+        assert_eq!(check.labelled_unlabelled(), (4, 0));
         assert_eq!(check.median_spacing, Some([1.0; 3]));
         let about = |case: &str, text: &str| {
             check
@@ -363,11 +398,12 @@ mod tests {
         );
         assert!(about("d", "NaN"), "{:?}", check.problems);
         assert!(about("e", "e_0000.nii.gz"), "{:?}", check.problems);
+        assert!(about("f", "pixdim[2] = 0.0"), "{:?}", check.problems);
         assert!(!check
             .problems
             .iter()
             .any(|p| p.case.as_deref() == Some("a")));
-        assert_eq!(check.count(Severity::Error), 3);
+        assert_eq!(check.count(Severity::Error), 4);
         assert_eq!(check.count(Severity::Warning), 1);
         // errors come first
         assert_eq!(check.problems[0].severity, Severity::Error);
