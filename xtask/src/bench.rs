@@ -8,13 +8,14 @@
 use anyhow::{bail, Result};
 
 mod demo;
+mod gpu;
 mod hippocampus;
 mod io;
 mod metrics;
 mod nn3d;
 mod step;
 
-const BENCHES: &str = "demo, hippocampus, io, metrics, nn3d, step";
+const BENCHES: &str = "demo, gpu, hippocampus, io, metrics, nn3d, step";
 
 pub fn run(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
@@ -22,6 +23,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     match name.as_str() {
         "demo" => demo::run(&args[1..]),
+        "gpu" => gpu::run(&args[1..]),
         "hippocampus" => hippocampus::run(&args[1..]),
         "io" => io::run(&args[1..]),
         "metrics" => metrics::run(&args[1..]),

@@ -92,6 +92,12 @@ const BINARIES: &[GpuBinary] = &[
         name: "bench_step",
     },
     GpuBinary {
+        package: "duoseg-train",
+        dir: "crates/train",
+        example: Some("bench_workload"),
+        name: "bench_workload",
+    },
+    GpuBinary {
         package: "cli",
         dir: "crates/cli",
         example: None,
@@ -107,7 +113,8 @@ const BUILD_USAGE: &str = "usage: cargo xtask gpu-build [--only <name>]...
 Installs the CUDA toolkit wheels into .cuda/wheels (once), makes .cuda/lib, builds the CUDA
 binaries into gpu/target and copies them stripped into gpu/bin.
 Names: gpu_check (CUDA-vs-CPU op check), bench_nn3d (op benchmark), bench_step (one training
-step, per phase), duoseg (the CLI).";
+step, per phase), bench_workload (the hippocampus step and sliding-window inference through the
+method code), duoseg (the CLI).";
 
 fn wheels_dir() -> PathBuf {
     util::root().join(".cuda/wheels")
@@ -140,7 +147,7 @@ pub fn build(args: &[String]) -> Result<()> {
         .filter(|b| only.is_empty() || only.iter().any(|o| o == b.name))
         .collect();
     if selected.is_empty() {
-        bail!("no binary named {only:?}; known: gpu_check, bench_nn3d, bench_step, duoseg");
+        bail!("no binary named {only:?}; known: gpu_check, bench_nn3d, bench_step, bench_workload, duoseg");
     }
 
     install_wheels()?;
@@ -480,7 +487,7 @@ command `bash xtask/gpu-la-bench.sh gpu/carry $OUT/la 200 && rm -rf $OUT/la`, an
 `python3 xtask/gpu_la_summary.py <unpacked la/>` (the script already wrote la/gpu-la.json).";
 
 /// The device tool carries at most this much per call.
-const CARRY_LIMIT: u64 = 64 << 20;
+pub(crate) const CARRY_LIMIT: u64 = 64 << 20;
 
 /// `cargo xtask gpu-pack`.
 pub fn pack(args: &[String]) -> Result<()> {
@@ -609,7 +616,7 @@ pub fn pack(args: &[String]) -> Result<()> {
 }
 
 /// Total size of the files under `dir`.
-fn dir_size(dir: &Path) -> Result<u64> {
+pub(crate) fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry?;

@@ -12,8 +12,14 @@
 //!
 //! Both report the process's peak resident memory, so run one workload per process.
 //!
+//! `--device cuda` (a `--features cuda` build, `cargo xtask gpu-build`) runs the same workload on
+//! the GPU with TF32 convolutions (as the CLI) and freed memory kept in the pool; the device is
+//! synchronised before every clock reading, so each phase gets the GPU time it queued. Peak device
+//! memory is sampled from outside (`xtask/gpu-bench.sh`), the same way for PyTorch.
+//!
 //! ```text
 //! bench_workload --workload step|infer --config FILE [--iters N] [--warmup N] [--volume D H W]
+//!                [--device cpu|cuda]
 //! ```
 
 use std::time::Instant;
@@ -53,8 +59,34 @@ fn op_profile(seconds: f64) -> serde_json::Value {
     serde_json::json!({"s": seconds, "nn3d_ops": ops, "other_s": seconds - in_ops})
 }
 
-fn step_workload(cfg: &TrainConfig, iters: usize, warmup: usize) -> Res<serde_json::Value> {
-    let dev = Device::Cpu;
+/// `cpu`, or `cuda` / `cuda:N` with TF32 convolutions and a memory pool that keeps freed memory.
+fn open_device(name: &str) -> Res<Device> {
+    let dev = match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::new_cuda(n)?,
+            None => return Err(format!("unknown device {other:?} (cpu, cuda or cuda:N)").into()),
+        },
+    };
+    duoseg_nn3d::cuda::set_allow_tf32(true);
+    duoseg_nn3d::cuda::retain_freed_gpu_memory(&dev)?;
+    Ok(dev)
+}
+
+/// Seconds since `t0`, after the device has finished what was queued.
+fn elapsed(dev: &Device, t0: Instant) -> Res<f64> {
+    dev.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+fn step_workload(
+    cfg: &TrainConfig,
+    dev: &Device,
+    iters: usize,
+    warmup: usize,
+) -> Res<serde_json::Value> {
+    let dev = dev.clone();
     let students = Nets::build(&cfg.model, cfg.method.networks(), &dev, cfg.seed)?;
     let mut opt = Sgd::new(students.trainable()?, &cfg.optim)?;
     let mut method = method::for_config(cfg, &dev)?;
@@ -70,6 +102,7 @@ fn step_workload(cfg: &TrainConfig, iters: usize, warmup: usize) -> Res<serde_js
     for t in 0..warmup + iters {
         let last = t + 1 == warmup + iters;
         duoseg_nn3d::profile::enable(last);
+        dev.synchronize()?;
         let t0 = Instant::now();
         let batch = StepBatch {
             images: &images,
@@ -82,18 +115,18 @@ fn step_workload(cfg: &TrainConfig, iters: usize, warmup: usize) -> Res<serde_js
             hidden_labels: None,
         };
         let loss = method.loss(&students, &batch)?;
-        let t_loss = t0.elapsed().as_secs_f64();
+        let t_loss = elapsed(&dev, t0)?;
         let p_loss = op_profile(t_loss);
         opt.set_lr(cfg.optim.lr_at(t));
         let grads = loss.total.backward()?;
-        let t_back = t0.elapsed().as_secs_f64();
+        let t_back = elapsed(&dev, t0)?;
         let p_back = op_profile(t_back - t_loss);
         opt.step(&grads)?;
         drop(grads);
-        let t_sgd = t0.elapsed().as_secs_f64();
+        let t_sgd = elapsed(&dev, t0)?;
         let p_sgd = op_profile(t_sgd - t_back);
         method.after_update(&students, t)?;
-        let t_end = t0.elapsed().as_secs_f64();
+        let t_end = elapsed(&dev, t0)?;
         let p_update = op_profile(t_end - t_sgd);
         duoseg_nn3d::profile::enable(false);
         if last {
@@ -119,6 +152,7 @@ fn step_workload(cfg: &TrainConfig, iters: usize, warmup: usize) -> Res<serde_js
         "method": cfg.method.name(),
         "ema_teacher": cfg.ema_teacher,
         "patch": cfg.patch,
+        "device": device_name(&dev),
         "batch": format!("{n_l}+{n_u}"),
         "iters": iters,
         "step_s_median": median(times.clone()),
@@ -133,8 +167,16 @@ fn step_workload(cfg: &TrainConfig, iters: usize, warmup: usize) -> Res<serde_js
     }))
 }
 
-fn infer_workload(cfg: &TrainConfig, volume: [usize; 3]) -> Res<serde_json::Value> {
-    let dev = Device::Cpu;
+fn device_name(dev: &Device) -> &'static str {
+    if dev.is_cpu() {
+        "cpu"
+    } else {
+        "cuda"
+    }
+}
+
+fn infer_workload(cfg: &TrainConfig, dev: &Device, volume: [usize; 3]) -> Res<serde_json::Value> {
+    let dev = dev.clone();
     let nets = Nets::build(&cfg.model, cfg.method.networks(), &dev, cfg.seed)?;
     let sw = cfg.sliding_window();
     let n = volume.iter().product::<usize>();
@@ -154,15 +196,17 @@ fn infer_workload(cfg: &TrainConfig, volume: [usize; 3]) -> Res<serde_json::Valu
         )
     };
     run()?;
+    dev.synchronize()?;
     let t0 = Instant::now();
     let out = run()?;
-    let infer_s = t0.elapsed().as_secs_f64();
+    let infer_s = elapsed(&dev, t0)?;
     drop(out);
     Ok(serde_json::json!({
         "impl": "duoseg",
         "workload": "infer",
         "config": cfg.name,
         "volume": volume,
+        "device": device_name(&dev),
         "roi": sw.roi,
         "stride": sw.stride,
         "sw_batch": sw.sw_batch,
@@ -182,6 +226,7 @@ fn main() -> Res<()> {
     let (mut workload, mut config) = (None, None);
     let (mut iters, mut warmup) = (5usize, 1usize);
     let mut volume = [144usize, 144, 96];
+    let mut device = "cpu".to_string();
     let mut i = 0;
     let value = |i: usize| -> Res<&String> {
         args.get(i + 1)
@@ -193,6 +238,7 @@ fn main() -> Res<()> {
             "--config" => config = Some(value(i)?.clone()),
             "--iters" => iters = value(i)?.parse()?,
             "--warmup" => warmup = value(i)?.parse()?,
+            "--device" => device = value(i)?.clone(),
             "--volume" => {
                 for (k, v) in volume.iter_mut().enumerate() {
                     *v = args
@@ -208,9 +254,10 @@ fn main() -> Res<()> {
     }
     let config = config.ok_or("--config FILE is required")?;
     let cfg = TrainConfig::load(std::path::Path::new(&config))?;
+    let dev = open_device(&device)?;
     let report = match workload.as_deref() {
-        Some("step") => step_workload(&cfg, iters, warmup)?,
-        Some("infer") => infer_workload(&cfg, volume)?,
+        Some("step") => step_workload(&cfg, &dev, iters, warmup)?,
+        Some("infer") => infer_workload(&cfg, &dev, volume)?,
         other => return Err(format!("--workload must be step or infer, got {other:?}").into()),
     };
     println!("{report}");
