@@ -336,6 +336,28 @@ fn copy_paste_and_per_class_reliability_train_reproducibly_and_change_the_run() 
     }
 }
 
+#[test]
+fn a_strong_view_for_the_students_trains_reproducibly_and_needs_ema_teachers() {
+    let mut cfg = tiny_config(4, true);
+    cfg.ema_teacher = Some(0.9);
+    cfg.strong_view = Some(duoseg_train::config::StrongView::default());
+    cfg.validate().unwrap();
+    resume_matches(&cfg, "strong");
+    let mut no_ema = cfg.clone();
+    no_ema.ema_teacher = None;
+    assert!(no_ema
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("ema_teacher"));
+    let mut bad = cfg.clone();
+    bad.strong_view = Some(duoseg_train::config::StrongView {
+        contrast: 1.0,
+        ..Default::default()
+    });
+    assert!(bad.validate().is_err());
+}
+
 /// The pseudo-label diagnosis scores the unlabeled crops against their hidden labels on its
 /// iterations only, and changes nothing the run learns: the same weights, the same loss terms.
 #[test]

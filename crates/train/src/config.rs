@@ -49,6 +49,32 @@ pub enum Method {
     Sassnet,
 }
 
+/// The students' strong view of the unlabeled crops (`strong_view`, duoseg with EMA teachers): the
+/// teachers label the crop as it is, the students learn those labels on a photometrically perturbed
+/// copy (FixMatch's weak-to-strong consistency; intensities only, so every voxel keeps its place).
+/// Per crop: `x' = c x + b + n` with `c` uniform in `[1 - contrast, 1 + contrast]`, `b` uniform in
+/// `[-brightness, brightness]` and `n ~ N(0, noise_std^2)` per voxel (z-scored intensities).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StrongView {
+    /// Half-width of the contrast factor's range.
+    pub contrast: f64,
+    /// Half-width of the brightness shift's range.
+    pub brightness: f64,
+    /// Standard deviation of the per-voxel Gaussian noise.
+    pub noise_std: f64,
+}
+
+impl Default for StrongView {
+    fn default() -> Self {
+        StrongView {
+            contrast: 0.25,
+            brightness: 0.25,
+            noise_std: 0.1,
+        }
+    }
+}
+
 /// The options of the comparison methods (`mean_teacher`, `ua_mt`, `mcf`); every default is the
 /// value of the method's public LA code (docs/methods.md). A method refuses a changed option it
 /// does not read.
@@ -658,6 +684,10 @@ pub struct TrainConfig {
     /// the pseudo-labels. `null` (default): no pasting.
     #[serde(default)]
     pub copy_paste: Option<f64>,
+    /// A strong view of the unlabeled crops for the students ([`StrongView`]); needs `ema_teacher`,
+    /// whose copies label the crops as they are. `null` (default): students and teachers see one view.
+    #[serde(default)]
+    pub strong_view: Option<StrongView>,
     /// Options of the comparison methods (`mean_teacher`, `ua_mt`, `mcf`); written only when changed.
     #[serde(default, skip_serializing_if = "BaselineConfig::is_default")]
     pub baseline: BaselineConfig,
@@ -818,6 +848,29 @@ impl TrainConfig {
                 return bad(format!(
                     "copy_paste {f}: the pasted cuboid's share of each axis must lie in (0, 1]"
                 ));
+            }
+        }
+        if let Some(v) = self.strong_view {
+            if self.method.is_baseline() || self.method == Method::Supervised {
+                return bad(format!(
+                    "strong_view is an option of the duoseg method; {} does not read it (unset it with --set strong_view=null)",
+                    self.method.name()
+                ));
+            }
+            if self.ema_teacher.is_none() {
+                return bad("strong_view needs ema_teacher: the moving-average teachers label the unperturbed crops".into());
+            }
+            for (name, x) in [
+                ("contrast", v.contrast),
+                ("brightness", v.brightness),
+                ("noise_std", v.noise_std),
+            ] {
+                if !(x.is_finite() && x >= 0.0) || (name == "contrast" && x >= 1.0) {
+                    return bad(format!(
+                        "strong_view.{name} {x}: must be finite and >= 0{}",
+                        if name == "contrast" { " and < 1" } else { "" }
+                    ));
+                }
             }
         }
         if let Some(m) = self.ema_teacher {

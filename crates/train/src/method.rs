@@ -17,7 +17,7 @@ use duoseg_losses::{
 use duoseg_models::SegNet;
 
 use crate::checkpoint::{EMA_A, EMA_B};
-use crate::config::{Method, Networks, TrainConfig};
+use crate::config::{Method, Networks, StrongView, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::nets::{mix, Nets};
 
@@ -32,6 +32,8 @@ const LOSS_STREAM: u64 = 2;
 const NOISE_STREAM: u64 = 100;
 /// The per-iteration stream of the copy-paste cuboids.
 const PASTE_STREAM: u64 = 400;
+/// The per-iteration stream of the students' strong view.
+const STRONG_STREAM: u64 = 500;
 const MC_DROPOUT: u64 = 200;
 
 /// One iteration's batch on the device.
@@ -148,6 +150,7 @@ pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn Training
                 objective: Objective::new(loss, cfg.model.n_classes)?,
                 unlabeled_per_batch: cfg.batch.unlabeled,
                 copy_paste: cfg.copy_paste,
+                strong_view: cfg.strong_view,
                 teachers: match cfg.ema_teacher {
                     // the smoothed teachers start as exact copies (same seed, same initialisation)
                     Some(momentum) => Some(EmaTeachers {
@@ -231,6 +234,8 @@ pub struct DualStream {
     unlabeled_per_batch: usize,
     /// The pasted cuboid's share of each axis (`copy_paste`), when pasting.
     copy_paste: Option<f64>,
+    /// The students' strong view of the unlabeled crops (`strong_view`), when on.
+    strong_view: Option<StrongView>,
     teachers: Option<EmaTeachers>,
 }
 
@@ -255,7 +260,16 @@ impl TrainingMethod for DualStream {
             }
             None => batch,
         };
-        let [(la, fa), (lb, fb)] = forward_students(students, batch)?;
+        // the teachers see the crops as they are; with a strong view the students a perturbed copy
+        let strong_images = match self.strong_view {
+            Some(view) if batch.n_unlabeled > 0 => Some(strong_view(batch, view)?),
+            _ => None,
+        };
+        let student_batch = match &strong_images {
+            Some(images) => StepBatch { images, ..*batch },
+            None => StepBatch { ..*batch },
+        };
+        let [(la, fa), (lb, fb)] = forward_students(students, &student_batch)?;
         let teacher_logits = match &self.teachers {
             Some(teachers) => {
                 let xu = batch.images.narrow(0, batch.n_labeled, batch.n_unlabeled)?;
@@ -379,6 +393,39 @@ fn diagnose(
     }
     .map_err(|e| TrainError::Dataset(format!("pseudo-label diagnosis: {e}")))?;
     Ok(q.terms())
+}
+
+/// The batch's images with each unlabeled crop perturbed as [`StrongView`] says (the labeled crops
+/// unchanged), from the iteration's own stream.
+fn strong_view(batch: &StepBatch, view: StrongView) -> Result<Tensor> {
+    use rand::{Rng as _, SeedableRng};
+    let (n_l, n_u) = (batch.n_labeled, batch.n_unlabeled);
+    let unlabeled = batch.images.narrow(0, n_l, n_u)?;
+    let per_crop = unlabeled.elem_count() / n_u.max(1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(
+        batch.seed,
+        batch.iteration as u64,
+        STRONG_STREAM,
+    ));
+    let mut scale = Vec::with_capacity(n_u * per_crop);
+    let mut shift = Vec::with_capacity(n_u * per_crop);
+    for _ in 0..n_u {
+        let c = 1.0 + view.contrast * (2.0 * rng.random::<f64>() - 1.0);
+        let b = view.brightness * (2.0 * rng.random::<f64>() - 1.0);
+        scale.extend(std::iter::repeat_n(c as f32, per_crop));
+        for _ in 0..per_crop {
+            shift.push((b + view.noise_std * duoseg_models::standard_normal(&mut rng)) as f32);
+        }
+    }
+    let dev = batch.images.device();
+    let dims = unlabeled.dims();
+    let scale = Tensor::from_vec(scale, dims, dev)?.to_dtype(unlabeled.dtype())?;
+    let shift = Tensor::from_vec(shift, dims, dev)?.to_dtype(unlabeled.dtype())?;
+    let strong = unlabeled.mul(&scale)?.add(&shift)?;
+    Ok(Tensor::cat(
+        &[&batch.images.narrow(0, 0, n_l)?, &strong],
+        0,
+    )?)
 }
 
 /// One iteration's copy-paste (as BCP does): into each unlabeled crop, a cuboid of a labeled crop of
@@ -996,5 +1043,53 @@ mod tests {
         // share 1 pastes the whole crop
         let all = CopyPaste::draw(&batch, 1.0).unwrap();
         assert!(all.unpasted.iter().all(|&k| !k));
+    }
+
+    #[test]
+    fn the_strong_view_perturbs_the_unlabeled_crops_only() {
+        let (images, labels) = batch_parts();
+        let batch = StepBatch {
+            images: &images,
+            labels: &labels,
+            n_labeled: 2,
+            n_unlabeled: 2,
+            iteration: 3,
+            total_iterations: 10,
+            seed: 5,
+            hidden_labels: None,
+        };
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = flat(&images);
+        let v = 4 * 6 * 5;
+        // contrast alone: each unlabeled crop is scaled by one factor within the range
+        let contrast = StrongView {
+            contrast: 0.25,
+            brightness: 0.0,
+            noise_std: 0.0,
+        };
+        let out = flat(&strong_view(&batch, contrast).unwrap());
+        assert_eq!(out[..2 * v], x[..2 * v]);
+        for u in 2..4 {
+            let c = out[u * v + 1] / x[u * v + 1];
+            assert!((0.75..=1.25).contains(&c), "factor {c}");
+            for i in 0..v {
+                assert!((out[u * v + i] - c * x[u * v + i]).abs() <= 1e-3 * x[u * v + i].max(1.0));
+            }
+        }
+        // noise: zero mean, about the asked spread; the same iteration draws the same view
+        let noisy = StrongView {
+            contrast: 0.0,
+            brightness: 0.0,
+            noise_std: 0.5,
+        };
+        let a = flat(&strong_view(&batch, noisy).unwrap());
+        assert_eq!(a, flat(&strong_view(&batch, noisy).unwrap()));
+        let n: Vec<f64> = (2 * v..4 * v).map(|i| f64::from(a[i] - x[i])).collect();
+        let mean = n.iter().sum::<f64>() / n.len() as f64;
+        let std = (n.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / n.len() as f64).sqrt();
+        assert!(
+            mean.abs() < 0.1 && (std - 0.5).abs() < 0.1,
+            "mean {mean} std {std}"
+        );
     }
 }
