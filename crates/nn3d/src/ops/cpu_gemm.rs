@@ -1,4 +1,7 @@
 //! CPU kernels of the 3D convolutions: tile-wise im2col + `gemm`, parallel over tiles with rayon.
+//! The 3^3, unit-stride convolutions with up to 64 channels (most of both networks) go to the
+//! Winograd kernels of `winograd.rs` instead ([`super::winograd::applies`]): forward and
+//! backward-filter directly, backward-data through the flipped-kernel forward below.
 //!
 //! Everything is expressed through one [`Geometry`] (`crate::geometry`), a *gather* convolution
 //! `out[n, o, q] = sum_{c, a} w[o, c, a] * x[n, c, q * stride - pad + a * dilation]`
@@ -187,6 +190,9 @@ fn unfold(g: &Geometry, x_n: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
 
 /// `out [N, C_out, OD, OH, OW] = conv(x [N, C_in, D, H, W], w [C_out, K]) (+ bias [C_out])`.
 pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if super::winograd::applies(g) {
+        return super::winograd::conv_forward(g, x, w, bias);
+    }
     let (k, s_in, s_out) = (g.k_len(), g.in_volume(), g.out_volume());
     let ow = g.out_dims[2];
     let len = g.batch * g.c_out * s_out;
@@ -434,6 +440,9 @@ fn rows_onto_padded_grid(rows: &[f32], ow: usize, padded: &mut [f32], wp: usize)
 /// Accumulates `dW^T [K, C_out] += col [K, P] * dY_tile^T` (this orientation runs about twice as
 /// fast in `gemm` as `dW += dY_tile * col^T`) and transposes at the end.
 pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if super::winograd::applies(g) {
+        return super::winograd::conv_backward_filter(g, x, dy);
+    }
     let (k, s_in, s_out) = (g.k_len(), g.in_volume(), g.out_volume());
     let ow = g.out_dims[2];
     let len = g.c_out * k;

@@ -13,8 +13,9 @@
 //! Design: the convolutions are built from three candle custom ops (forward, backward-data, backward-filter;
 //! table in `conv3d.rs`) whose CPU kernels (`cpu_gemm.rs`) unfold one tile of output rows at a
 //! time into a small column buffer and multiply it with the `gemm` crate, in parallel over tiles
-//! with rayon (no full-volume im2col); on CUDA the same ops call cuDNN (`crate::cuda`), for every
-//! shape.
+//! with rayon (no full-volume im2col), or, for the 3^3 unit-stride convolutions of up to 64
+//! channels, run Winograd F(2x2x2, 3x3x3) (`winograd.rs`); on CUDA the same ops call cuDNN
+//! (`crate::cuda`), for every shape.
 
 pub(crate) mod batch_norm;
 pub(crate) mod bn_act;
@@ -22,6 +23,7 @@ pub(crate) mod conv3d;
 pub(crate) mod conv_bn;
 pub(crate) mod conv_transpose3d;
 pub(crate) mod cpu_gemm;
+pub(crate) mod winograd;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStats};
 pub use bn_act::{batch_norm_act_eval, batch_norm_act_train, Epilogue};
