@@ -83,6 +83,16 @@ fn stats(v: &Volume) -> Stats {
     }
 }
 
+/// What `inspect` says of the spacing of LA `.h5` files, which store none.
+const H5_SPACING_NOTE: &str =
+    "not stored in .h5 files: read as 1 mm; training takes data.spacing_mm \
+     from the config (configs/la.json: 0.625 mm)";
+
+fn is_h5(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("h5") || e.eq_ignore_ascii_case("hdf5"))
+}
+
 fn report(path: &Path, dataset: Option<&str>, v: &Volume, json: bool) {
     let s = stats(v);
     if json {
@@ -94,7 +104,7 @@ fn report(path: &Path, dataset: Option<&str>, v: &Volume, json: bool) {
         let mut obj = serde_json::json!({
             "path": path.display().to_string(),
             "shape": v.shape,
-            "spacing": v.spacing,
+            "spacing": if is_h5(path) { serde_json::Value::Null } else { serde_json::json!(v.spacing) },
             "dtype": v.dtype.name(),
             "min": s.min,
             "max": s.max,
@@ -115,7 +125,11 @@ fn report(path: &Path, dataset: Option<&str>, v: &Volume, json: bool) {
     let [x, y, z] = v.shape;
     let [sx, sy, sz] = v.spacing;
     println!("  shape    {x} x {y} x {z} (x, y, z)");
-    println!("  spacing  {sx} x {sy} x {sz} mm");
+    if is_h5(path) {
+        println!("  spacing  {H5_SPACING_NOTE}");
+    } else {
+        println!("  spacing  {sx} x {sy} x {sz} mm");
+    }
     println!("  dtype    {}", v.dtype);
     println!(
         "  min {:.6}  max {:.6}  mean {:.6}  std {:.6}",
@@ -174,6 +188,8 @@ fn check_folder(dir: &Path, json: bool) -> Result<bool> {
         println!("  shapes       {} (x, y, z)", shape.join(" x "));
         if let Some([x, y, z]) = check.median_spacing {
             println!("  spacing      {x} x {y} x {z} mm (median)");
+        } else if !check.spacing_stored {
+            println!("  spacing      {H5_SPACING_NOTE}");
         }
         let o: Vec<String> = check
             .orientation_counts()

@@ -64,8 +64,11 @@ pub struct DatasetCheck {
     pub label_names: BTreeMap<String, u8>,
     /// Every case that could be read, in id order.
     pub cases: Vec<CaseSummary>,
-    /// Median spacing over the cases (mm).
+    /// Median spacing over the cases (mm); `None` when the files store none (see `spacing_stored`).
     pub median_spacing: Option<[f64; 3]>,
+    /// Whether the files store a voxel spacing: the LA `.h5` files do not (they are read as 1 mm,
+    /// and training takes the spacing from the config's `data.spacing_mm`).
+    pub spacing_stored: bool,
     /// Every problem found, errors first.
     pub problems: Vec<Problem>,
 }
@@ -257,7 +260,8 @@ pub fn check_dataset(ds: &Dataset) -> DatasetCheck {
         cases.extend(summary);
         problems.extend(p);
     }
-    let median_spacing = (!cases.is_empty())
+    let spacing_stored = ds.layout != Layout::H5;
+    let median_spacing = (spacing_stored && !cases.is_empty())
         .then(|| std::array::from_fn(|a| median(cases.iter().map(|c| c.spacing[a]).collect())));
     if let Some(m) = median_spacing {
         for c in &cases {
@@ -298,6 +302,7 @@ pub fn check_dataset(ds: &Dataset) -> DatasetCheck {
         label_names: ds.label_names.clone(),
         cases,
         median_spacing,
+        spacing_stored,
         problems,
     }
 }
@@ -324,6 +329,28 @@ mod tests {
         p[0][1] = 1.0;
         p[1][2] = -1.0;
         assert_eq!(orientation(&p), "SRP");
+    }
+
+    #[test]
+    fn h5_folders_report_no_spacing() {
+        use crate::dataset::{LA_H5_DIR, LA_H5_FILE};
+        let root = scratch("check-h5");
+        for id in ["A1", "A2"] {
+            let dir = root.join(LA_H5_DIR).join(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join(LA_H5_FILE),
+                crate::testutil::synthetic_h5([4, 4, 3]).0,
+            )
+            .unwrap();
+        }
+        let check = check_dataset(&Dataset::open(&root).unwrap());
+        assert_eq!(check.cases.len(), 2);
+        assert!(!check.spacing_stored);
+        assert_eq!(
+            check.median_spacing, None,
+            "the 1 mm read for .h5 files is not a spacing"
+        );
     }
 
     #[test]
