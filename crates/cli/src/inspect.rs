@@ -88,9 +88,9 @@ const H5_SPACING_NOTE: &str =
     "not stored in .h5 files: read as 1 mm; training takes data.spacing_mm \
      from the config (configs/la.json: 0.625 mm)";
 
+/// Whether `path` names an HDF5 file (`.h5` / `.hdf5`).
 fn is_h5(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("h5") || e.eq_ignore_ascii_case("hdf5"))
+    path.extension().is_some_and(|e| e == "h5" || e == "hdf5")
 }
 
 fn report(path: &Path, dataset: Option<&str>, v: &Volume, json: bool) {
@@ -233,8 +233,7 @@ pub fn run(args: InspectArgs) -> Result<crate::Outcome> {
             failed |= check_folder(path, args.json)?;
             continue;
         }
-        let is_h5 = path.extension().is_some_and(|e| e == "h5" || e == "hdf5");
-        if is_h5 {
+        if is_h5(path) {
             let names = h5_dataset_names(path)
                 .with_context(|| format!("cannot inspect {}", path.display()))?;
             let mut shown = 0;

@@ -333,17 +333,8 @@ mod tests {
 
     #[test]
     fn h5_folders_report_no_spacing() {
-        use crate::dataset::{LA_H5_DIR, LA_H5_FILE};
         let root = scratch("check-h5");
-        for id in ["A1", "A2"] {
-            let dir = root.join(LA_H5_DIR).join(id);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(
-                dir.join(LA_H5_FILE),
-                crate::testutil::synthetic_h5([4, 4, 3]).0,
-            )
-            .unwrap();
-        }
+        crate::testutil::write_h5_cases(&root, &["A1", "A2"]);
         let check = check_dataset(&Dataset::open(&root).unwrap());
         assert_eq!(check.cases.len(), 2);
         assert!(!check.spacing_stored);

@@ -688,7 +688,7 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{scratch, synthetic_h5};
+    use crate::testutil::{scratch, write_h5_cases};
     use crate::{write_labels, write_probabilities};
 
     fn ids(v: &[&str]) -> Vec<String> {
@@ -844,11 +844,7 @@ mod tests {
     #[test]
     fn h5_layout_from_synthetic_files() {
         let root = scratch("h5layout");
-        for id in ["X1", "X2"] {
-            let dir = root.join(LA_H5_DIR).join(id);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(LA_H5_FILE), synthetic_h5([4, 4, 3]).0).unwrap();
-        }
+        write_h5_cases(&root, &["X1", "X2"]);
         std::fs::write(root.join("train.list"), "X2\n").unwrap();
         std::fs::write(
             root.join("test.list"),

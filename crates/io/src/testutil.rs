@@ -109,6 +109,17 @@ pub(crate) fn small_nii(dtype: DataType) -> Vec<u8> {
     bytes
 }
 
+/// An LA-style `.h5` folder under `root`: `LA_H5_DIR/<id>/LA_H5_FILE` of shape `[4, 4, 3]` for
+/// each of `ids`.
+pub(crate) fn write_h5_cases(root: &std::path::Path, ids: &[&str]) {
+    use crate::dataset::{LA_H5_DIR, LA_H5_FILE};
+    for id in ids {
+        let dir = root.join(LA_H5_DIR).join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(LA_H5_FILE), synthetic_h5([4, 4, 3]).0).unwrap();
+    }
+}
+
 /// A small LA-style h5 file (gzip-chunked `image` f32 and `label` u8) built in memory.
 pub(crate) fn synthetic_h5(shape: [usize; 3]) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
     use hdf5_writer::{

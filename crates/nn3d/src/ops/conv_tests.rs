@@ -5,8 +5,9 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::{conv3d, conv_transpose3d, Conv3dParams, ConvTranspose3dParams};
 
-/// Deterministic uniform numbers in [-1, 1) (64-bit LCG), so the tests need no `rand`.
-struct Lcg(u64);
+/// Deterministic uniform numbers in [-1, 1) (64-bit LCG), so the tests need no `rand` (also the
+/// Winograd kernels' tests).
+pub(super) struct Lcg(pub(super) u64);
 
 impl Lcg {
     fn next_f32(&mut self) -> f32 {
@@ -25,7 +26,7 @@ impl Lcg {
         ((self.0 >> 33) % n as u64) as usize
     }
 
-    fn vec(&mut self, len: usize) -> Vec<f32> {
+    pub(super) fn vec(&mut self, len: usize) -> Vec<f32> {
         (0..len).map(|_| self.next_f32()).collect()
     }
 }

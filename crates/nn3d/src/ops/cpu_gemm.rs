@@ -72,36 +72,46 @@ fn tiles(g: &Geometry) -> Vec<(usize, usize, usize)> {
 }
 
 /// A raw pointer that rayon tasks may share; every use writes a region no other task touches.
+/// (Also used by the Winograd kernels, `super::winograd`.)
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(super) struct SharedMut(pub(super) *mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 thread_local! {
-    /// Each thread's two working buffers (a column buffer and a padded output or gradient tile),
-    /// kept from one kernel call to the next: allocating them per call cost a page fault per 4 KiB
-    /// and a zero fill each time (about 4 % of a training step). They hold at most one tile's
-    /// columns, a few MiB per rayon thread.
-    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+    /// Each thread's working buffers, kept from one kernel call to the next: allocating them per
+    /// call cost a page fault per 4 KiB and a zero fill each time (about 4 % of a training step).
+    /// The direct kernels use two (a column buffer and a padded output or gradient tile), the
+    /// Winograd kernels three (`super::winograd`); they hold at most one tile's or chunk's values,
+    /// a few MiB per rayon thread.
+    static SCRATCH: RefCell<[Vec<f32>; 3]> =
+        const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
-/// Runs `f` with this thread's two scratch buffers. Their contents are whatever the last call
+/// Runs `f` with this thread's three scratch buffers. Their contents are whatever the last call
 /// left: `f` must write every element it reads. (A nested call, which the kernels never make,
 /// gets fresh buffers.)
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+pub(super) fn with_scratch3<R>(
+    f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>) -> R,
+) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => {
-            let [a, b] = &mut *bufs;
-            f(a, b)
+            let [a, b, c] = &mut *bufs;
+            f(a, b, c)
         }
-        Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+        Err(_) => f(&mut Vec::new(), &mut Vec::new(), &mut Vec::new()),
     })
+}
+
+/// [`with_scratch3`] with the first two buffers, for the direct kernels.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    with_scratch3(|a, b, _| f(a, b))
 }
 
 /// Runs `f` over `items` in parallel, in `per_thread` contiguous chunks per rayon thread, each with

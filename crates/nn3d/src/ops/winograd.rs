@@ -31,11 +31,10 @@
 //! halves), so results differ from the direct (im2col) kernels by a few f32 ulps of the largest
 //! partial sums; the tests bound the difference against a f64 reference at 1e-5 relative.
 
-use std::cell::RefCell;
-
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::cpu_gemm::{with_scratch3, SharedMut};
 use crate::geometry::Geometry;
 
 /// Tiles along W times rows along H per chunk aim at this many tile-channel values (per
@@ -97,35 +96,6 @@ impl Tiling {
             }
         }
         out
-    }
-}
-
-thread_local! {
-    /// Each thread's three working buffers, kept between calls (as `cpu_gemm`'s scratch): the
-    /// W-transformed input slab, the transformed input `V`, and the GEMM output `M` (or the
-    /// transformed output gradient). Every kernel writes each element it reads.
-    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-}
-
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let [a, b, c] = &mut *bufs;
-            f(a, b, c)
-        }
-        Err(_) => f(&mut Vec::new(), &mut Vec::new(), &mut Vec::new()),
-    })
-}
-
-/// A raw pointer that rayon tasks may share; every use writes a region no other task touches.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -655,7 +625,7 @@ pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f3
         .chunks(g.batch)
         .par_iter()
         .for_each(|&(n, td, th0, th1)| {
-            with_scratch(|slab, v, m| {
+            with_scratch3(|slab, v, m| {
                 let x_n = &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in];
                 let chunk = Chunk {
                     g,
@@ -770,7 +740,7 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
         .map(|part| {
             let mut du_t = vec![0f32; len];
             for &(n, td, th0, th1) in part {
-                with_scratch(|slab, v, mdy| {
+                with_scratch3(|slab, v, mdy| {
                     let x_n = &x[n * ci * s_in..(n + 1) * ci * s_in];
                     let dy_n = &dy[n * co * s_out..(n + 1) * co * s_out];
                     let chunk = Chunk {
@@ -795,17 +765,7 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg_vec(seed: &mut u64, len: usize) -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::conv_tests::Lcg;
 
     /// Direct f64 gather convolution and its weight gradient against `dy`.
     fn naive(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>) {
@@ -861,7 +821,7 @@ mod tests {
 
     #[test]
     fn forward_and_filter_gradient_match_direct_loops() {
-        let mut seed = 7u64;
+        let mut rng = Lcg(7);
         // odd and even extents, paddings 0..2 (the flipped form of backward-data uses 2 - pad),
         // a crop (output smaller than "same"), several chunks along H, and 1-voxel outputs
         // (batch, c_in, c_out, in_dims, out_dims, pad)
@@ -887,10 +847,10 @@ mod tests {
                 pad,
                 dilation: [1; 3],
             };
-            let x = lcg_vec(&mut seed, batch * c_in * g.in_volume());
-            let w = lcg_vec(&mut seed, c_out * c_in * 27);
-            let b = lcg_vec(&mut seed, c_out);
-            let dy = lcg_vec(&mut seed, batch * c_out * g.out_volume());
+            let x = rng.vec(batch * c_in * g.in_volume());
+            let w = rng.vec(c_out * c_in * 27);
+            let b = rng.vec(c_out);
+            let dy = rng.vec(batch * c_out * g.out_volume());
             let (y, dw) = naive(&g, &x, &w, &dy);
             let got = conv_forward(&g, &x, &w, None);
             let e = rel_err(&got, &y);
