@@ -3,6 +3,7 @@
 Run from the repository root (CPU is enough):
     pip install torch numpy safetensors
     python tests/reference/models_losses.py
+    python tests/reference/models_losses.py --conditioning   # how closely float32 can match (see below)
 Writes tests/fixtures/models/{vnet,resnet34}.safetensors, keys_default.json and
 tests/fixtures/losses/{paper,reference_code}.safetensors (< 3 MB in all).
 
@@ -16,6 +17,7 @@ reference outputs and gradients are computed in float64 from the stored float32 
 import json
 import math
 import os
+import sys
 
 import torch
 import torch.nn as nn
@@ -290,7 +292,36 @@ def loss_fixture(preset):
     print(preset, {k: round(float(v.detach()), 5) for k, v in out.items()})
 
 
+def conditioning(noise=1e-5, draws=3):
+    """How much the fixtures' float64 training-mode gradients move when the input moves by `noise`
+    (relative, element-wise): the largest relative change over GRAD_KEYS, per net. It bounds how
+    closely any float32 implementation can match them (float32 rounds each op by ~6e-8)."""
+    for name, cls in (("vnet", VNet), ("resnet34", ResNet34VNet)):
+        torch.manual_seed(7)
+        net = cls(1, 2, 2, dropout=False)
+        init(net)
+        x = torch.randn(2, 1, 16, 16, 32).double()
+        y = (torch.rand(2, 16, 16, 32) > 0.6).long()
+        net = net.double().train()
+
+        def grads(xin):
+            net.zero_grad()
+            lt, ft = net(xin)
+            (ce(lt, y) + dice_fg(lt.softmax(1), y) + (ft ** 2).mean()).backward()
+            return {k: p.grad.clone() for k, p in net.named_parameters() if k in GRAD_KEYS[name]}
+
+        g0, worst = grads(x), 0.0
+        for d in range(draws):
+            gen = torch.Generator().manual_seed(100 + d)
+            g1 = grads(x * (1 + noise * torch.randn(x.shape, generator=gen, dtype=torch.float64)))
+            worst = max(worst, max(((g1[k] - g0[k]).abs().max() / g0[k].abs().max()).item() for k in g0))
+        print(f"{name}: input noise {noise:.0e} moves the gradients by up to {worst:.2e} (amplification {worst / noise:.0f}x)")
+
+
 def main():
+    if sys.argv[1:] == ["--conditioning"]:
+        conditioning()
+        return
     torch.use_deterministic_algorithms(True)
     for name, cls in (("vnet", VNet), ("resnet34", ResNet34VNet)):
         net_fixture(name, cls)

@@ -17,10 +17,15 @@ fn load(name: &str) -> HashMap<String, Tensor> {
 
 /// Relative tolerance (max abs error / max |value|) of forward outputs, the loss and running statistics.
 const FORWARD_TOL: f32 = 1e-4;
-/// Relative tolerance of parameter gradients against the float64 reference. PyTorch's own float32
-/// gradients are up to 3e-4 off it here (ResNet encoder: BatchNorm statistics, sums that cancel); ours are
-/// up to ~1.2e-4 off.
-const GRAD_TOL: f32 = 2e-4;
+/// Relative tolerance of parameter gradients against the float64 reference. These training-mode
+/// gradients are ill-conditioned: `python tests/reference/models_losses.py --conditioning` shows 1e-5
+/// (relative) input noise moving them by up to 8e-2 (V-Net) and 5e-2 (ResNet), an amplification of
+/// 5000-8000x, so float32 rounding alone (6e-8 per op, over dozens of layers) moves them by 1e-4 to a
+/// few 1e-3 depending on summation order. PyTorch's own float32 gradients are up to 3e-4 off; ours are
+/// 4e-5 off with `gemm`'s AVX2 kernels and 1.9e-3 with its AVX-512 ones (same code otherwise). A real
+/// error (a missing term, a wrong BatchNorm gradient) is off by far more; the per-op tests check each
+/// kernel at 1e-4 against naive loops and finite differences.
+const GRAD_TOL: f32 = 5e-3;
 
 fn close(name: &str, got: &Tensor, want: &Tensor) {
     close_within(name, got, want, FORWARD_TOL)
