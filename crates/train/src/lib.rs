@@ -20,6 +20,7 @@ pub mod diagnosis;
 mod error;
 pub mod evaluation;
 pub mod figures;
+mod inplace;
 pub mod learner;
 pub mod memory;
 pub mod method;

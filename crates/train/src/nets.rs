@@ -215,8 +215,12 @@ impl Nets {
                         "the EMA copy lacks variable {name}"
                     ))));
                 };
-                let mixed = ((ema_var.as_tensor().detach() * momentum)?
-                    + (live_var.as_tensor().detach() * (1.0 - momentum))?)?;
+                let (ema, live) = (ema_var.as_tensor(), live_var.as_tensor());
+                if crate::inplace::applies(&[ema, live]) {
+                    crate::inplace::ema_mix(ema, live, momentum)?;
+                    continue;
+                }
+                let mixed = ((ema.detach() * momentum)? + (live.detach() * (1.0 - momentum))?)?;
                 ema_var.set(&mixed)?;
             }
         }

@@ -106,6 +106,12 @@ impl Sgd {
                 continue;
             };
             let p = var.as_tensor();
+            if crate::inplace::applies(&[p, g, buf]) {
+                // one pass each, in place, bit-identical to the tensor ops below
+                crate::inplace::momentum_update(buf, self.momentum, g, p, self.weight_decay)?;
+                crate::inplace::sgd_step(p, buf, self.lr)?;
+                continue;
+            }
             let d = if self.weight_decay != 0.0 {
                 (g + (p * self.weight_decay)?)?
             } else {
