@@ -19,6 +19,7 @@
 //!
 //! ```text
 //! bench_workload --workload step|infer --config FILE [--iters N] [--warmup N] [--volume D H W]
+//!                [--sw-batch N] (infer: windows per forward pass instead of the config's)
 //!                [--device cpu|cuda]
 //! ```
 
@@ -175,10 +176,18 @@ fn device_name(dev: &Device) -> &'static str {
     }
 }
 
-fn infer_workload(cfg: &TrainConfig, dev: &Device, volume: [usize; 3]) -> Res<serde_json::Value> {
+fn infer_workload(
+    cfg: &TrainConfig,
+    dev: &Device,
+    volume: [usize; 3],
+    sw_batch: Option<usize>,
+) -> Res<serde_json::Value> {
     let dev = dev.clone();
     let nets = Nets::build(&cfg.model, cfg.method.networks(), &dev, cfg.seed)?;
-    let sw = cfg.sliding_window();
+    let mut sw = cfg.sliding_window();
+    if let Some(b) = sw_batch {
+        sw.sw_batch = b.max(1);
+    }
     let n = volume.iter().product::<usize>();
     let vol = Tensor::randn(0f32, 1.0, n, &dev)?.to_vec1::<f32>()?;
     let windows: usize = (0..3)
@@ -227,6 +236,7 @@ fn main() -> Res<()> {
     let (mut iters, mut warmup) = (5usize, 1usize);
     let mut volume = [144usize, 144, 96];
     let mut device = "cpu".to_string();
+    let mut sw_batch = None;
     let mut i = 0;
     let value = |i: usize| -> Res<&String> {
         args.get(i + 1)
@@ -239,6 +249,7 @@ fn main() -> Res<()> {
             "--iters" => iters = value(i)?.parse()?,
             "--warmup" => warmup = value(i)?.parse()?,
             "--device" => device = value(i)?.clone(),
+            "--sw-batch" => sw_batch = Some(value(i)?.parse()?),
             "--volume" => {
                 for (k, v) in volume.iter_mut().enumerate() {
                     *v = args
@@ -257,7 +268,7 @@ fn main() -> Res<()> {
     let dev = open_device(&device)?;
     let report = match workload.as_deref() {
         Some("step") => step_workload(&cfg, &dev, iters, warmup)?,
-        Some("infer") => infer_workload(&cfg, &dev, volume)?,
+        Some("infer") => infer_workload(&cfg, &dev, volume, sw_batch)?,
         other => return Err(format!("--workload must be step or infer, got {other:?}").into()),
     };
     println!("{report}");
