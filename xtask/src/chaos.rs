@@ -131,7 +131,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 pub fn chaos(args: &[String]) -> Result<()> {
     let a = parse(args)?;
     run(Command::new("cargo").args(["build", "--release", "-p", "cli"]))?;
-    let bin = root().join("target/release/duoseg");
+    let bin = crate::util::release_dir().join("duoseg");
     let work = root().join("target/chaos");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;

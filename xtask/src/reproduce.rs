@@ -194,7 +194,7 @@ fn run(s: &Setting, args: &[String]) -> Result<()> {
                         .args(["build", "--release", "-p", "cli"])
                         .args(features),
                 )?;
-                root.join("target/release/duoseg")
+                util::release_dir().join("duoseg")
             }
         };
         let queue = Arc::new(Mutex::new(runs.clone()));
@@ -334,7 +334,7 @@ struct SlurmJob<'a> {
     aggregate_args: Vec<String>,
     /// The GPUs each task asks for (`--gres=gpu:N`); 0 asks for none.
     gpus: usize,
-    /// `--bin`: the `duoseg` the tasks run; `target/release/duoseg` without it.
+    /// `--bin`: the `duoseg` the tasks run; the release build's (`util::release_dir`) without it.
     bin: Option<&'a Path>,
 }
 
@@ -373,7 +373,7 @@ fn write_slurm(s: &Setting, out_root: &Path, folds: &[usize], job: &SlurmJob) ->
                 .display()
                 .to_string(),
         ),
-        None => "target/release/duoseg".to_string(),
+        None => sh_quote(&util::release_dir().join("duoseg").display().to_string()),
     };
     let script = format!(
         "#!/bin/bash\n#SBATCH --job-name=duoseg-{name}\n#SBATCH --array={list}\n{gres}#SBATCH --time=24:00:00\n#SBATCH --output={out}/slurm-%A_%a.out\n# one fold per array task; afterwards aggregate with:\n#   cargo xtask reproduce-{name} {agg} --aggregate\nset -euo pipefail\ncd {root}\n{bin} {cmd}\n",
@@ -443,10 +443,7 @@ mod tests {
                 eprintln!("skipped: {} is absent (the shared data)", hip.display());
                 return None;
             }
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
-            let bin = target.join("release/duoseg");
+            let bin = util::release_dir().join("duoseg");
             if !bin.exists() {
                 eprintln!("skipped: {} is not built", bin.display());
                 return None;

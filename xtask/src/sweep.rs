@@ -117,7 +117,7 @@ pub fn run(args: &[String]) -> Result<()> {
     });
     let root = util::root();
     util::run(Command::new("cargo").args(["build", "--release", "-p", "cli"]))?;
-    let bin = root.join("target/release/duoseg");
+    let bin = util::release_dir().join("duoseg");
     let code = util::code_version();
 
     let mut rows = Vec::new();

@@ -13,6 +13,19 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Where `cargo build --release` puts what it builds: `$CARGO_TARGET_DIR/release` when that is set
+/// (relative to the workspace root, as cargo takes it), `target/release` otherwise. Every task that
+/// builds a binary and then runs it takes the path from here, so a custom target directory never
+/// runs a stale binary.
+pub fn release_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"));
+    target.join("release")
+}
+
 /// Runs a command in the workspace root, streaming its output, and fails if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {cmd:?}");

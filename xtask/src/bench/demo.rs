@@ -27,7 +27,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let out = root.join("runs/bench-demo");
     let t0 = Instant::now();
     util::run(
-        Command::new(root.join("target/release/duoseg"))
+        Command::new(util::release_dir().join("duoseg"))
             .args(["demo", "--no-progress", "--out"])
             .arg(&out)
             .args(&extra),

@@ -40,7 +40,7 @@ pub fn run(args: &[String]) -> Result<()> {
         return Ok(());
     }
     util::run(Command::new("cargo").args(["build", "--release", "-p", "cli"]))?;
-    let bin = root.join("target/release/duoseg");
+    let bin = util::release_dir().join("duoseg");
     let mut out = serde_json::Map::new();
     for method in ["duoseg", "supervised"] {
         let dir = root.join("runs/bench-hippocampus").join(method);

@@ -52,7 +52,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "--example",
         "bench_io",
     ]))?;
-    let example = util::root().join("target/release/examples/bench_io");
+    let example = util::release_dir().join("examples/bench_io");
     let python = util::python();
     let script = util::root().join("tests/reference/io_bench.py");
     let num = |v: &Value, k: &str| v[k].as_f64().with_context(|| format!("missing {k} in {v}"));

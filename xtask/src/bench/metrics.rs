@@ -60,7 +60,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "--example",
         "bench_metrics",
     ]))?;
-    let example = util::root().join("target/release/examples/bench_metrics");
+    let example = util::release_dir().join("examples/bench_metrics");
     let rust = capture(
         Command::new(&example)
             .args(&common)

@@ -95,7 +95,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 build.args(["--features", "cuda"]);
             }
             util::run(&mut build)?;
-            let example = util::root().join("target/release/examples/bench_nn3d");
+            let example = util::release_dir().join("examples/bench_nn3d");
             capture(Command::new(example).arg("--json").args(&common))?
         }
     };

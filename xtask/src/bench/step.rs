@@ -192,7 +192,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "bench_workload",
     ]))?;
     let root = util::root();
-    let examples = root.join("target/release/examples");
+    let examples = util::release_dir().join("examples");
     let mut results = serde_json::Map::new();
     let want = |w: &str| workloads.iter().any(|x| x == w);
     if want("dual") {
