@@ -408,7 +408,7 @@ impl<'c, 'o> Learner<'c, 'o> {
     fn save(&self, path: &Path, done: usize) -> Result<()> {
         let mut tensors = self.students.tensors([NET_A, NET_B])?;
         let state = self.method.save_state(&mut tensors)?;
-        for (n, t) in self.opt.state() {
+        for (n, t) in self.opt.state()? {
             tensors.insert(format!("{MOMENTUM}.{n}"), t);
         }
         let meta = CheckpointMeta {

@@ -126,12 +126,13 @@ impl Sgd {
         Ok(())
     }
 
-    /// The momentum buffers keyed by parameter name.
-    pub fn state(&self) -> HashMap<String, Tensor> {
+    /// A copy of the momentum buffers keyed by parameter name (the buffers themselves change in
+    /// place at every [`Sgd::step`]).
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         self.params
             .iter()
             .zip(&self.buffers)
-            .map(|((n, _), b)| (n.clone(), b.clone()))
+            .map(|((n, _), b)| Ok((n.clone(), b.copy()?)))
             .collect()
     }
 
@@ -148,7 +149,8 @@ impl Sgd {
                     var.dims()
                 )
             }
-            *buf = t.to_device(var.device())?.to_dtype(var.dtype())?;
+            // a copy: the buffer is updated in place, and `state` stays the caller's
+            *buf = t.to_device(var.device())?.to_dtype(var.dtype())?.copy()?;
         }
         Ok(())
     }
@@ -190,7 +192,7 @@ mod tests {
         }
         // untouched: no gradient, no weight decay
         assert_eq!(unused.as_tensor().to_vec1::<f32>()?, vec![5.0]);
-        let buf = opt.state()["p"].to_vec1::<f32>()?;
+        let buf = opt.state()?["p"].to_vec1::<f32>()?;
         assert!(
             (buf[0] - 3.41499).abs() < 1e-5 && (buf[1] + 6.82998).abs() < 1e-5,
             "{buf:?}"
@@ -218,7 +220,7 @@ mod tests {
                 let loss = (p.as_tensor().powf(3.0)?.sum_all()? + p.as_tensor().sum_all()?)?;
                 opt.step(&loss.backward()?)?;
             }
-            Ok((p.as_tensor().to_vec1()?, opt.state()))
+            Ok((p.as_tensor().to_vec1()?, opt.state()?))
         };
         let (full, _) = run(4, None)?;
         let half = run(2, None)?;
