@@ -235,7 +235,8 @@ GRAD_KEYS = {
 }
 
 
-def net_fixture(name, cls):
+def fixture_setup(cls):
+    """The fixture's net (float32, initialised), input and labels, from seed 7."""
     torch.manual_seed(7)
     net = cls(1, 2, 2, dropout=False)
     init(net)
@@ -243,6 +244,16 @@ def net_fixture(name, cls):
     # to rounding, which would make the comparison meaningless)
     x = torch.randn(2, 1, 16, 16, 32)
     y = (torch.rand(2, 16, 16, 32) > 0.6).long()
+    return net, x, y
+
+
+def fixture_loss(lt, ft, y):
+    """The loss whose gradients the fixtures record."""
+    return ce(lt, y) + dice_fg(lt.softmax(1), y) + (ft ** 2).mean()
+
+
+def net_fixture(name, cls):
+    net, x, y = fixture_setup(cls)
     t = {"input": x, "labels": y.to(torch.int64)}
     for k, v in net.state_dict().items():
         t[f"param.{k}"] = v.clone()
@@ -257,7 +268,7 @@ def net_fixture(name, cls):
     t["eval.logits"], t["eval.features"] = le, fe[:, :, :8]
     net.train()
     lt, ft = net(x64)
-    loss = ce(lt, y) + dice_fg(lt.softmax(1), y) + (ft ** 2).mean()
+    loss = fixture_loss(lt, ft, y)
     loss.backward()
     t["train.logits"], t["train.features"], t["train.loss"] = lt.detach(), ft.detach()[:, :, :8], loss.detach()
     sd = net.state_dict()
@@ -297,17 +308,12 @@ def conditioning(noise=1e-5, draws=3):
     (relative, element-wise): the largest relative change over GRAD_KEYS, per net. It bounds how
     closely any float32 implementation can match them (float32 rounds each op by ~6e-8)."""
     for name, cls in (("vnet", VNet), ("resnet34", ResNet34VNet)):
-        torch.manual_seed(7)
-        net = cls(1, 2, 2, dropout=False)
-        init(net)
-        x = torch.randn(2, 1, 16, 16, 32).double()
-        y = (torch.rand(2, 16, 16, 32) > 0.6).long()
-        net = net.double().train()
+        net, x, y = fixture_setup(cls)
+        net, x = net.double().train(), x.double()
 
         def grads(xin):
             net.zero_grad()
-            lt, ft = net(xin)
-            (ce(lt, y) + dice_fg(lt.softmax(1), y) + (ft ** 2).mean()).backward()
+            fixture_loss(*net(xin), y).backward()
             return {k: p.grad.clone() for k, p in net.named_parameters() if k in GRAD_KEYS[name]}
 
         g0, worst = grads(x), 0.0

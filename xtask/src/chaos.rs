@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{code_version, root, run, write_json};
+use crate::util::{code_version, release_dir, root, run, write_json};
 
 const USAGE: &str = "usage: cargo xtask chaos [--kills N] [--config FILE] [--iters N] [--seed S] [--max-wait SECONDS]
   kills a training run N times (default 20) at random points, resumes it, and compares it with
@@ -131,7 +131,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 pub fn chaos(args: &[String]) -> Result<()> {
     let a = parse(args)?;
     run(Command::new("cargo").args(["build", "--release", "-p", "cli"]))?;
-    let bin = crate::util::release_dir().join("duoseg");
+    let bin = release_dir().join("duoseg");
     let work = root().join("target/chaos");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
