@@ -19,7 +19,7 @@ const ALL: [&str; 7] = [
 
 const USAGE: &str =
     "usage: cargo xtask compare --config FILE [--methods all|duoseg,mean_teacher,ua_mt,sassnet,dtc,mc_net,mcf]
-       [--seeds 1,2,3] [--name NAME] [--iters N] [--data DIR] [--set key=value]...";
+       [--seeds 1,2,3] [--name NAME] [--iters N] [--data DIR] [--set key=value]... [--emit-jobs FILE]";
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut methods: Vec<String> = ALL.iter().map(|m| m.to_string()).collect();
@@ -42,7 +42,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             "--config" => config = Some(val()?),
             "--name" => name = Some(val()?),
-            "--seeds" | "--iters" | "--data" | "--set" => {
+            "--seeds" | "--iters" | "--data" | "--set" | "--emit-jobs" => {
                 let v = val()?;
                 passed.extend([a.clone(), v]);
             }

@@ -14,6 +14,10 @@
 //! `--per-net` also scores each subnetwork alone (`duoseg evaluate --run RUN --nets a|b`, written to
 //! `RUN/summary-a.json` and `RUN/summary-b.json`) and pairs each with supervised-only's same net: the
 //! averaged result can hide that the method helps one net and hurts the other.
+//! `--emit-jobs FILE` trains nothing: it writes the `duoseg train` arguments of every run still
+//! missing (one tab-separated line each, its run folder first) for `xtask/gpu-sweep.sh`, which runs
+//! them side by side on the GPU machine; once their folders are unpacked under `runs/`, the same
+//! sweep without `--emit-jobs` reuses them and writes the table.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,6 +66,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut extra: Vec<String> = Vec::new();
     let mut per_net = false;
     let mut with_default = true;
+    let mut emit_jobs: Option<PathBuf> = None;
     let mut variants = vec![
         Variant {
             label: "supervised".into(),
@@ -88,6 +93,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--data" => extra.extend(["--data".to_string(), val()?]),
             "--per-net" => per_net = true,
             "--no-default" => with_default = false,
+            "--emit-jobs" => emit_jobs = Some(PathBuf::from(val()?)),
             "--variant" => {
                 let v = val()?;
                 let Some((label, sets)) = v.split_once(':') else {
@@ -106,7 +112,7 @@ pub fn run(args: &[String]) -> Result<()> {
         variants.remove(1);
     }
     let Some(config) = config else {
-        bail!("usage: cargo xtask sweep --config FILE --seeds 1,2,3 [--variant LABEL:k=v,...]... [--per-net] [--no-default]")
+        bail!("usage: cargo xtask sweep --config FILE --seeds 1,2,3 [--variant LABEL:k=v,...]... [--per-net] [--no-default] [--emit-jobs FILE]")
     };
     let name = name.unwrap_or_else(|| {
         config
@@ -116,6 +122,11 @@ pub fn run(args: &[String]) -> Result<()> {
             .to_string()
     });
     let root = util::root();
+    if let Some(file) = emit_jobs {
+        return write_jobs(
+            &file, &root, &name, &config, &seeds, &common, &extra, &variants,
+        );
+    }
     util::run(Command::new("cargo").args(["build", "--release", "-p", "cli"]))?;
     let bin = util::release_dir().join("duoseg");
     let code = util::code_version();
@@ -236,6 +247,52 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("{md}");
     util::write_json(&root.join("bench").join(format!("sweep-{name}.json")), &out)?;
     write_md(&root.join("bench").join(format!("sweep-{name}.md")), &md)?;
+    Ok(())
+}
+
+/// `--emit-jobs`: one line per run without a `summary.json`: its folder (relative to the
+/// repository root) and its `duoseg train` arguments, tab-separated; the first line, `# code
+/// <version>`, names the code the runs are meant to train with.
+#[allow(clippy::too_many_arguments)]
+fn write_jobs(
+    file: &Path,
+    root: &Path,
+    name: &str,
+    config: &Path,
+    seeds: &[u64],
+    common: &[String],
+    extra: &[String],
+    variants: &[Variant],
+) -> Result<()> {
+    let mut lines = vec![format!("# code {}", util::code_version())];
+    // seed-major, so that a GPU call cut short still leaves whole seeds of the table
+    for &seed in seeds {
+        for v in variants {
+            let rel = format!("runs/sweep-{name}/{}-s{seed}", v.label);
+            if root.join(&rel).join("summary.json").exists() {
+                continue;
+            }
+            let mut fields = vec![
+                rel,
+                "--config".into(),
+                config.to_string_lossy().into_owned(),
+                "--seed".into(),
+                seed.to_string(),
+            ];
+            fields.extend(extra.iter().cloned());
+            for s in common.iter().chain(&v.sets) {
+                fields.extend(["--set".to_string(), s.clone()]);
+            }
+            if let Some(bad) = fields.iter().find(|f| f.contains(['\t', '\n'])) {
+                bail!("--emit-jobs: argument {bad:?} holds a tab or a newline");
+            }
+            lines.push(fields.join("\t"));
+        }
+    }
+    let n = lines.len() - 1;
+    std::fs::write(file, lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!("sweep: {n} runs to train written to {}", file.display());
     Ok(())
 }
 
