@@ -100,14 +100,23 @@ impl Observer for Progress {
             (Some(u), Some(r)) => format!(" unsup {u:.3} reg {r:.3}"),
             _ => String::new(),
         };
+        // each net's supervised loss: its CE + Dice terms, or the one term a method logs for both
+        let t = |k: &str| rec.terms.get(k).copied();
+        let sup_of = |net: &str| {
+            t(&format!("supervised_{net}"))
+                .or_else(|| Some(t(&format!("ce_{net}"))? + t(&format!("dice_{net}"))?))
+        };
+        let sup = match (sup_of("a"), sup_of("b")) {
+            (Some(a), Some(b)) => format!(" sup {a:.3}/{b:.3}"),
+            (Some(a), None) => format!(" sup {a:.3}"),
+            _ => String::new(),
+        };
         let line = format!(
-            "[{}] {}/{} loss {:.4} sup {:.3}/{:.3}{semi} lr {:.0e} {:.2}s/it eta {}",
+            "[{}] {}/{} loss {:.4}{sup}{semi} lr {:.0e} {:.2}s/it eta {}",
             self.label,
             rec.iter,
             total,
             g("total"),
-            g("ce_a") + g("dice_a"),
-            g("ce_b") + g("dice_b"),
             rec.lr,
             rec.s_per_step,
             fmt_secs(eta)
