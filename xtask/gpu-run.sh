@@ -9,6 +9,7 @@
 # site-packages/nvidia/{cu13,cudnn}/lib. This script finds those folders with the venv's python
 # ($DUOSEG_GPU_PYTHON, else /opt/torch/.venv/bin/python3, else python3) and sets LD_LIBRARY_PATH.
 # With the device tool: carry ["gpu/bin/<binary>"], command "bash xtask/gpu-run.sh <binary> ...".
+# $DUOSEG_GPU_BIN_DIR, when set, is the folder of the binaries instead of gpu/bin.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -16,7 +17,7 @@ if [ $# -lt 1 ]; then
   exit 2
 fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bin="$root/gpu/bin/$1"
+bin="${DUOSEG_GPU_BIN_DIR:-$root/gpu/bin}/$1"
 shift
 if [ ! -x "$bin" ]; then
   echo "gpu-run: $bin not found or not executable (build it with cargo xtask gpu-build and carry it)" >&2

@@ -12,7 +12,8 @@
 # kernel-launch-bound, so runs side by side share the GPU with little loss. A run is not started
 # when too little of [budget seconds] (default 540) is left for it ($DUOSEG_GPU_MIN_RUN_S, default
 # 100), and one still going near the end is stopped (it writes a checkpoint), so the call always
-# returns what finished. Runs train with --resume in /tmp/gpu-sweep: the same command again, while
+# returns what finished. Runs train with --resume in /tmp/gpu-sweep ($DUOSEG_GPU_SWEEP_WORK), the
+# binary unpacked there too: the same command again, while
 # the machine is still warm (about 30 s), skips the finished runs and continues the stopped ones.
 #
 # Measured (2026-12-04, H200, 16 cores): the 24 runs of the hippocampus comparison at 21 labels
@@ -45,13 +46,14 @@ min_run_s="${DUOSEG_GPU_MIN_RUN_S:-100}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py=/opt/torch/.venv/bin/python3
 [ -x "$py" ] || py=python3
-work=/tmp/gpu-sweep
-mkdir -p "$out" "$root/gpu/bin" "$work"
+work="${DUOSEG_GPU_SWEEP_WORK:-/tmp/gpu-sweep}"
+mkdir -p "$out" "$work/bin"
+export DUOSEG_GPU_BIN_DIR="$work/bin"
 
 "$py" -c 'import lzma, shutil, sys
 with lzma.open(sys.argv[1]) as i, open(sys.argv[2], "wb") as o: shutil.copyfileobj(i, o)' \
-  "$carry/bin/duoseg.xz" "$root/gpu/bin/duoseg" || { echo "cannot unpack the binary" >&2; exit 2; }
-chmod +x "$root/gpu/bin/duoseg"
+  "$carry/bin/duoseg.xz" "$work/bin/duoseg" || { echo "cannot unpack the binary" >&2; exit 2; }
+chmod +x "$work/bin/duoseg"
 data="$(ls -d "$carry"/data/*/ | head -n 1)"
 gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1

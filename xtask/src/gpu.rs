@@ -652,6 +652,141 @@ mod tests {
         );
     }
 
+    /// `xtask/gpu-sweep.sh` against fakes of the binary, the GPU machine's Python and `nvidia-smi`
+    /// (its `-l` monitor never exits, as the real one): it runs the jobs, returns each finished
+    /// run's small files without checkpoints, reports the failed one, does not wait on the monitor,
+    /// and a second call skips what finished.
+    #[test]
+    fn gpu_sweep_script_runs_jobs_and_returns_their_files() {
+        let have = |prog: &str, arg: &str| {
+            Command::new(prog)
+                .arg(arg)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if !have("python3", "--version") || !have("tar", "--version") {
+            eprintln!("skipping gpu_sweep_script test: needs python3 and tar");
+            return;
+        }
+        let tmp = std::env::temp_dir().join(format!("duoseg-gpu-sweep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let write = |rel: &str, text: &str| {
+            let p = tmp.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, text).unwrap();
+            p
+        };
+        let fake = write(
+            "fake-duoseg",
+            "#!/bin/bash\necho \"$*\" >> \"$(dirname \"$0\")/args.txt\"\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = --out ] && o=\"$2\"; shift; done\n\
+             mkdir -p \"$o/checkpoints\"; echo w > \"$o/checkpoints/iter-1.safetensors\"\n\
+             case \"$o\" in *fail*) echo boom; exit 3;; esac\n\
+             for f in summary.json config.json log.jsonl; do echo '{}' > \"$o/$f\"; done\n",
+        );
+        let xz = tmp.join("carry/bin/duoseg.xz");
+        fs::create_dir_all(xz.parent().unwrap()).unwrap();
+        let ok = Command::new("python3")
+            .args([
+                "-c",
+                "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.compress(open(sys.argv[1], 'rb').read()))",
+            ])
+            .arg(&fake)
+            .arg(&xz)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        write("carry/data/set/dataset.json", "{}");
+        write(
+            "carry/jobs/1.tsv",
+            "# code abc123\nruns/sweep-t/good-s1\t--config\tc.json\t--seed\t1\n\
+             runs/sweep-t/fail-s1\t--config\tc.json\t--seed\t1\n",
+        );
+        write("py/nvidia/__init__.py", "");
+        fs::create_dir_all(tmp.join("py/nvidia/cu13/lib")).unwrap();
+        let smi = write(
+            "path/nvidia-smi",
+            "#!/bin/bash\ncase \"$*\" in *-l*) while true; do sleep 1; done;; \
+             *name*) echo FakeGPU;; *) echo smi;; esac\n",
+        );
+        let exe = |p: &Path| {
+            Command::new("chmod").arg("+x").arg(p).status().unwrap();
+        };
+        exe(&smi);
+        let path = format!(
+            "{}:{}",
+            tmp.join("path").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let run = |out: &str| {
+            let status = Command::new("timeout")
+                .args(["60", "bash"])
+                .arg(util::root().join("xtask/gpu-sweep.sh"))
+                .arg(tmp.join("carry"))
+                .arg(tmp.join(out))
+                .args(["2", "60"])
+                .env("PATH", &path)
+                .env("DUOSEG_GPU_PYTHON", "python3")
+                .env("PYTHONPATH", tmp.join("py"))
+                .env("DUOSEG_GPU_SWEEP_WORK", tmp.join("work"))
+                .env("DUOSEG_GPU_MIN_RUN_S", "5")
+                .status()
+                .unwrap();
+            // 124: the script waited on its monitor until `timeout` stopped it
+            assert!(status.success(), "gpu-sweep.sh: {status}");
+            fs::read_to_string(tmp.join(out).join("progress.txt")).unwrap()
+        };
+        let progress = run("out1");
+        assert!(progress.contains("done runs/sweep-t/good-s1"), "{progress}");
+        assert!(
+            progress.contains("FAILED runs/sweep-t/fail-s1 rc 3"),
+            "{progress}"
+        );
+        let failures = fs::read_to_string(tmp.join("out1/failures.txt")).unwrap();
+        assert!(failures.contains("boom"), "{failures}");
+        let listing = Command::new("tar")
+            .arg("tzf")
+            .arg(tmp.join("out1/runs.tgz"))
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        for f in [
+            "summary.json",
+            "config.json",
+            "log.jsonl",
+            "code-version.txt",
+        ] {
+            assert!(
+                listing.contains(&format!("runs/sweep-t/good-s1/{f}")),
+                "{listing}"
+            );
+        }
+        assert!(
+            !listing.contains("safetensors") && !listing.contains("fail-s1"),
+            "{listing}"
+        );
+        let version =
+            fs::read_to_string(tmp.join("work/runs/sweep-t/good-s1/code-version.txt")).unwrap();
+        assert_eq!(version.trim(), "abc123 cuda FakeGPU");
+        let args = fs::read_to_string(tmp.join("work/bin/args.txt")).unwrap();
+        assert!(
+            args.contains("--resume") && args.contains("--device cuda:0"),
+            "{args}"
+        );
+        assert!(
+            args.contains("carry/data/set/ --config c.json --seed 1"),
+            "{args}"
+        );
+
+        let again = run("out2");
+        assert!(
+            again.contains("done runs/sweep-t/good-s1 earlier"),
+            "{again}"
+        );
+        let _ = fs::remove_dir_all(&tmp);
+    }
+
     #[test]
     fn quotes_only_what_needs_it() {
         assert_eq!(shell_quote("--shapes=3"), "--shapes=3");

@@ -594,4 +594,54 @@ mod step_time_tests {
         assert_eq!(step_times(&dir.join("none.jsonl")), (None, None));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// `--emit-jobs`: seed-major lines of the runs without a summary, folder first, every `--set`
+    /// (common ones before the variant's) as its own pair of fields.
+    #[test]
+    fn emitted_jobs_list_the_missing_runs() {
+        let root = std::env::temp_dir().join(format!("duoseg-emitjobs-{}", std::process::id()));
+        let done = root.join("runs/sweep-t/supervised-s1");
+        std::fs::create_dir_all(&done).unwrap();
+        std::fs::write(done.join("summary.json"), "{}").unwrap();
+        let variants = [
+            Variant {
+                label: "supervised".into(),
+                sets: vec!["method=supervised".into()],
+            },
+            Variant {
+                label: "mt".into(),
+                sets: vec!["method=mean_teacher".into(), "ema_teacher=null".into()],
+            },
+        ];
+        let file = root.join("jobs.tsv");
+        write_jobs(
+            &file,
+            &root,
+            "t",
+            Path::new("configs/h.json"),
+            &[1, 2],
+            &["data.labeled=21".into()],
+            &["--iters".into(), "5".into()],
+            &variants,
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("# code "), "{text}");
+        let set = "--set\tdata.labeled=21\t--set\tmethod=";
+        assert_eq!(
+            &lines[1..],
+            [
+                format!("runs/sweep-t/mt-s1\t--config\tconfigs/h.json\t--seed\t1\t--iters\t5\t{set}mean_teacher\t--set\tema_teacher=null"),
+                format!("runs/sweep-t/supervised-s2\t--config\tconfigs/h.json\t--seed\t2\t--iters\t5\t{set}supervised"),
+                format!("runs/sweep-t/mt-s2\t--config\tconfigs/h.json\t--seed\t2\t--iters\t5\t{set}mean_teacher\t--set\tema_teacher=null"),
+            ]
+        );
+        let bad = [Variant {
+            label: "x".into(),
+            sets: vec!["a=b\tc".into()],
+        }];
+        assert!(write_jobs(&file, &root, "t", Path::new("c"), &[1], &[], &[], &bad).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
