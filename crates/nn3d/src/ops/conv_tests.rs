@@ -377,6 +377,26 @@ fn conv3d_matches_naive_loops() {
     }
 }
 
+/// The same on 3 threads: the whole-batch GEMMs split the output channels by thread, so 1-3
+/// channels on 3 threads give empty, one-channel and uneven ranges, and the Winograd chunks and
+/// weight transforms run on a thread count other than the machine's.
+#[test]
+fn conv3d_matches_naive_loops_on_three_threads() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .expect("a rayon pool");
+    pool.install(|| {
+        let mut rng = Lcg(3);
+        for (i, case) in fixed_cases().iter().enumerate() {
+            check_conv3d(case, &mut rng, i % 2 == 0);
+        }
+        for (i, case) in random_cases(&mut rng, 30).iter().enumerate() {
+            check_conv3d(case, &mut rng, i % 2 == 1);
+        }
+    });
+}
+
 #[test]
 fn conv_transpose3d_matches_naive_loops() {
     let mut rng = Lcg(2);

@@ -21,7 +21,7 @@
 //!   accumulated per thread, summed and transposed at the end (folded likewise,
 //!   [`backward_filter_tile_folded`]).
 //! - A folded convolution whose whole batch fits in one tile ([`WHOLE_BATCH_COLUMNS`], the deep
-//!   layers) runs as one column buffer for all samples and GEMMs that are parallel inside.
+//!   layers) runs as one column buffer for all samples and GEMMs split by output channel across the threads.
 //! - [`conv_backward_data`]: for unit stride, a gather convolution of `dY` with the flipped,
 //!   transposed kernel (so the fast forward kernel is reused). Otherwise one task per input depth
 //!   slice `(n, id)`: `dcol [C_in * kh * kw, OH * OW] = sum_a W_a^T * dY[n, :, od(a)]` by GEMM, then a
@@ -579,7 +579,7 @@ fn unfold_whole_batch(g: &Geometry, x: &[f32], col: &mut Vec<f32>) -> (usize, us
 
 /// [`conv_forward`] of a folded convolution on the whole batch at once (see
 /// [`WHOLE_BATCH_COLUMNS`]): the tap `e` GEMMs of [`forward_tile_folded`] over every sample's
-/// columns, parallel inside.
+/// columns, split by output channel across the threads ([`for_each_channel_range`]).
 ///
 /// # Safety
 /// `out` must be valid for writes of the whole output `[N, C_out, OD, OH, OW]`.
@@ -594,37 +594,41 @@ unsafe fn forward_whole_batch_folded(
     let [_, _, kw] = g.kernel;
     let dw = g.dilation[2];
     let s_out = g.out_volume();
-    let threads = rayon::current_num_threads();
     with_scratch(|col, tmp| {
         let (wp, total, k_fold) = unfold_whole_batch(g, x, col);
         tmp.resize(g.c_out * total, 0.0);
         let n_cols = total - dw * (kw - 1);
-        for e in 0..kw {
-            // SAFETY: as in forward_tile_folded, with `total` columns in place of one tile's.
-            unsafe {
-                gemm(
-                    n_cols,
-                    g.c_out,
-                    k_fold,
-                    tmp.as_mut_ptr(),
-                    total as isize,
-                    1,
-                    e > 0,
-                    col.as_ptr().add(e * dw),
-                    total as isize,
-                    1,
-                    w.as_ptr().add(e),
-                    (k_fold * kw) as isize,
-                    kw as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::Rayon(threads),
-                )
+        let tmp_ptr = SharedMut(tmp.as_mut_ptr());
+        let col: &[f32] = col;
+        for_each_channel_range(g.c_out, |o0, o1| {
+            for e in 0..kw {
+                // SAFETY: as in forward_tile_folded, with `total` columns in place of one tile's;
+                // this range writes the columns o0..o1 of `tmp` alone.
+                unsafe {
+                    gemm(
+                        n_cols,
+                        o1 - o0,
+                        k_fold,
+                        tmp_ptr.get().add(o0 * total),
+                        total as isize,
+                        1,
+                        e > 0,
+                        col.as_ptr().add(e * dw),
+                        total as isize,
+                        1,
+                        w.as_ptr().add(o0 * k_fold * kw + e),
+                        (k_fold * kw) as isize,
+                        kw as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                }
             }
-        }
+        });
         let rows = od * oh;
         for n in 0..g.batch {
             for o in 0..g.c_out {
@@ -640,16 +644,31 @@ unsafe fn forward_whole_batch_folded(
     })
 }
 
+/// Runs `f(o0, o1)` on contiguous ranges of the `c_out` output channels, one per rayon thread,
+/// in parallel: the whole-batch GEMMs split by output channel, each range one serial GEMM per tap.
+/// gemm's own parallel split of these small GEMMs was no faster on 2 threads than one serial GEMM
+/// (`bench_conv`, forward + backward, 2 threads: (3, 128, 4, 6, 4) 0.018 -> 0.010-0.013 s,
+/// (3, 256, 2, 3, 2) 0.015 -> 0.012 s).
+fn for_each_channel_range(c_out: usize, f: impl Fn(usize, usize) + Sync) {
+    let parts = rayon::current_num_threads().clamp(1, c_out.max(1));
+    let step = c_out.div_ceil(parts);
+    (0..parts).into_par_iter().for_each(|p| {
+        let (o0, o1) = (p * step, ((p + 1) * step).min(c_out));
+        if o0 < o1 {
+            f(o0, o1)
+        }
+    });
+}
+
 /// `dW^T [K, C_out]` of a folded convolution on the whole batch at once (see
 /// [`WHOLE_BATCH_COLUMNS`]): the tap `e` GEMMs of [`backward_filter_tile_folded`] over every
-/// sample's columns, parallel inside; each writes its own rows of `dW^T`, so no accumulator is
+/// sample's columns, split by output channel across the threads; each writes its own rows of `dW^T`, so no accumulator is
 /// shared or summed.
 fn backward_filter_whole_batch_folded(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let [od, oh, ow] = g.out_dims;
     let [_, _, kw] = g.kernel;
     let dw = g.dilation[2];
     let s_out = g.out_volume();
-    let threads = rayon::current_num_threads();
     let mut dw_t = vec![0f32; g.c_out * g.k_len()];
     with_scratch(|col, dy_pad| {
         let (wp, total, k_fold) = unfold_whole_batch(g, x, col);
@@ -663,33 +682,38 @@ fn backward_filter_whole_batch_folded(g: &Geometry, x: &[f32], dy: &[f32]) -> Ve
             }
         }
         let n_cols = total - dw * (kw - 1);
-        for e in 0..kw {
-            // SAFETY: as in backward_filter_tile_folded, with `total` columns in place of one
-            // tile's; the rows (c, a, b, e) of dw_t are this tap's alone (no read of dst).
-            unsafe {
-                gemm(
-                    k_fold,
-                    g.c_out,
-                    n_cols,
-                    dw_t.as_mut_ptr().add(e * g.c_out),
-                    1,
-                    (kw * g.c_out) as isize,
-                    false,
-                    col.as_ptr().add(e * dw),
-                    1,
-                    total as isize,
-                    dy_pad.as_ptr(),
-                    total as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::Rayon(threads),
-                )
+        let dw_ptr = SharedMut(dw_t.as_mut_ptr());
+        let (col, dy_pad): (&[f32], &[f32]) = (col, dy_pad);
+        for_each_channel_range(g.c_out, |o0, o1| {
+            for e in 0..kw {
+                // SAFETY: as in backward_filter_tile_folded, with `total` columns in place of one
+                // tile's; the rows (c, a, b, e) of dw_t are this tap's alone (no read of dst),
+                // and of them this range writes the columns o0..o1 alone.
+                unsafe {
+                    gemm(
+                        k_fold,
+                        o1 - o0,
+                        n_cols,
+                        dw_ptr.get().add(e * g.c_out + o0),
+                        1,
+                        (kw * g.c_out) as isize,
+                        false,
+                        col.as_ptr().add(e * dw),
+                        1,
+                        total as isize,
+                        dy_pad.as_ptr().add(o0 * total),
+                        total as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                }
             }
-        }
+        });
     });
     dw_t
 }
