@@ -320,6 +320,42 @@ fn unfold_padded_rows_into(
     dst: &mut [f32],
     stride: usize,
 ) {
+    let rows_per_channel = g.kernel[0] * g.kernel[1];
+    let row_len = (r1 - r0) * (g.out_dims[2] + g.dilation[2] * (g.kernel[2] - 1));
+    let last = (g.c_in * rows_per_channel).saturating_sub(1) * stride + row_len;
+    assert!(
+        g.c_in == 0 || dst.len() >= last,
+        "unfold: column buffer too short"
+    );
+    let s_c = g.in_volume();
+    for c in 0..g.c_in {
+        // SAFETY: rows (c, a, b) lie inside `dst` (checked above) and `dst` is borrowed mutably.
+        unsafe {
+            unfold_channel_rows(
+                g,
+                &x_n[c * s_c..(c + 1) * s_c],
+                r0,
+                r1,
+                dst.as_mut_ptr().add(c * rows_per_channel * stride),
+                stride,
+            )
+        };
+    }
+}
+
+/// The `kd * kh` padded rows `(a, b)` of one input channel `x_c`: row `(a, b)` at
+/// `dst + (a * kh + b) * stride`, `(r1 - r0) * Wp` values each.
+///
+/// # Safety
+/// Those rows must be valid for writes and written by no one else meanwhile.
+unsafe fn unfold_channel_rows(
+    g: &Geometry,
+    x_c: &[f32],
+    r0: usize,
+    r1: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
     let [d, h, wd] = g.in_dims;
     let [_, oh_n, ow_n] = g.out_dims;
     let [kd, kh, kw] = g.kernel;
@@ -331,27 +367,24 @@ fn unfold_padded_rows_into(
     let row_len = (r1 - r0) * wp;
     // padded row j holds x[.., j - pw] (zero outside 0..W)
     let (lo, hi) = valid_range(-pw, 1, wd, wp);
-    let mut q = 0;
-    for c in 0..g.c_in {
-        let x_c = &x_n[c * d * plane..(c + 1) * d * plane];
-        for a in 0..kd {
-            for b in 0..kh {
-                let dst_row = &mut dst[q * stride..][..row_len];
-                q += 1;
-                for (t, r) in (r0..r1).enumerate() {
-                    let seg = &mut dst_row[t * wp..(t + 1) * wp];
-                    let id = ((r / oh_n) * sd + a * dd) as isize - pd;
-                    let ih = ((r % oh_n) * sh + b * dh) as isize - ph;
-                    if id < 0 || id >= d as isize || ih < 0 || ih >= h as isize || lo >= hi {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    let src = &x_c[id as usize * plane + ih as usize * wd..][..wd];
-                    seg[..lo].fill(0.0);
-                    seg[hi..].fill(0.0);
-                    let s0 = (lo as isize - pw) as usize;
-                    seg[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+    for a in 0..kd {
+        for b in 0..kh {
+            // SAFETY: the caller's rows.
+            let dst_row =
+                unsafe { std::slice::from_raw_parts_mut(dst.add((a * kh + b) * stride), row_len) };
+            for (t, r) in (r0..r1).enumerate() {
+                let seg = &mut dst_row[t * wp..(t + 1) * wp];
+                let id = ((r / oh_n) * sd + a * dd) as isize - pd;
+                let ih = ((r % oh_n) * sh + b * dh) as isize - ph;
+                if id < 0 || id >= d as isize || ih < 0 || ih >= h as isize || lo >= hi {
+                    seg.fill(0.0);
+                    continue;
                 }
+                let src = &x_c[id as usize * plane + ih as usize * wd..][..wd];
+                seg[..lo].fill(0.0);
+                seg[hi..].fill(0.0);
+                let s0 = (lo as isize - pw) as usize;
+                seg[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
             }
         }
     }
@@ -532,13 +565,20 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
 
 /// `dW [C_out, K]` from `dW^T [K, C_out]`.
 fn transpose_filter_grad(g: &Geometry, dw_t: &[f32]) -> Vec<f32> {
-    let k = g.k_len();
+    /// Output channels per task: each reads a contiguous run of every `dW^T` row.
+    const BLOCK: usize = 16;
+    let (k, co) = (g.k_len(), g.c_out);
     let mut dw = vec![0f32; dw_t.len()];
-    for (kk, row) in dw_t.chunks_exact(g.c_out).enumerate() {
-        for (o, &v) in row.iter().enumerate() {
-            dw[o * k + kk] = v;
-        }
-    }
+    dw.par_chunks_mut((BLOCK * k).max(1))
+        .enumerate()
+        .for_each(|(blk, dw_blk)| {
+            let o0 = blk * BLOCK;
+            for (kk, row) in dw_t.chunks_exact(co).enumerate() {
+                for (i, &v) in row[o0..].iter().take(dw_blk.len() / k).enumerate() {
+                    dw_blk[i * k + kk] = v;
+                }
+            }
+        });
     dw
 }
 
@@ -570,10 +610,22 @@ fn unfold_whole_batch(g: &Geometry, x: &[f32], col: &mut Vec<f32>) -> (usize, us
     let k_fold = g.c_in * kd * kh;
     let s_in = g.in_volume();
     col.resize(k_fold * total, 0.0);
-    for n in 0..g.batch {
-        let x_n = &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in];
-        unfold_padded_rows_into(g, x_n, 0, od * oh, &mut col[n * per_sample..], total);
-    }
+    let col_ptr = SharedMut(col.as_mut_ptr());
+    (0..g.batch * g.c_in).into_par_iter().for_each(|nc| {
+        let (n, c) = (nc / g.c_in, nc % g.c_in);
+        // SAFETY: rows (c, a, b) of sample n: `kd * kh` rows of `per_sample` values at
+        // `(c * kd * kh + a * kh + b) * total + n * per_sample`, inside `col` and this (n, c)'s alone.
+        unsafe {
+            unfold_channel_rows(
+                g,
+                &x[nc * s_in..(nc + 1) * s_in],
+                0,
+                od * oh,
+                col_ptr.get().add(c * kd * kh * total + n * per_sample),
+                total,
+            )
+        };
+    });
     (wp, total, k_fold)
 }
 
@@ -630,17 +682,16 @@ unsafe fn forward_whole_batch_folded(
             }
         });
         let rows = od * oh;
-        for n in 0..g.batch {
-            for o in 0..g.c_out {
-                let b = bias.map_or(0.0, |b| b[o]);
-                let src = &tmp[o * total + n * rows * wp..][..rows * wp];
-                // SAFETY: the caller lets us write the whole output; this is out[n, o].
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.add((n * g.c_out + o) * s_out), s_out)
-                };
-                rows_off_padded_grid(src, wp, dst, ow, b);
-            }
-        }
+        let out = SharedMut(out);
+        let tmp: &[f32] = tmp;
+        (0..g.batch * g.c_out).into_par_iter().for_each(|no| {
+            let (n, o) = (no / g.c_out, no % g.c_out);
+            let b = bias.map_or(0.0, |b| b[o]);
+            let src = &tmp[o * total + n * rows * wp..][..rows * wp];
+            // SAFETY: the caller lets us write the whole output; this is out[n, o], this task's alone.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(no * s_out), s_out) };
+            rows_off_padded_grid(src, wp, dst, ow, b);
+        });
     })
 }
 
@@ -674,13 +725,16 @@ fn backward_filter_whole_batch_folded(g: &Geometry, x: &[f32], dy: &[f32]) -> Ve
         let (wp, total, k_fold) = unfold_whole_batch(g, x, col);
         dy_pad.resize(g.c_out * total, 0.0);
         let rows = od * oh;
-        for n in 0..g.batch {
-            for o in 0..g.c_out {
-                let src = &dy[(n * g.c_out + o) * s_out..][..s_out];
-                let dst = &mut dy_pad[o * total + n * rows * wp..][..rows * wp];
-                rows_onto_padded_grid(src, ow, dst, wp);
-            }
-        }
+        dy_pad
+            .par_chunks_mut(total)
+            .enumerate()
+            .for_each(|(o, dy_pad_o)| {
+                for n in 0..g.batch {
+                    let src = &dy[(n * g.c_out + o) * s_out..][..s_out];
+                    let dst = &mut dy_pad_o[n * rows * wp..][..rows * wp];
+                    rows_onto_padded_grid(src, ow, dst, wp);
+                }
+            });
         let n_cols = total - dw * (kw - 1);
         let dw_ptr = SharedMut(dw_t.as_mut_ptr());
         let (col, dy_pad): (&[f32], &[f32]) = (col, dy_pad);
@@ -790,15 +844,16 @@ fn backward_data_unit_stride(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let taps = kd * kh * kw;
     // w' [C_in, C_out, kd, kh, kw] with w'[c, o, a'] = w[o, c, k - 1 - a']
     let mut wt = vec![0f32; w.len()];
-    for o in 0..g.c_out {
-        for c in 0..g.c_in {
-            let src = &w[(o * g.c_in + c) * taps..][..taps];
-            let dst = &mut wt[(c * g.c_out + o) * taps..][..taps];
-            for (t, v) in dst.iter_mut().enumerate() {
-                *v = src[taps - 1 - t];
+    wt.par_chunks_mut((g.c_out * taps).max(1))
+        .enumerate()
+        .for_each(|(c, wt_c)| {
+            for (o, dst) in wt_c.chunks_exact_mut(taps).enumerate() {
+                let src = &w[(o * g.c_in + c) * taps..][..taps];
+                for (t, v) in dst.iter_mut().enumerate() {
+                    *v = src[taps - 1 - t];
+                }
             }
-        }
-    }
+        });
     let mut pad = [0isize; 3];
     for (i, p) in pad.iter_mut().enumerate() {
         *p = (g.dilation[i] * (g.kernel[i] - 1)) as isize - g.pad[i];
