@@ -137,6 +137,19 @@ fn for_each_chunked<T: Sync, S: Send>(
         .collect()
 }
 
+/// The input row along W that output row `r = od * OH + oh` reads at depth tap `a` and height tap
+/// `b` in channel `x_c`, or `None` where that lands in the zero padding.
+fn input_row<'x>(g: &Geometry, x_c: &'x [f32], r: usize, a: usize, b: usize) -> Option<&'x [f32]> {
+    let [d, h, w] = g.in_dims;
+    let oh_n = g.out_dims[1];
+    let id = ((r / oh_n) * g.stride[0] + a * g.dilation[0]) as isize - g.pad[0];
+    let ih = ((r % oh_n) * g.stride[1] + b * g.dilation[1]) as isize - g.pad[1];
+    if id < 0 || id >= d as isize || ih < 0 || ih >= h as isize {
+        return None;
+    }
+    Some(&x_c[(id as usize * h + ih as usize) * w..][..w])
+}
+
 /// The output indices `o` in `0..n_out` with `0 <= o * stride + offset < len`, as a range.
 fn valid_range(offset: isize, stride: usize, len: usize, n_out: usize) -> (usize, usize) {
     let s = stride as isize;
@@ -156,11 +169,11 @@ fn valid_range(offset: isize, stride: usize, len: usize, n_out: usize) -> (usize
 /// `col` (`[K, (r1 - r0) * OW]`, K ordered as the weight's `(c, a, b, e)`).
 fn unfold(g: &Geometry, x_n: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
     let [d, h, w] = g.in_dims;
-    let [_, oh_n, ow_n] = g.out_dims;
+    let ow_n = g.out_dims[2];
     let [kd, kh, kw] = g.kernel;
-    let [sd, sh, sw] = g.stride;
-    let [dd, dh, dw] = g.dilation;
-    let [pd, ph, pw] = g.pad;
+    let sw = g.stride[2];
+    let dw = g.dilation[2];
+    let pw = g.pad[2];
     let p = (r1 - r0) * ow_n;
     let plane = h * w;
     let mut rows = col.chunks_exact_mut(p);
@@ -174,13 +187,10 @@ fn unfold(g: &Geometry, x_n: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
                     let (lo, hi) = valid_range(off_w, sw, w, ow_n);
                     for (t, r) in (r0..r1).enumerate() {
                         let out = &mut dst[t * ow_n..(t + 1) * ow_n];
-                        let id = ((r / oh_n) * sd + a * dd) as isize - pd;
-                        let ih = ((r % oh_n) * sh + b * dh) as isize - ph;
-                        if id < 0 || id >= d as isize || ih < 0 || ih >= h as isize || lo >= hi {
+                        let Some(src) = input_row(g, x_c, r, a, b).filter(|_| lo < hi) else {
                             out.fill(0.0);
                             continue;
-                        }
-                        let src = &x_c[id as usize * plane + ih as usize * w..][..w];
+                        };
                         out[..lo].fill(0.0);
                         out[hi..].fill(0.0);
                         if sw == 1 {
@@ -356,13 +366,11 @@ unsafe fn unfold_channel_rows(
     dst: *mut f32,
     stride: usize,
 ) {
-    let [d, h, wd] = g.in_dims;
-    let [_, oh_n, ow_n] = g.out_dims;
+    let wd = g.in_dims[2];
+    let ow_n = g.out_dims[2];
     let [kd, kh, kw] = g.kernel;
-    let [sd, sh, _] = g.stride;
-    let [dd, dh, dw] = g.dilation;
-    let [pd, ph, pw] = g.pad;
-    let plane = h * wd;
+    let dw = g.dilation[2];
+    let pw = g.pad[2];
     let wp = ow_n + dw * (kw - 1);
     let row_len = (r1 - r0) * wp;
     // padded row j holds x[.., j - pw] (zero outside 0..W)
@@ -374,13 +382,10 @@ unsafe fn unfold_channel_rows(
                 unsafe { std::slice::from_raw_parts_mut(dst.add((a * kh + b) * stride), row_len) };
             for (t, r) in (r0..r1).enumerate() {
                 let seg = &mut dst_row[t * wp..(t + 1) * wp];
-                let id = ((r / oh_n) * sd + a * dd) as isize - pd;
-                let ih = ((r % oh_n) * sh + b * dh) as isize - ph;
-                if id < 0 || id >= d as isize || ih < 0 || ih >= h as isize || lo >= hi {
+                let Some(src) = input_row(g, x_c, r, a, b).filter(|_| lo < hi) else {
                     seg.fill(0.0);
                     continue;
-                }
-                let src = &x_c[id as usize * plane + ih as usize * wd..][..wd];
+                };
                 seg[..lo].fill(0.0);
                 seg[hi..].fill(0.0);
                 let s0 = (lo as isize - pw) as usize;
