@@ -21,7 +21,8 @@
 //!   accumulated per thread, summed and transposed at the end (folded likewise,
 //!   [`backward_filter_tile_folded`]).
 //! - A folded convolution whose whole batch fits in one tile ([`WHOLE_BATCH_COLUMNS`], the deep
-//!   layers) runs as one column buffer for all samples and GEMMs split by output channel across the threads.
+//!   layers) runs as one column buffer for all samples and GEMMs split by output channel across
+//!   the threads.
 //! - [`conv_backward_data`]: for unit stride, a gather convolution of `dY` with the flipped,
 //!   transposed kernel (so the fast forward kernel is reused). Otherwise one task per input depth
 //!   slice `(n, id)`: `dcol [C_in * kh * kw, OH * OW] = sum_a W_a^T * dY[n, :, od(a)]` by GEMM, then a
@@ -316,41 +317,21 @@ fn unfold_padded_rows(
     let row_len = (r1 - r0) * wp;
     let k_fold = g.c_in * kd * kh;
     col.resize(k_fold * row_len, 0.0);
-    unfold_padded_rows_into(g, x_n, r0, r1, col, row_len);
-    (wp, row_len, k_fold)
-}
-
-/// [`unfold_padded_rows`] into `dst`, whose row `(c, a, b)` starts at `(c, a, b) * stride` (so that
-/// several samples can share one column buffer side by side).
-fn unfold_padded_rows_into(
-    g: &Geometry,
-    x_n: &[f32],
-    r0: usize,
-    r1: usize,
-    dst: &mut [f32],
-    stride: usize,
-) {
-    let rows_per_channel = g.kernel[0] * g.kernel[1];
-    let row_len = (r1 - r0) * (g.out_dims[2] + g.dilation[2] * (g.kernel[2] - 1));
-    let last = (g.c_in * rows_per_channel).saturating_sub(1) * stride + row_len;
-    assert!(
-        g.c_in == 0 || dst.len() >= last,
-        "unfold: column buffer too short"
-    );
     let s_c = g.in_volume();
-    for c in 0..g.c_in {
-        // SAFETY: rows (c, a, b) lie inside `dst` (checked above) and `dst` is borrowed mutably.
+    for (c, rows) in col.chunks_exact_mut((kd * kh * row_len).max(1)).enumerate() {
+        // SAFETY: `rows` is channel c's `kd * kh` rows of `row_len` values, borrowed mutably.
         unsafe {
             unfold_channel_rows(
                 g,
                 &x_n[c * s_c..(c + 1) * s_c],
                 r0,
                 r1,
-                dst.as_mut_ptr().add(c * rows_per_channel * stride),
-                stride,
+                rows.as_mut_ptr(),
+                row_len,
             )
         };
     }
+    (wp, row_len, k_fold)
 }
 
 /// The `kd * kh` padded rows `(a, b)` of one input channel `x_c`: row `(a, b)` at
@@ -718,8 +699,8 @@ fn for_each_channel_range(c_out: usize, f: impl Fn(usize, usize) + Sync) {
 
 /// `dW^T [K, C_out]` of a folded convolution on the whole batch at once (see
 /// [`WHOLE_BATCH_COLUMNS`]): the tap `e` GEMMs of [`backward_filter_tile_folded`] over every
-/// sample's columns, split by output channel across the threads; each writes its own rows of `dW^T`, so no accumulator is
-/// shared or summed.
+/// sample's columns, split by output channel across the threads; each writes its own rows and
+/// columns of `dW^T`, so no accumulator is shared or summed.
 fn backward_filter_whole_batch_folded(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let [od, oh, ow] = g.out_dims;
     let [_, _, kw] = g.kernel;

@@ -108,7 +108,7 @@ const G: [[f32; 3]; 4] = [
 ];
 
 /// `U [64, C_out, C_in]` with `U[(i, j, k), o, c] = sum G[i][a] G[j][b] G[k][e] w[o, c, a, b, e]`.
-/// Parallel over the output channels (serial, it was a tenth of a 64-channel forward on 2 threads).
+/// Parallel over the output channels: run serially, it took a tenth of a 64-channel forward.
 fn transform_weight(g: &Geometry, w: &[f32]) -> Vec<f32> {
     let (co, ci) = (g.c_out, g.c_in);
     let mut u = vec![0f32; 64 * co * ci];
