@@ -31,8 +31,9 @@ carry="$(cd "$1" && pwd)"
 out="$2"
 iters="${3:-20}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-py=/opt/torch/.venv/bin/python3
-[ -x "$py" ] || py=python3
+# shellcheck source=xtask/gpu-lib.sh
+. "$root/xtask/gpu-lib.sh"
+py="$(gpu_python)"
 mkdir -p "$out" "$root/gpu/bin"
 export DUOSEG_TORCH_REFERENCE="$carry/ref"
 
@@ -40,13 +41,11 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -lms 100 > "$out/gpu-memory.csv" 2>/dev/null &
 smi=$!
 
-# Unpack the binaries (Python's lzma: the machine may lack xz).
+# Unpack the binaries.
 for f in "$carry"/bin/*.xz; do
   [ -e "$f" ] || continue
   name="$(basename "$f" .xz)"
-  "$py" -c 'import lzma, shutil, sys
-with lzma.open(sys.argv[1]) as i, open(sys.argv[2], "wb") as o: shutil.copyfileobj(i, o)' "$f" "$root/gpu/bin/$name"
-  chmod +x "$root/gpu/bin/$name"
+  unpack_xz "$f" "$root/gpu/bin/$name"
 done
 
 phase() { echo "$(date +%s.%N) $1" >> "$out/phases.txt"; }

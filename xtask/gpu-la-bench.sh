@@ -35,8 +35,9 @@ carry="$(cd "$1" && pwd)"
 out="$2"
 iters="${3:-200}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-py=/opt/torch/.venv/bin/python3
-[ -x "$py" ] || py=python3
+# shellcheck source=xtask/gpu-lib.sh
+. "$root/xtask/gpu-lib.sh"
+py="$(gpu_python)"
 mkdir -p "$out" "$root/gpu/bin"
 
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
@@ -44,12 +45,10 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -l 1 > "$out/gpu-memory.csv" 2>/dev/null &
 smi=$!
 
-# Unpack the binaries (Python's lzma: the machine may lack xz).
+# Unpack the binaries.
 for f in "$carry"/bin/*.xz; do
   name="$(basename "$f" .xz)"
-  "$py" -c 'import lzma, shutil, sys
-with lzma.open(sys.argv[1]) as i, open(sys.argv[2], "wb") as o: shutil.copyfileobj(i, o)' "$f" "$root/gpu/bin/$name"
-  chmod +x "$root/gpu/bin/$name"
+  unpack_xz "$f" "$root/gpu/bin/$name"
 done
 
 phase() { echo "$(date +%s.%N) $1" >> "$out/phases.txt"; }

@@ -24,10 +24,9 @@ if [ ! -x "$bin" ]; then
   exit 2
 fi
 
-py="${DUOSEG_GPU_PYTHON:-}"
-if [ -z "$py" ]; then
-  if [ -x /opt/torch/.venv/bin/python3 ]; then py=/opt/torch/.venv/bin/python3; else py=python3; fi
-fi
+# shellcheck source=xtask/gpu-lib.sh
+. "$root/xtask/gpu-lib.sh"
+py="$(gpu_python)"
 nvidia_dir="$("$py" - <<'EOF'
 import os
 try:

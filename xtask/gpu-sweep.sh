@@ -44,16 +44,13 @@ deadline=$((start + budget))
 # none starts with less left
 min_run_s="${DUOSEG_GPU_MIN_RUN_S:-100}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-py=/opt/torch/.venv/bin/python3
-[ -x "$py" ] || py=python3
+# shellcheck source=xtask/gpu-lib.sh
+. "$root/xtask/gpu-lib.sh"
 work="${DUOSEG_GPU_SWEEP_WORK:-/tmp/gpu-sweep}"
 mkdir -p "$out" "$work/bin"
 export DUOSEG_GPU_BIN_DIR="$work/bin"
 
-"$py" -c 'import lzma, shutil, sys
-with lzma.open(sys.argv[1]) as i, open(sys.argv[2], "wb") as o: shutil.copyfileobj(i, o)' \
-  "$carry/bin/duoseg.xz" "$work/bin/duoseg" || { echo "cannot unpack the binary" >&2; exit 2; }
-chmod +x "$work/bin/duoseg"
+unpack_xz "$carry/bin/duoseg.xz" "$work/bin/duoseg" || { echo "cannot unpack the binary" >&2; exit 2; }
 data="$(ls -d "$carry"/data/*/ | head -n 1)"
 gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
