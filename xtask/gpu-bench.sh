@@ -59,27 +59,28 @@ part() {
   phase idle
   sleep 1
 }
-bin() { bash "$root/xtask/gpu-run.sh" "$@"; }
+# a command, not a shell function: `timeout` in `part` runs programs only
+gpurun=(bash "$root/xtask/gpu-run.sh")
 has() { [ -x "$root/gpu/bin/$1" ]; }
 
-has gpu_check && part gpu_check 90 bin gpu_check
+has gpu_check && part gpu_check 90 "${gpurun[@]}" gpu_check
 modes="default benchmark bf16"
 
 # 2. the LA dual step (and, on the PyTorch side, LA inference in the same process)
-has bench_step && part la_step_duoseg 120 bin bench_step --device cuda --crop 112 112 80 --iters "$iters" --warmup 5
+has bench_step && part la_step_duoseg 120 "${gpurun[@]}" bench_step --device cuda --crop 112 112 80 --iters "$iters" --warmup 5
 for mode in $modes; do
   [ -f "$carry/ref/bench_torch.py" ] &&
     part "la_torch_$mode" 150 "$py" "$carry/ref/bench_torch.py" --device cuda --modes "$mode" --iters "$iters" --warmup 5
 done
 
 # 3. the hippocampus default step
-has bench_workload && part hip_step_duoseg 120 bin bench_workload --workload step --config "$root/configs/hippocampus.json" --device cuda --iters 50 --warmup 5
+has bench_workload && part hip_step_duoseg 120 "${gpurun[@]}" bench_workload --workload step --config "$root/configs/hippocampus.json" --device cuda --iters 50 --warmup 5
 for mode in $modes; do
   part "hip_step_torch_$mode" 120 "$py" "$root/tests/reference/bench_workloads_torch.py" --workload step --device cuda --mode "$mode" --iters 50 --warmup 5
 done
 
 # 4. LA-volume inference
-has bench_workload && part la_infer_duoseg 90 bin bench_workload --workload infer --config "$root/configs/la.json" --device cuda
+has bench_workload && part la_infer_duoseg 90 "${gpurun[@]}" bench_workload --workload infer --config "$root/configs/la.json" --device cuda
 for mode in $modes; do
   part "la_infer_torch_$mode" 90 "$py" "$root/tests/reference/bench_workloads_torch.py" --workload infer --device cuda --mode "$mode"
 done
