@@ -8,26 +8,26 @@
 # read, passed as --data) and jobs/*.tsv, each written here by
 # `cargo xtask sweep|compare ... --emit-jobs FILE` (first line `# code <version>`, then one run per
 # line: its folder, then its `duoseg train` arguments, tab-separated). The jobs run in file and
-# line order, [parallel runs] at a time (default 12) on the one GPU: a hippocampus step is
-# kernel-launch-bound, so runs side by side share the GPU with little loss. A run is not started
+# line order, [parallel runs] at a time (default 12) on the one GPU: a hippocampus step alone is
+# kernel-launch-bound, so runs side by side fill the GPU (measured below). A run is not started
 # when too little of [budget seconds] (default 540) is left for it ($DUOSEG_GPU_MIN_RUN_S, default
 # 100), and one still going near the end is stopped (it writes a checkpoint), so the call always
 # returns what finished. Runs train with --resume in /tmp/gpu-sweep ($DUOSEG_GPU_SWEEP_WORK), the
-# binary unpacked there too: the same command again, while
-# the machine is still warm (about 30 s), skips the finished runs and continues the stopped ones.
+# binary unpacked there too: the same command again, while the machine is still warm (about 30 s),
+# skips the finished runs and continues the stopped ones.
 #
 # Measured (2026-12-04, H200, 16 cores): the 24 runs of the hippocampus comparison at 21 labels
 # (8 methods x 3 seeds, 600 iterations each), 15 at a time, kept the GPU at 100 % and took about
 # 640 s of GPU time in all (duoseg's runs, two nets and two EMA teachers, are the longest: about
 # 540 s each at 15 side by side); one at a time they take 60-120 s each.
 #
-# It returns $OUT-style <out dir>/runs.tgz: each finished run's summary.json, config.json,
+# It leaves <out dir>/runs.tgz: each finished run's summary.json, config.json,
 # log.jsonl and code-version.txt (`<version> cuda <GPU>`), no checkpoints, under its folder;
 # unpack it in the repository root and the same sweep without --emit-jobs reuses the runs and
 # writes the table. <out dir>/progress.txt and failures.txt say what ran and what did not.
 #
 # Device call: carry ["gpu/carry-sweep"], command
-# `bash xtask/gpu-sweep.sh gpu/carry-sweep $OUT 12 540`.
+# `bash xtask/gpu-sweep.sh gpu/carry-sweep $OUT 15 555` (as measured above; docs/gpu.md).
 set -uo pipefail
 
 if [ $# -lt 2 ]; then
