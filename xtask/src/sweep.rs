@@ -135,25 +135,17 @@ pub fn run(args: &[String]) -> Result<()> {
     for v in &variants {
         let mut per_seed = Vec::new();
         for &seed in &seeds {
-            let out = root
-                .join("runs")
-                .join(format!("sweep-{name}"))
-                .join(format!("{}-s{seed}", v.label));
+            let out = root.join(run_folder(&name, &v.label, seed));
             let summary = out.join("summary.json");
             let version_file = out.join("code-version.txt");
             if !summary.exists() {
                 let mut cmd = Command::new(&bin);
                 cmd.arg("train")
-                    .arg("--config")
-                    .arg(&config)
+                    .args(train_args(&config, seed, &extra, &common, &v.sets))
                     .arg("--out")
-                    .arg(&out);
-                // a run stopped part-way continues from its checkpoint (and must have the same config)
-                cmd.args(["--seed", &seed.to_string(), "--no-progress", "--resume"])
-                    .args(&extra);
-                for s in common.iter().chain(&v.sets) {
-                    cmd.args(["--set", s]);
-                }
+                    .arg(&out)
+                    // a run stopped part-way continues from its checkpoint (and must have the same config)
+                    .args(["--no-progress", "--resume"]);
                 util::run(&mut cmd)?;
                 std::fs::write(&version_file, format!("{code}\n"))
                     .with_context(|| format!("cannot write {}", version_file.display()))?;
@@ -250,6 +242,34 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A run's folder, relative to the repository root.
+fn run_folder(name: &str, label: &str, seed: u64) -> String {
+    format!("runs/sweep-{name}/{label}-s{seed}")
+}
+
+/// The `duoseg train` arguments of one run that the sweep decides (the run folder and the
+/// progress and resume flags are the runner's): config, seed, `--iters` / `--data`, then every
+/// `--set`, the sweep's before the variant's.
+fn train_args(
+    config: &Path,
+    seed: u64,
+    extra: &[String],
+    common: &[String],
+    sets: &[String],
+) -> Vec<String> {
+    let mut args = vec![
+        "--config".to_string(),
+        config.to_string_lossy().into_owned(),
+        "--seed".to_string(),
+        seed.to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    for s in common.iter().chain(sets) {
+        args.extend(["--set".to_string(), s.clone()]);
+    }
+    args
+}
+
 /// `--emit-jobs`: one line per run without a `summary.json`: its folder (relative to the
 /// repository root) and its `duoseg train` arguments, tab-separated; the first line, `# code
 /// <version>`, names the code the runs are meant to train with.
@@ -268,21 +288,12 @@ fn write_jobs(
     // seed-major, so that a GPU call cut short still leaves whole seeds of the table
     for &seed in seeds {
         for v in variants {
-            let rel = format!("runs/sweep-{name}/{}-s{seed}", v.label);
+            let rel = run_folder(name, &v.label, seed);
             if root.join(&rel).join("summary.json").exists() {
                 continue;
             }
-            let mut fields = vec![
-                rel,
-                "--config".into(),
-                config.to_string_lossy().into_owned(),
-                "--seed".into(),
-                seed.to_string(),
-            ];
-            fields.extend(extra.iter().cloned());
-            for s in common.iter().chain(&v.sets) {
-                fields.extend(["--set".to_string(), s.clone()]);
-            }
+            let mut fields = vec![rel];
+            fields.extend(train_args(config, seed, extra, common, &v.sets));
             if let Some(bad) = fields.iter().find(|f| f.contains(['\t', '\n'])) {
                 bail!("--emit-jobs: argument {bad:?} holds a tab or a newline");
             }
