@@ -115,6 +115,51 @@ pub fn sharpen(probs: &Tensor, temperature: f64) -> Result<Tensor> {
     candle_nn::ops::softmax(&(log / temperature)?, 1)
 }
 
+/// MCF's review term (CDR) of a pair of nets on the labeled crops (see [`review_terms`]).
+#[derive(Debug, Clone)]
+pub struct ReviewTerms {
+    /// Net A's mean `sum_{c>=1} (p_c - y_c)^2` over the voxels where the nets disagree.
+    pub review_a: Tensor,
+    /// The same for net B.
+    pub review_b: Tensor,
+    /// The number of labeled voxels where the nets' argmax differ.
+    pub n_disagree: f64,
+}
+
+/// MCF's review term (WYC-321/MCF `train_MCF.py`, CDR) for both nets' probabilities `[N_l, K, ...]` on the
+/// labeled crops and their labels `[N_l, ...]`: on the voxels where the two nets' argmax differ, each net's
+/// `sum_{c>=1} (p_c - y_c)^2`, summed and divided by `count + 1e-16` (0 when they agree everywhere).
+/// The disagreement mask carries no gradient; each net's term trains that net.
+pub fn review_terms(probs_a: &Tensor, probs_b: &Tensor, labels: &Tensor) -> Result<ReviewTerms> {
+    let k = check_pair("review", probs_a, labels)?;
+    if probs_b.dims() != probs_a.dims() {
+        candle_core::bail!(
+            "review: probabilities {:?} and {:?} differ in shape",
+            probs_a.dims(),
+            probs_b.dims()
+        );
+    }
+    let disagree = probs_a
+        .argmax(1)?
+        .ne(&probs_b.argmax(1)?)?
+        .to_dtype(probs_a.dtype())?
+        .unsqueeze(1)?; // [N_l, 1, ...]
+    let count = reduce::sum_all(&disagree)?;
+    let y = one_hot(labels, k)?
+        .to_dtype(probs_a.dtype())?
+        .narrow(1, 1, k - 1)?;
+    let review = |p: &Tensor| -> Result<Tensor> {
+        let fg = p.narrow(1, 1, k - 1)?;
+        let err = (fg - &y)?.sqr()?.broadcast_mul(&disagree)?;
+        reduce::sum_all(&err)?.div(&(&count + 1e-16)?)
+    };
+    Ok(ReviewTerms {
+        review_a: review(probs_a)?,
+        review_b: review(probs_b)?,
+        n_disagree: f64::from(count.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?),
+    })
+}
+
 /// The terms of one MCF iteration (see [`mcf_loss`]).
 #[derive(Debug, Clone)]
 pub struct McfTerms {
@@ -169,7 +214,7 @@ pub fn mcf_loss(
         );
     }
     let (lv, lr) = (logits_v.narrow(0, 0, n_l)?, logits_r.narrow(0, 0, n_l)?);
-    let k = check_pair("mcf", &lv, labels)?;
+    check_pair("mcf", &lv, labels)?;
     let pv_all = candle_nn::ops::softmax(logits_v, 1)?;
     let pr_all = candle_nn::ops::softmax(logits_r, 1)?;
     let (pv, pr) = (pv_all.narrow(0, 0, n_l)?, pr_all.narrow(0, 0, n_l)?);
@@ -188,22 +233,11 @@ pub fn mcf_loss(
             .to_scalar::<f32>()?,
     );
 
-    let disagree = pv
-        .argmax(1)?
-        .ne(&pr.argmax(1)?)?
-        .to_dtype(pv.dtype())?
-        .unsqueeze(1)?; // [N_l, 1, ...]
-    let count = reduce::sum_all(&disagree)?;
-    let y = one_hot(labels, k)?
-        .to_dtype(pv.dtype())?
-        .narrow(1, 1, k - 1)?;
-    let review = |p: &Tensor| -> Result<Tensor> {
-        let fg = p.narrow(1, 1, k - 1)?;
-        let err = (fg - &y)?.sqr()?.broadcast_mul(&disagree)?;
-        reduce::sum_all(&err)?.div(&(&count + 1e-16)?)
-    };
-    let review_v = review(&pv)?;
-    let review_r = review(&pr)?;
+    let ReviewTerms {
+        review_a: review_v,
+        review_b: review_r,
+        n_disagree,
+    } = review_terms(&pv, &pr, labels)?;
 
     let vnet_teaches = dice_v < dice_r;
     let (teacher, student) = if vnet_teaches {
@@ -216,11 +250,6 @@ pub fn mcf_loss(
     let consistency = reduce::mean_all(&(student.narrow(0, n_l, n_u)? - target)?.sqr()?)?;
     let total = ((&supervised_v + &supervised_r)? + ((&review_v + &review_r)? * review_weight)?)?
         .add(&(&consistency * weight)?)?;
-    let n_disagree = f64::from(
-        count
-            .to_dtype(candle_core::DType::F32)?
-            .to_scalar::<f32>()?,
-    );
     Ok(McfTerms {
         supervised_v,
         supervised_r,

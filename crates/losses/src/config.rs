@@ -42,6 +42,27 @@ pub enum Reliability {
     PerClass,
 }
 
+/// What the students of `L_u` fit on the unlabeled crops.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum UnsupTarget {
+    /// The teacher's argmax on the reliable voxels: masked CE (+ Dice, `unsup_dice`). The paper. Default.
+    #[default]
+    Hard,
+    /// MCF's target: the teacher's probabilities sharpened at `temperature` (`q^(1/T)` renormalised) on
+    /// every unlabeled voxel, fitted by the mean squared error over classes and voxels; the reliability
+    /// filter then only chooses the contrastive loss's voxels.
+    Sharpened {
+        /// The sharpening temperature (MCF's 0.1 when not given).
+        #[serde(default = "mcf_temperature")]
+        temperature: f64,
+    },
+}
+
+fn mcf_temperature() -> f64 {
+    0.1
+}
+
 /// Every option of the per-iteration loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,6 +90,11 @@ pub struct LossConfig {
     pub lambda_u: LambdaSchedule,
     /// `lambda_c(t)`, weight of `L_c`.
     pub lambda_c: LambdaSchedule,
+    /// What `L_u`'s students fit: hard pseudo-labels on reliable voxels, or sharpened soft ones everywhere.
+    pub unsup_target: UnsupTarget,
+    /// Weight of MCF's review term on the labeled crops (`baselines::review_terms`, both nets), added to the
+    /// supervised terms; 0 (off) by default.
+    pub review_weight: f64,
     /// Ablation switch: the pseudo-label loss `L_u`.
     pub use_unsup: bool,
     /// Whether `L_u` includes the Dice term on pseudo-labels (SPEC section 2 step 4: yes). Crops with
@@ -100,6 +126,8 @@ impl Default for LossConfig {
                 weight: 0.1,
                 shape: ScheduleShape::RampUp,
             },
+            unsup_target: UnsupTarget::Hard,
+            review_weight: 0.0,
             use_unsup: true,
             unsup_dice: true,
             use_reg: true,
@@ -126,6 +154,11 @@ impl LossConfig {
                 "the reference_code preset is defined for 2 classes, got {n_classes}"
             ));
         }
+        if self.preset == Preset::ReferenceCode && self.unsup_target != UnsupTarget::Hard {
+            return Err("the reference_code preset's L_u is its own (hard, logged only): \
+                        loss.unsup_target must stay \"hard\""
+                .into());
+        }
         unit("alpha0", self.alpha0)?;
         unit("alpha_floor", self.alpha_floor)?;
         match self.threshold {
@@ -147,9 +180,17 @@ impl LossConfig {
                 }
             }
         }
+        if let UnsupTarget::Sharpened { temperature } = self.unsup_target {
+            if !(temperature.is_finite() && temperature > 0.0) {
+                return Err(format!(
+                    "loss.unsup_target.temperature must be positive, got {temperature}"
+                ));
+            }
+        }
         for (name, w) in [
             ("lambda_u.weight", self.lambda_u.weight),
             ("lambda_c.weight", self.lambda_c.weight),
+            ("review_weight", self.review_weight),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(format!("loss.{name} must be finite and >= 0, got {w}"));

@@ -19,11 +19,11 @@ mod supervised;
 
 pub use baselines::{
     discriminator_loss, dtc_loss, ema_decay, mc_net_loss, mc_net_sharpen, mcf_loss,
-    mean_teacher_consistency, predictive_entropy, sassnet_loss, sharpen, sigmoid_rampup,
+    mean_teacher_consistency, predictive_entropy, review_terms, sassnet_loss, sharpen, sigmoid_rampup,
     softmax_squared_difference, uncertainty_masked_consistency, uncertainty_threshold,
-    ConsistencyRamp, DtcTerms, McNetTerms, McfTerms, SassnetTerms,
+    ConsistencyRamp, DtcTerms, McNetTerms, McfTerms, ReviewTerms, SassnetTerms,
 };
-pub use config::{LossConfig, Preset, Reliability, StudentRule};
+pub use config::{LossConfig, Preset, Reliability, StudentRule, UnsupTarget};
 pub use consistency::{
     consistency_l1, consistency_l1_normalized, disagreement_mask, mean_confidence,
     DynamicThreshold, RegNormalization, ThresholdRule,

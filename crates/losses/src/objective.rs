@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{bail, DType, Result, Tensor};
 
-use crate::config::{LossConfig, Preset, Reliability, StudentRule};
+use crate::baselines::{review_terms, sharpen};
+use crate::config::{LossConfig, Preset, Reliability, StudentRule, UnsupTarget};
 use crate::consistency::{
     consistency_l1_normalized, disagreement_mask, mean_confidence, DynamicThreshold,
 };
@@ -14,7 +15,7 @@ use crate::reliability::{
     alpha_schedule, choose_teacher, entropy, pseudo_labels, select_reliable,
     select_reliable_per_class, Net, Teacher,
 };
-use crate::supervised::{cross_entropy, dice_loss, supervised_loss, SupervisedTerms};
+use crate::supervised::{cross_entropy, dice_loss, one_hot, supervised_loss, SupervisedTerms};
 
 /// Fixed parameters of the reference code's effective objective (SPEC end of section 2).
 const REF_CONFIDENT: f64 = 0.6;
@@ -78,6 +79,8 @@ pub struct LossTerms {
     pub unsup: Tensor,
     /// `L_reg` (0 when switched off).
     pub reg: Tensor,
+    /// MCF's review term of both nets on the labeled half, unweighted (0 when `review_weight` is 0).
+    pub review: Tensor,
     /// Contrastive terms of net A (zeros when switched off).
     pub contrast_a: ContrastiveTerms,
     /// Contrastive terms of net B (zeros when switched off).
@@ -98,6 +101,8 @@ pub struct LossTerms {
     pub n_unreliable: usize,
     /// `|M_diff|`.
     pub n_disagree: usize,
+    /// Labeled voxels where the nets' argmax differ (the review term's mask; 0 when it is off).
+    pub n_review: usize,
     /// The pseudo-labels `y_hat` of the unlabeled half `[N_u, D, H, W]` (u32), for diagnosis.
     pub pseudo_labels: Tensor,
     /// 1 where an unlabeled voxel is reliable, else 0 `[N_u, D, H, W]`, for diagnosis.
@@ -118,6 +123,7 @@ impl LossTerms {
         m.insert("dice_b", v(&self.sup_b.dice)?);
         m.insert("unsup", v(&self.unsup)?);
         m.insert("reg", v(&self.reg)?);
+        m.insert("review", v(&self.review)?);
         m.insert("pull_a", v(&self.contrast_a.pull)?);
         m.insert("push_a", v(&self.contrast_a.push)?);
         m.insert("pull_b", v(&self.contrast_b.pull)?);
@@ -130,6 +136,7 @@ impl LossTerms {
         m.insert("n_reliable", self.n_reliable as f64);
         m.insert("n_unreliable", self.n_unreliable as f64);
         m.insert("n_disagree", self.n_disagree as f64);
+        m.insert("n_review", self.n_review as f64);
         Ok(m)
     }
 }
@@ -306,13 +313,18 @@ impl Objective {
         } else {
             (zero_contrast(&zero), zero_contrast(&zero))
         };
+        let (review, n_review) = if cfg.review_weight > 0.0 {
+            let r = review_terms(&a.probs_l, &b.probs_l, &labels)?;
+            ((r.review_a + r.review_b)?, r.n_disagree.round() as usize)
+        } else {
+            (zero.clone(), 0)
+        };
         let lc = (contrast_a.total()? + contrast_b.total()?)?;
+        let sup = ((sup_a.total()? + sup_b.total()?)? + (&review * cfg.review_weight)?)?;
         let total = if reference {
-            let sup = (sup_a.total()? + sup_b.total()?)?;
             (((sup + (&reg * REF_REG_WEIGHT)?)? + (&unsup * lambda_u)?)? + (lc * lambda_c)?)?
         } else {
-            (((sup_a.total()? + sup_b.total()?)? + ((&unsup + &reg)? * lambda_u)?)?
-                + (lc * lambda_c)?)?
+            ((sup + ((&unsup + &reg)? * lambda_u)?)? + (lc * lambda_c)?)?
         };
         Ok(LossTerms {
             total,
@@ -320,6 +332,7 @@ impl Objective {
             sup_b,
             unsup,
             reg,
+            review,
             contrast_a,
             contrast_b,
             teacher,
@@ -330,6 +343,7 @@ impl Objective {
             n_reliable,
             n_unreliable,
             n_disagree,
+            n_review,
             pseudo_labels: targets.yhat,
             reliable: targets.reliable,
         })
@@ -362,6 +376,9 @@ struct Targets {
     reliable: Tensor,
     /// The share of unreliable voxels (`alpha_t`; the reference code's fixed fraction).
     alpha: f64,
+    /// The teacher's probabilities `[N_u, K, D, H, W]` (detached; one-hot truth where pasted), for soft
+    /// targets; `None` for the reference code, which has no single teacher.
+    probs: Option<Tensor>,
 }
 
 impl Targets {
@@ -380,10 +397,20 @@ impl Targets {
         let labels = labels.to_dtype(self.yhat.dtype())?;
         let yhat = mask.gt(0.5)?.where_cond(&labels, &self.yhat)?;
         let reliable = self.reliable.maximum(&mask)?;
+        let probs = match self.probs {
+            Some(p) => {
+                let truth = one_hot(&labels.to_dtype(DType::U32)?, p.dim(1)?)?.to_dtype(p.dtype())?;
+                let m = mask.unsqueeze(1)?.to_dtype(p.dtype())?;
+                let keep = (1.0 - &m)?;
+                Some((truth.broadcast_mul(&m)? + p.broadcast_mul(&keep)?)?)
+            }
+            None => None,
+        };
         Ok(Targets {
             yhat,
             reliable,
             alpha: self.alpha,
+            probs,
         })
     }
 }
@@ -426,6 +453,7 @@ fn paper_targets(
         yhat,
         reliable,
         alpha,
+        probs: Some(probs_t),
     })
 }
 
@@ -441,6 +469,7 @@ fn reference_targets(a: &Halves, b: &Halves) -> Result<Targets> {
         yhat,
         reliable: rel_a.maximum(&rel_b)?,
         alpha: REF_KEEP_FRACTION,
+        probs: None,
     })
 }
 
@@ -459,8 +488,17 @@ fn paper_unsup(
         _ => &[Net::A, Net::B],
     };
     let (yhat, reliable) = (&targets.yhat, &targets.reliable);
+    let soft = match (cfg.unsup_target, &targets.probs) {
+        (UnsupTarget::Hard, _) => None,
+        (UnsupTarget::Sharpened { temperature }, Some(p)) => Some(sharpen(p, temperature)?),
+        (UnsupTarget::Sharpened { .. }, None) => bail!("sharpened targets need a teacher"),
+    };
     for s in students {
         let h = if *s == Net::A { a } else { b };
+        if let Some(target) = &soft {
+            unsup = (unsup + reduce::mean_all(&(&h.probs_u - target)?.sqr()?)?)?;
+            continue;
+        }
         unsup = (unsup + cross_entropy(&h.logits_u, yhat, Some(reliable))?)?;
         if cfg.unsup_dice {
             unsup = (unsup + dice_loss(&h.probs_u, yhat, Some(reliable))?)?;

@@ -147,22 +147,29 @@ fn assembled_total_gradient() {
     let fa = rand_f64(&[3, 4, 3, 2, 2], 1.0, 22).unwrap();
     let fb = rand_f64(&[3, 4, 3, 2, 2], 1.0, 23).unwrap();
     let y = rand_labels(&[1, 3, 2, 2], 2, 24).unwrap();
-    for (preset, student, teacher) in [
+    // the last flag adds MCF's parts: the review term and sharpened soft targets, the latter from fixed
+    // (EMA) teacher logits, since a live teacher's soft target is a constant for autograd only
+    let (ta, tb) = (la.narrow(0, 1, 2).unwrap(), lb.narrow(0, 1, 2).unwrap());
+    for (preset, student, teacher, mcf_parts) in [
         (
             Preset::Paper,
             StudentRule::Other,
             TeacherRule::LowerSupervised,
+            false,
         ),
         (
             Preset::Paper,
             StudentRule::Both,
             TeacherRule::LowerSupervised,
+            false,
         ),
-        (Preset::Paper, StudentRule::Other, TeacherRule::Ensemble),
+        (Preset::Paper, StudentRule::Other, TeacherRule::Ensemble, false),
+        (Preset::Paper, StudentRule::Other, TeacherRule::Ensemble, true),
         (
             Preset::ReferenceCode,
             StudentRule::Other,
             TeacherRule::LowerSupervised,
+            false,
         ),
     ] {
         let cfg = LossConfig {
@@ -174,6 +181,12 @@ fn assembled_total_gradient() {
                 margin: 3.0,
                 pull_through_prototypes: true,
                 ..Default::default()
+            },
+            review_weight: if mcf_parts { 0.5 } else { 0.0 },
+            unsup_target: if mcf_parts {
+                UnsupTarget::Sharpened { temperature: 0.5 }
+            } else {
+                UnsupTarget::Hard
             },
             ..LossConfig::default()
         };
@@ -192,7 +205,7 @@ fn assembled_total_gradient() {
                 iteration: 300,
                 total_iterations: 600,
                 seed: 5,
-                teacher_logits: None,
+                teacher_logits: mcf_parts.then_some([&ta, &tb]),
                 pasted: None,
             };
             objective.clone().assemble(&input)
@@ -202,6 +215,7 @@ fn assembled_total_gradient() {
             terms.n_disagree > 0 && terms.n_unreliable > 0,
             "{preset:?}: test needs every term active"
         );
+        assert_eq!(mcf_parts, terms.n_review > 0, "the review term is on exactly when set");
         if preset == Preset::ReferenceCode {
             // L_u and L_c are detached there: only L_s + 0.5 L_reg trains
             let trained = |x: &Tensor| {

@@ -5,6 +5,7 @@ mod baselines;
 mod edge;
 mod fixtures;
 mod gradcheck;
+mod mcf_parts;
 mod parts;
 
 use candle_core::{DType, Device, Result, Tensor};
