@@ -156,7 +156,11 @@ pub fn review_terms(probs_a: &Tensor, probs_b: &Tensor, labels: &Tensor) -> Resu
     Ok(ReviewTerms {
         review_a: review(probs_a)?,
         review_b: review(probs_b)?,
-        n_disagree: f64::from(count.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?),
+        n_disagree: f64::from(
+            count
+                .to_dtype(candle_core::DType::F32)?
+                .to_scalar::<f32>()?,
+        ),
     })
 }
 

@@ -155,9 +155,11 @@ impl LossConfig {
             ));
         }
         if self.preset == Preset::ReferenceCode && self.unsup_target != UnsupTarget::Hard {
-            return Err("the reference_code preset's L_u is its own (hard, logged only): \
+            return Err(
+                "the reference_code preset's L_u is its own (hard, logged only): \
                         loss.unsup_target must stay \"hard\""
-                .into());
+                    .into(),
+            );
         }
         unit("alpha0", self.alpha0)?;
         unit("alpha_floor", self.alpha_floor)?;

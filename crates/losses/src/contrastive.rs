@@ -6,6 +6,7 @@ use candle_core::{bail, DType, Result, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::prototypes::normalized_class_sums;
 use crate::reduce;
 use crate::supervised::one_hot;
 
@@ -82,14 +83,20 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&norm)
 }
 
-/// `[N, C, ...]` -> `[N * prod(...), C]`, voxels in C order (the order of `flatten_all` of `[N, ...]`).
-fn voxels_by_channel(x: &Tensor) -> Result<Tensor> {
-    let rank = x.rank();
-    let mut perm: Vec<usize> = vec![0];
-    perm.extend(2..rank);
-    perm.push(1);
-    let c = x.dim(1)?;
-    x.permute(perm)?.contiguous()?.reshape(((), c))
+/// The feature vectors `[S, C]` of the voxels `chosen` (indices into the voxels of `[N, ...]` in row-major
+/// order) of features `[N, C, ...]`, read in place: no permuted copy of the whole tensor.
+fn gather_voxels(feat: &Tensor, chosen: &[u32]) -> Result<Tensor> {
+    let (n, c) = (feat.dim(0)?, feat.dim(1)?);
+    let v = feat.elem_count() / (n * c).max(1);
+    let mut index = Vec::with_capacity(chosen.len() * c);
+    for &i in chosen {
+        let (item, voxel) = (i as usize / v, i as usize % v);
+        index.extend((0..c).map(|ch| ((item * c + ch) * v + voxel) as u32));
+    }
+    let index = Tensor::new(index.as_slice(), feat.device())?;
+    feat.flatten_all()?
+        .index_select(&index, 0)?
+        .reshape((chosen.len(), c))
 }
 
 /// Prototype contrastive loss of one net.
@@ -134,16 +141,19 @@ pub fn prototype_contrastive(
     let device = feat_u.device();
     let dtype = feat_u.dtype();
     let zero = Tensor::zeros((), dtype, device)?;
-    let fu = voxels_by_channel(&l2_normalize(feat_u)?)?; // [Mu, C]
-    let fl = voxels_by_channel(&l2_normalize(feat_l)?)?; // [Ml, C]
     let reliable = reliable.detach().to_dtype(dtype)?;
     let w_u = one_hot(pseudo, n_classes)?
         .to_dtype(dtype)?
-        .broadcast_mul(&reliable.unsqueeze(1)?)?;
-    let w_u = voxels_by_channel(&w_u)?; // [Mu, K]
-    let w_l = voxels_by_channel(&one_hot(labels_l, n_classes)?.to_dtype(dtype)?)?; // [Ml, K]
-    let sums = (w_u.t()?.matmul(&fu)? + w_l.t()?.matmul(&fl)?)?; // [K, C]
-    let counts = (reduce::sum_rows(&w_u)? + reduce::sum_rows(&w_l)?)?
+        .broadcast_mul(&reliable.unsqueeze(1)?)?; // [Nu, K, ...]
+    let w_l = one_hot(labels_l, n_classes)?.to_dtype(dtype)?; // [Nl, K, ...]
+    let sums = (normalized_class_sums(feat_u, &w_u)? + normalized_class_sums(feat_l, &w_l)?)?; // [K, C]
+    let class_counts = |w: &Tensor| -> Result<Tensor> {
+        let per_class = (0..n_classes)
+            .map(|k| reduce::sum_all(&w.narrow(1, k, 1)?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&per_class, 0)
+    };
+    let counts = (class_counts(&w_u)? + class_counts(&w_l)?)?
         .to_dtype(DType::F32)?
         .to_vec1::<f32>()?;
     let present: Vec<u32> = (0..n_classes as u32)
@@ -197,11 +207,12 @@ pub fn prototype_contrastive(
                 .map(|j| candidates[j])
                 .collect()
         };
-        let chosen = Tensor::new(chosen.as_slice(), device)?;
+        let chosen_host = chosen;
+        let chosen = Tensor::new(chosen_host.as_slice(), device)?;
         // prototype row of each sampled voxel's pseudo-label
         let targets = Tensor::new(slot.as_slice(), device)?
             .index_select(&yhat.index_select(&chosen, 0)?, 0)?;
-        let fs = fu.index_select(&chosen, 0)?; // [S, C]
+        let fs = l2_normalize(&gather_voxels(feat_u, &chosen_host)?)?; // [S, C]
         let c = if cfg.pull_through_prototypes {
             protos.clone()
         } else {

@@ -12,6 +12,7 @@ mod config;
 mod consistency;
 mod contrastive;
 mod objective;
+mod prototypes;
 mod reduce;
 mod reliability;
 mod schedule;
@@ -19,9 +20,10 @@ mod supervised;
 
 pub use baselines::{
     discriminator_loss, dtc_loss, ema_decay, mc_net_loss, mc_net_sharpen, mcf_loss,
-    mean_teacher_consistency, predictive_entropy, review_terms, sassnet_loss, sharpen, sigmoid_rampup,
-    softmax_squared_difference, uncertainty_masked_consistency, uncertainty_threshold,
-    ConsistencyRamp, DtcTerms, McNetTerms, McfTerms, ReviewTerms, SassnetTerms,
+    mean_teacher_consistency, predictive_entropy, review_terms, sassnet_loss, sharpen,
+    sigmoid_rampup, softmax_squared_difference, uncertainty_masked_consistency,
+    uncertainty_threshold, ConsistencyRamp, DtcTerms, McNetTerms, McfTerms, ReviewTerms,
+    SassnetTerms,
 };
 pub use config::{LossConfig, Preset, Reliability, StudentRule, UnsupTarget};
 pub use consistency::{
@@ -32,6 +34,7 @@ pub use contrastive::{
     l2_normalize, prototype_contrastive, ContrastiveConfig, ContrastiveTerms, PullNormalization,
 };
 pub use objective::{IterationInput, LossTerms, NetOutputs, Objective, PastedLabels};
+pub use prototypes::{normalized_class_sums, normalized_class_sums_reference};
 pub use reliability::{
     alpha_schedule, choose_teacher, entropy, pseudo_labels, reliable_threshold_by_bisection,
     select_reliable, select_reliable_per_class, Net, Teacher, TeacherRule, ENTROPY_EPS,

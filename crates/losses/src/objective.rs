@@ -399,7 +399,8 @@ impl Targets {
         let reliable = self.reliable.maximum(&mask)?;
         let probs = match self.probs {
             Some(p) => {
-                let truth = one_hot(&labels.to_dtype(DType::U32)?, p.dim(1)?)?.to_dtype(p.dtype())?;
+                let truth =
+                    one_hot(&labels.to_dtype(DType::U32)?, p.dim(1)?)?.to_dtype(p.dtype())?;
                 let m = mask.unsqueeze(1)?.to_dtype(p.dtype())?;
                 let keep = (1.0 - &m)?;
                 Some((truth.broadcast_mul(&m)? + p.broadcast_mul(&keep)?)?)

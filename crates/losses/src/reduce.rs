@@ -100,30 +100,6 @@ pub(crate) fn max_all(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Sum over axis 0 of a `[M, K]` tensor: `[K]`. Off the CPU, for large M, rows are first summed in
-/// [`ROWS`] groups.
-pub(crate) fn sum_rows(t: &Tensor) -> Result<Tensor> {
-    if !use_two_stage(t) || t.dim(0)? < ROWS {
-        return t.sum(0);
-    }
-    grouped_sum_rows(t)
-}
-
-fn grouped_sum_rows(t: &Tensor) -> Result<Tensor> {
-    let (m, k) = t.dims2()?;
-    let q = m / ROWS;
-    let head = t
-        .narrow(0, 0, ROWS * q)?
-        .reshape((ROWS, q, k))?
-        .sum(1)?
-        .sum(0)?;
-    let tail = m - ROWS * q;
-    if tail == 0 {
-        return Ok(head);
-    }
-    head + t.narrow(0, ROWS * q, tail)?.sum(0)?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,20 +135,6 @@ mod tests {
         assert_eq!(grad.dims(), &[700, 3]);
         assert_eq!(grad.flatten_all()?.min(0)?.to_scalar::<f32>()?, 1.0);
         assert_eq!(grad.flatten_all()?.max(0)?.to_scalar::<f32>()?, 1.0);
-        Ok(())
-    }
-
-    #[test]
-    fn grouped_row_sums_match_plain_row_sums() -> Result<()> {
-        let dev = Device::Cpu;
-        for m in [1024usize * 3, 1024 * 3 + 5] {
-            let t = Tensor::rand(0f32, 1.0, (m, 2), &dev)?;
-            let got = grouped_sum_rows(&t)?;
-            let want = t.sum(0)?.to_vec1::<f32>()?;
-            for (a, b) in got.to_vec1::<f32>()?.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-5 * b.abs() + 1e-4, "m {m}: {a} vs {b}");
-            }
-        }
         Ok(())
     }
 }

@@ -140,6 +140,17 @@ fn contrastive_gradient() {
 }
 
 #[test]
+fn normalized_class_sums_gradient() {
+    // 2 items, 3 channels, 2 classes, 2x3x2 voxels; weights 0, 1 and fractional
+    let f = rand_f64(&[2, 3, 2, 3, 2], 2.0, 40).unwrap();
+    let w = rand_f64(&[2, 2, 2, 3, 2], 1.0, 41).unwrap().relu().unwrap();
+    let upstream = rand_f64(&[2, 3], 1.0, 42).unwrap();
+    check("normalized class sums", &f, |x| {
+        (normalized_class_sums(x, &w)? * &upstream)?.sum_all()
+    });
+}
+
+#[test]
 fn assembled_total_gradient() {
     // batch: 1 labeled + 2 unlabeled, 2 classes, 4 feature channels
     let la = rand_f64(&[3, 2, 3, 2, 2], 3.0, 20).unwrap();
@@ -163,8 +174,18 @@ fn assembled_total_gradient() {
             TeacherRule::LowerSupervised,
             false,
         ),
-        (Preset::Paper, StudentRule::Other, TeacherRule::Ensemble, false),
-        (Preset::Paper, StudentRule::Other, TeacherRule::Ensemble, true),
+        (
+            Preset::Paper,
+            StudentRule::Other,
+            TeacherRule::Ensemble,
+            false,
+        ),
+        (
+            Preset::Paper,
+            StudentRule::Other,
+            TeacherRule::Ensemble,
+            true,
+        ),
         (
             Preset::ReferenceCode,
             StudentRule::Other,
@@ -215,7 +236,11 @@ fn assembled_total_gradient() {
             terms.n_disagree > 0 && terms.n_unreliable > 0,
             "{preset:?}: test needs every term active"
         );
-        assert_eq!(mcf_parts, terms.n_review > 0, "the review term is on exactly when set");
+        assert_eq!(
+            mcf_parts,
+            terms.n_review > 0,
+            "the review term is on exactly when set"
+        );
         if preset == Preset::ReferenceCode {
             // L_u and L_c are detached there: only L_s + 0.5 L_reg trains
             let trained = |x: &Tensor| {

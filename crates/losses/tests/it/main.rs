@@ -7,6 +7,7 @@ mod fixtures;
 mod gradcheck;
 mod mcf_parts;
 mod parts;
+mod prototypes;
 
 use candle_core::{DType, Device, Result, Tensor};
 

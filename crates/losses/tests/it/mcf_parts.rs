@@ -58,7 +58,10 @@ fn review_term_matches_loops_over_the_disagreeing_voxels() {
             }
         }
     }
-    assert!(count > 10.0, "the nets must disagree somewhere for the test to show anything");
+    assert!(
+        count > 10.0,
+        "the nets must disagree somewhere for the test to show anything"
+    );
     assert_eq!(r.n_disagree, count);
     assert!((scalar(&r.review_a) - sum_a / count).abs() < 1e-12);
     assert!((scalar(&r.review_b) - sum_b / count).abs() < 1e-12);
@@ -132,8 +135,12 @@ fn review_weight_adds_the_weighted_review_of_the_labeled_half() {
         ..ensemble()
     };
     let with = case.assemble(cfg, None);
-    let want = review_terms(&case.probs(&case.la, 0, 2), &case.probs(&case.lb, 0, 2), &case.y)
-        .unwrap();
+    let want = review_terms(
+        &case.probs(&case.la, 0, 2),
+        &case.probs(&case.lb, 0, 2),
+        &case.y,
+    )
+    .unwrap();
     let review = scalar(&want.review_a) + scalar(&want.review_b);
     assert!(review > 0.0);
     assert!((scalar(&with.review) - review).abs() < 1e-12);
@@ -240,7 +247,10 @@ fn the_new_options_are_checked_and_parse_from_json() {
     let cfg: LossConfig =
         serde_json::from_str(r#"{"unsup_target": {"kind": "sharpened"}, "review_weight": 0.5}"#)
             .unwrap();
-    assert_eq!(cfg.unsup_target, UnsupTarget::Sharpened { temperature: 0.1 });
+    assert_eq!(
+        cfg.unsup_target,
+        UnsupTarget::Sharpened { temperature: 0.1 }
+    );
     assert_eq!(cfg.review_weight, 0.5);
     assert_eq!(LossConfig::default().unsup_target, UnsupTarget::Hard);
     assert!(serde_json::from_str::<LossConfig>(r#"{"unsup_target": {"kind": "soft"}}"#).is_err());
