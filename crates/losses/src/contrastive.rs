@@ -207,12 +207,11 @@ pub fn prototype_contrastive(
                 .map(|j| candidates[j])
                 .collect()
         };
-        let chosen_host = chosen;
-        let chosen = Tensor::new(chosen_host.as_slice(), device)?;
         // prototype row of each sampled voxel's pseudo-label
+        let chosen_index = Tensor::new(chosen.as_slice(), device)?;
         let targets = Tensor::new(slot.as_slice(), device)?
-            .index_select(&yhat.index_select(&chosen, 0)?, 0)?;
-        let fs = l2_normalize(&gather_voxels(feat_u, &chosen_host)?)?; // [S, C]
+            .index_select(&yhat.index_select(&chosen_index, 0)?, 0)?;
+        let fs = l2_normalize(&gather_voxels(feat_u, &chosen)?)?; // [S, C]
         let c = if cfg.pull_through_prototypes {
             protos.clone()
         } else {

@@ -376,8 +376,8 @@ struct Targets {
     reliable: Tensor,
     /// The share of unreliable voxels (`alpha_t`; the reference code's fixed fraction).
     alpha: f64,
-    /// The teacher's probabilities `[N_u, K, D, H, W]` (detached; one-hot truth where pasted), for soft
-    /// targets; `None` for the reference code, which has no single teacher.
+    /// The teacher's probabilities `[N_u, K, D, H, W]` (detached; one-hot truth where pasted), kept only
+    /// when `L_u` fits soft targets; `None` for hard targets and for the reference code.
     probs: Option<Tensor>,
 }
 
@@ -454,7 +454,7 @@ fn paper_targets(
         yhat,
         reliable,
         alpha,
-        probs: Some(probs_t),
+        probs: matches!(cfg.unsup_target, UnsupTarget::Sharpened { .. }).then_some(probs_t),
     })
 }
 

@@ -39,7 +39,7 @@ pub fn normalized_class_sums_reference(feat: &Tensor, weights: &Tensor) -> Resul
 }
 
 /// `[N, C, ...]` -> `[N * prod(...), C]` (voxels in row-major order, one row per voxel).
-pub(crate) fn voxels_by_channel(x: &Tensor) -> Result<Tensor> {
+fn voxels_by_channel(x: &Tensor) -> Result<Tensor> {
     let rank = x.rank();
     let mut perm: Vec<usize> = vec![0];
     perm.extend(2..rank);
