@@ -295,7 +295,8 @@ fn check_conv_transpose3d(case: &Case, output_padding: [usize; 3], rng: &mut Lcg
 }
 
 /// Hand-picked cases covering the dispatch paths: unit stride (flipped-kernel backward), stride 2
-/// (col2im backward), kernel == stride (also with a ragged tail), 1x1x1, kernel 7.
+/// (col2im backward), kernel == stride (also with a ragged tail), 1x1x1, kernel 7, the deep layers'
+/// many channels at unit stride.
 fn fixed_cases() -> Vec<Case> {
     let c = |n, c_big, c_small, big, kernel, stride, pad, dil| Case {
         n,
@@ -327,6 +328,21 @@ fn fixed_cases() -> Vec<Case> {
             [0, 1, 2],
             [2, 1, 1],
         ),
+        // more than 64 channels at unit stride: the depth-folded whole-batch kernels
+        // (depth_fold.rs) rather than Winograd; padding 1 and 0, dilation 2, one depth slice
+        c(2, 66, 65, [4, 5, 3], [3; 3], [1; 3], [1; 3], [1; 3]),
+        c(1, 70, 67, [5, 4, 6], [3; 3], [1; 3], [0; 3], [1; 3]),
+        c(
+            2,
+            65,
+            66,
+            [5, 6, 5],
+            [3, 3, 2],
+            [1; 3],
+            [2, 1, 0],
+            [2, 1, 2],
+        ),
+        c(3, 67, 66, [1, 3, 2], [3; 3], [1; 3], [1; 3], [1; 3]),
         // more output columns than one tile (cpu_gemm), so the tiled kernels rather than the
         // whole-batch ones
         c(2, 2, 2, [4, 40, 70], [3; 3], [1; 3], [1; 3], [1; 3]),

@@ -1,7 +1,9 @@
 //! CPU kernels of the 3D convolutions: tile-wise im2col + `gemm`, parallel over tiles with rayon.
 //! The 3^3, unit-stride convolutions with up to 64 channels (most of both networks) go to the
-//! Winograd kernels of `winograd.rs` instead ([`super::winograd::applies`]): forward and
-//! backward-filter directly, backward-data through the flipped-kernel forward below.
+//! Winograd kernels of `winograd.rs` instead ([`super::winograd::applies`]), and the small, deep
+//! unit-stride ones with more channels to the depth-folded whole-batch kernels of `depth_fold.rs`
+//! ([`super::depth_fold::applies`]): forward and backward-filter directly, backward-data through
+//! the flipped-kernel forward below.
 //!
 //! Everything is expressed through one [`Geometry`] (`crate::geometry`), a *gather* convolution
 //! `out[n, o, q] = sum_{c, a} w[o, c, a] * x[n, c, q * stride - pad + a * dilation]`
@@ -44,6 +46,7 @@ use std::cell::RefCell;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::depth_fold::{self, Weight};
 use crate::geometry::Geometry;
 
 /// Target number of output voxels per tile: big enough for an efficient GEMM, small enough that the
@@ -152,7 +155,12 @@ fn input_row<'x>(g: &Geometry, x_c: &'x [f32], r: usize, a: usize, b: usize) -> 
 }
 
 /// The output indices `o` in `0..n_out` with `0 <= o * stride + offset < len`, as a range.
-fn valid_range(offset: isize, stride: usize, len: usize, n_out: usize) -> (usize, usize) {
+pub(super) fn valid_range(
+    offset: isize,
+    stride: usize,
+    len: usize,
+    n_out: usize,
+) -> (usize, usize) {
     let s = stride as isize;
     let lo = if offset >= 0 {
         0
@@ -228,6 +236,11 @@ pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f3
     }
     let mut out = crate::memory::f32_buffer(len);
     let out_ptr = SharedMut(out.as_mut_ptr().cast::<f32>());
+    if depth_fold::applies(g) {
+        // SAFETY: `out` holds the whole output, which depth_fold::conv_forward writes in full.
+        unsafe { depth_fold::conv_forward(g, x, Weight::Gather(w), bias, out_ptr.get()) };
+        return unsafe { crate::memory::assume_init(out) };
+    }
     let folded = g.stride[2] == 1 && g.kernel[2] > 1;
     if folded && whole_batch(g) {
         // SAFETY: `out` holds the whole output, which forward_whole_batch_folded writes in full.
@@ -478,6 +491,9 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
     if g.batch * s_out == 0 || len == 0 {
         return vec![0f32; len];
     }
+    if depth_fold::applies(g) {
+        return depth_fold::conv_backward_filter(g, x, dy);
+    }
     let folded = g.stride[2] == 1 && g.kernel[2] > 1;
     if folded && whole_batch(g) {
         return transpose_filter_grad(g, &backward_filter_whole_batch_folded(g, x, dy));
@@ -686,7 +702,7 @@ unsafe fn forward_whole_batch_folded(
 /// gemm's own parallel split of these small GEMMs was no faster on 2 threads than one serial GEMM
 /// (`bench_conv`, forward + backward, 2 threads: (3, 128, 4, 6, 4) 0.018 -> 0.010-0.013 s,
 /// (3, 256, 2, 3, 2) 0.015 -> 0.012 s).
-fn for_each_channel_range(c_out: usize, f: impl Fn(usize, usize) + Sync) {
+pub(super) fn for_each_channel_range(c_out: usize, f: impl Fn(usize, usize) + Sync) {
     let parts = rayon::current_num_threads().clamp(1, c_out.max(1));
     let step = c_out.div_ceil(parts);
     (0..parts).into_par_iter().for_each(|p| {
@@ -826,20 +842,6 @@ pub(crate) fn conv_backward_data(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32
 
 /// Unit stride: `dx = gather-conv(dy, flip(w)^T)` with padding `dilation * (k - 1) - pad`.
 fn backward_data_unit_stride(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    let [kd, kh, kw] = g.kernel;
-    let taps = kd * kh * kw;
-    // w' [C_in, C_out, kd, kh, kw] with w'[c, o, a'] = w[o, c, k - 1 - a']
-    let mut wt = vec![0f32; w.len()];
-    wt.par_chunks_mut((g.c_out * taps).max(1))
-        .enumerate()
-        .for_each(|(c, wt_c)| {
-            for (o, dst) in wt_c.chunks_exact_mut(taps).enumerate() {
-                let src = &w[(o * g.c_in + c) * taps..][..taps];
-                for (t, v) in dst.iter_mut().enumerate() {
-                    *v = src[taps - 1 - t];
-                }
-            }
-        });
     let mut pad = [0isize; 3];
     for (i, p) in pad.iter_mut().enumerate() {
         *p = (g.dilation[i] * (g.kernel[i] - 1)) as isize - g.pad[i];
@@ -855,6 +857,35 @@ fn backward_data_unit_stride(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
         pad,
         dilation: g.dilation,
     };
+    if depth_fold::applies(&flipped) {
+        let mut dx = crate::memory::f32_buffer(g.batch * g.c_in * g.in_volume());
+        // SAFETY: `dx` holds the whole output of the flipped convolution, which
+        // depth_fold::conv_forward writes in full.
+        unsafe {
+            depth_fold::conv_forward(
+                &flipped,
+                dy,
+                Weight::Flipped(w),
+                None,
+                dx.as_mut_ptr().cast(),
+            );
+            return crate::memory::assume_init(dx);
+        }
+    }
+    let [kd, kh, kw] = g.kernel;
+    let taps = kd * kh * kw;
+    // w' [C_in, C_out, kd, kh, kw] with w'[c, o, a'] = w[o, c, k - 1 - a']
+    let mut wt = vec![0f32; w.len()];
+    wt.par_chunks_mut((g.c_out * taps).max(1))
+        .enumerate()
+        .for_each(|(c, wt_c)| {
+            for (o, dst) in wt_c.chunks_exact_mut(taps).enumerate() {
+                let src = &w[(o * g.c_in + c) * taps..][..taps];
+                for (t, v) in dst.iter_mut().enumerate() {
+                    *v = src[taps - 1 - t];
+                }
+            }
+        });
     conv_forward(&flipped, dy, &wt, None)
 }
 

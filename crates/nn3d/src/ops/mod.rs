@@ -14,7 +14,9 @@
 //! table in `conv3d.rs`) whose CPU kernels (`cpu_gemm.rs`) unfold one tile of output rows at a
 //! time into a small column buffer and multiply it with the `gemm` crate, in parallel over tiles
 //! with rayon (no full-volume im2col), or, for the 3^3 unit-stride convolutions of up to 64
-//! channels, run Winograd F(2x2x2, 3x3x3) (`winograd.rs`); on CUDA the same ops call cuDNN
+//! channels, run Winograd F(2x2x2, 3x3x3) (`winograd.rs`), or, for the small deep layers with
+//! more channels, unfold the whole batch with the depth taps folded out (`depth_fold.rs`); on CUDA
+//! the same ops call cuDNN
 //! (`crate::cuda`), for every shape.
 
 pub(crate) mod batch_norm;
@@ -23,6 +25,7 @@ pub(crate) mod conv3d;
 pub(crate) mod conv_bn;
 pub(crate) mod conv_transpose3d;
 pub(crate) mod cpu_gemm;
+pub(crate) mod depth_fold;
 pub(crate) mod winograd;
 
 pub use batch_norm::{batch_norm_eval, batch_norm_train, BatchStats};
