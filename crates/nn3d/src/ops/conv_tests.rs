@@ -329,7 +329,7 @@ fn fixed_cases() -> Vec<Case> {
             [2, 1, 1],
         ),
         // more than 64 channels at unit stride: the depth-folded whole-batch kernels
-        // (depth_fold.rs) rather than Winograd; padding 1 and 0, dilation 2, one depth slice
+        // (depth_fold.rs) rather than Winograd; padding 0-2, dilation 2, one depth slice
         c(2, 66, 65, [4, 5, 3], [3; 3], [1; 3], [1; 3], [1; 3]),
         c(1, 70, 67, [5, 4, 6], [3; 3], [1; 3], [0; 3], [1; 3]),
         c(
@@ -343,6 +343,8 @@ fn fixed_cases() -> Vec<Case> {
             [2, 1, 2],
         ),
         c(3, 67, 66, [1, 3, 2], [3; 3], [1; 3], [1; 3], [1; 3]),
+        // padding beyond the kernel: the backward-data's flipped convolution crops (padding -1)
+        c(1, 66, 65, [3, 4, 3], [3; 3], [1; 3], [3; 3], [1; 3]),
         // more output columns than one tile (cpu_gemm), so the tiled kernels rather than the
         // whole-batch ones
         c(2, 2, 2, [4, 40, 70], [3; 3], [1; 3], [1; 3], [1; 3]),
