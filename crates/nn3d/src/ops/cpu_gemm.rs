@@ -496,7 +496,7 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
     }
     let folded = g.stride[2] == 1 && g.kernel[2] > 1;
     if folded && whole_batch(g) {
-        return transpose_filter_grad(g, &backward_filter_whole_batch_folded(g, x, dy));
+        return transpose_filter_grad(g, &backward_filter_whole_batch_folded(g, x, dy), |r| r);
     }
     // one accumulator per thread: for the deep layers `dW` is larger than the tiles it sums
     let parts = for_each_chunked(
@@ -562,11 +562,17 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
     for part in parts {
         dw_t.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
     }
-    transpose_filter_grad(g, &dw_t)
+    transpose_filter_grad(g, &dw_t, |r| r)
 }
 
-/// `dW [C_out, K]` from `dW^T [K, C_out]`.
-fn transpose_filter_grad(g: &Geometry, dw_t: &[f32]) -> Vec<f32> {
+/// `dW [C_out, K]` from `dW^T`, whose row `r` (`C_out` values) is the weight column
+/// `column_of_row(r)`: the identity for this file's kernels, the depth taps' order for
+/// `depth_fold.rs`.
+pub(super) fn transpose_filter_grad(
+    g: &Geometry,
+    dw_t: &[f32],
+    column_of_row: impl Fn(usize) -> usize + Sync,
+) -> Vec<f32> {
     /// Output channels per task: each reads a contiguous run of every `dW^T` row.
     const BLOCK: usize = 16;
     let (k, co) = (g.k_len(), g.c_out);
@@ -575,7 +581,8 @@ fn transpose_filter_grad(g: &Geometry, dw_t: &[f32]) -> Vec<f32> {
         .enumerate()
         .for_each(|(blk, dw_blk)| {
             let o0 = blk * BLOCK;
-            for (kk, row) in dw_t.chunks_exact(co).enumerate() {
+            for (r, row) in dw_t.chunks_exact(co).enumerate() {
+                let kk = column_of_row(r);
                 for (i, &v) in row[o0..].iter().take(dw_blk.len() / k).enumerate() {
                     dw_blk[i * k + kk] = v;
                 }
