@@ -10,9 +10,9 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use duoseg_losses::{
-    dtc_loss, ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, supervised_loss,
-    uncertainty_masked_consistency, uncertainty_threshold, ConsistencyRamp, IterationInput,
-    NetOutputs, Objective, PastedLabels,
+    dtc_loss, ema_decay, mcf_loss, mean_teacher_consistency, predictive_entropy, review_terms,
+    supervised_loss, uncertainty_masked_consistency, uncertainty_threshold, ConsistencyRamp,
+    IterationInput, NetOutputs, Objective, PastedLabels,
 };
 use duoseg_models::SegNet;
 
@@ -110,7 +110,9 @@ pub fn for_config(cfg: &TrainConfig, device: &Device) -> Result<Box<dyn Training
         iterations_per_epoch: b.epoch_iterations,
     };
     Ok(match cfg.method {
-        Method::Supervised => Box::new(SupervisedOnly),
+        Method::Supervised => Box::new(SupervisedOnly {
+            review_weight: cfg.loss.review_weight,
+        }),
         Method::MeanTeacher | Method::UaMt => Box::new(MeanTeacher {
             // the teacher starts as an exact copy (same seed, same initialisation)
             teacher: Nets::build(&cfg.model, Networks::VNet, device, cfg.seed)?,
@@ -196,8 +198,14 @@ fn host(t: &Tensor) -> Result<f64> {
     Ok(f64::from(t.to_scalar::<f32>()?))
 }
 
-/// Both nets trained on the labeled crops only: `L_s,A + L_s,B` (the lower bound every table needs).
-pub struct SupervisedOnly;
+/// Both nets trained on the labeled crops only: `L_s,A + L_s,B` (the lower bound every table needs),
+/// plus `loss.review_weight` times MCF's review term of the pair when the config sets it: the term reads
+/// labeled voxels only, so supervised-only with it is the baseline that isolates what the unlabeled scans
+/// add to a method that uses it.
+pub struct SupervisedOnly {
+    /// Weight of [`review_terms`] (0: the plain `L_s,A + L_s,B`).
+    pub review_weight: f64,
+}
 
 impl TrainingMethod for SupervisedOnly {
     fn unlabeled_per_batch(&self) -> usize {
@@ -208,14 +216,23 @@ impl TrainingMethod for SupervisedOnly {
         let [(la, _), (lb, _)] = forward_students(students, batch)?;
         let sa = supervised_loss(&la, batch.labels, None)?;
         let sb = supervised_loss(&lb, batch.labels, None)?;
-        let total = (sa.total()? + sb.total()?)?;
-        let terms = BTreeMap::from([
-            ("total".to_string(), host(&total)?),
+        let mut total = (sa.total()? + sb.total()?)?;
+        let mut terms = BTreeMap::from([
             ("ce_a".to_string(), host(&sa.ce)?),
             ("dice_a".to_string(), host(&sa.dice)?),
             ("ce_b".to_string(), host(&sb.ce)?),
             ("dice_b".to_string(), host(&sb.dice)?),
         ]);
+        if self.review_weight > 0.0 {
+            let probs_a = candle_nn::ops::softmax(&la, 1)?;
+            let probs_b = candle_nn::ops::softmax(&lb, 1)?;
+            let r = review_terms(&probs_a, &probs_b, batch.labels)?;
+            let review = (&r.review_a + &r.review_b)?;
+            total = (total + (&review * self.review_weight)?)?;
+            terms.insert("review".to_string(), host(&review)?);
+            terms.insert("n_review".to_string(), r.n_disagree);
+        }
+        terms.insert("total".to_string(), host(&total)?);
         Ok(StepLoss { total, terms })
     }
 }
@@ -1091,5 +1108,86 @@ mod tests {
             mean.abs() < 0.1 && (std - 0.5).abs() < 0.1,
             "mean {mean} std {std}"
         );
+    }
+
+    /// Supervised-only with `review_weight` adds that weight times the review term, which a naive loop over
+    /// both nets' softmax recomputes: the mean over the voxels where their argmax differ of each net's
+    /// `sum_{c>=1} (p_c - y_c)^2`, the two nets' means summed.
+    #[test]
+    fn supervised_only_adds_the_weighted_review_of_the_labeled_crops() -> Result<()> {
+        let m = crate::config::ModelConfig {
+            n_classes: 3,
+            base_width: 2,
+            dropout: false,
+        };
+        let nets = Nets::build(&m, Networks::Pair, &Device::Cpu, 11)?;
+        let dev = Device::Cpu;
+        let n = 2 * 16 * 16 * 16;
+        let images = Tensor::from_vec(
+            (0..n)
+                .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+                .collect::<Vec<_>>(),
+            (2, 1, 16, 16, 16),
+            &dev,
+        )?;
+        let labels = Tensor::from_vec(
+            (0..n).map(|i| ((i / 7) % 3) as u32).collect::<Vec<_>>(),
+            (2, 16, 16, 16),
+            &dev,
+        )?;
+        let batch = StepBatch {
+            images: &images,
+            labels: &labels,
+            n_labeled: 2,
+            n_unlabeled: 0,
+            iteration: 3,
+            total_iterations: 10,
+            seed: 5,
+            hidden_labels: None,
+        };
+        let plain = SupervisedOnly { review_weight: 0.0 }.loss(&nets, &batch)?;
+        let with = SupervisedOnly { review_weight: 0.5 }.loss(&nets, &batch)?;
+        assert!(!plain.terms.contains_key("review"));
+
+        let [(la, _), (lb, _)] = forward_students(&nets, &batch)?;
+        let probs = |l: &Tensor| -> Result<Vec<f32>> {
+            Ok(l.permute((0, 2, 3, 4, 1))?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let (za, zb) = (probs(&la)?, probs(&lb)?);
+        let y = labels.flatten_all()?.to_vec1::<u32>()?;
+        let softmax = |z: &[f32]| -> Vec<f64> {
+            let mx = z.iter().cloned().fold(f32::MIN, f32::max);
+            let e: Vec<f64> = z.iter().map(|v| f64::from(v - mx).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        let argmax = |p: &[f64]| (0..3).fold(0, |b, c| if p[c] > p[b] { c } else { b });
+        let (mut count, mut sum_a, mut sum_b) = (0.0f64, 0.0f64, 0.0f64);
+        for v in 0..n {
+            let pa = softmax(&za[3 * v..3 * v + 3]);
+            let pb = softmax(&zb[3 * v..3 * v + 3]);
+            if argmax(&pa) == argmax(&pb) {
+                continue;
+            }
+            count += 1.0;
+            for c in 1..3 {
+                let t = if y[v] as usize == c { 1.0 } else { 0.0 };
+                sum_a += (pa[c] - t).powi(2);
+                sum_b += (pb[c] - t).powi(2);
+            }
+        }
+        assert!(count > 0.0, "the two untrained nets agree everywhere");
+        let review = (sum_a + sum_b) / count;
+        assert!((with.terms["review"] - review).abs() < 1e-4 * review.max(1.0));
+        assert_eq!(with.terms["n_review"], count);
+        let expected = plain.terms["total"] + 0.5 * review;
+        assert!(
+            (with.terms["total"] - expected).abs() < 1e-4 * expected,
+            "{} vs {expected}",
+            with.terms["total"]
+        );
+        Ok(())
     }
 }
