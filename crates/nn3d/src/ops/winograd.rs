@@ -237,35 +237,33 @@ fn four_mut(v: &mut [f32], starts: [usize; 4], len: usize) -> [&mut [f32]; 4] {
     [&mut a[..len], &mut b[..len], &mut c[..len], &mut d[..len]]
 }
 
-/// Splits `src`, seen as zero outside its extent and shifted by `offset` (`row[j] = src[j + offset]`),
-/// into its even and odd columns: `even[t] = row[2 t]`, `odd[t] = row[2 t + 1]`, for the
-/// `even.len()` (= `odd.len()`) pairs. `row` is `padded`, `2 * even.len()` long.
+/// `B^T` along W of one zero-padded row `row` (`2 n + 2` long, `n = out[0].len()`): tile `t` reads
+/// `row[2 t .. 2 t + 4]`. The compiler does not vectorise these stride-2 reads, so on x86-64 the
+/// tiles go 8 (AVX2) or 4 (SSE) at a time through explicit deinterleaving shuffles ([`simd_w`]).
 #[inline(always)]
-fn split_even_odd(
-    src: &[f32],
-    offset: isize,
-    padded: &mut [f32],
-    even: &mut [f32],
-    odd: &mut [f32],
-) {
-    let n = even.len();
-    let padded = &mut padded[..2 * n];
-    // row[j] = src[j + offset] for j in lo..hi
-    let lo = (-offset).clamp(0, 2 * n as isize) as usize;
-    let hi = (src.len() as isize - offset).clamp(lo as isize, 2 * n as isize) as usize;
-    padded[..lo].fill(0.0);
-    padded[hi..].fill(0.0);
-    let first = (lo as isize + offset) as usize;
-    padded[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
-    let odd = &mut odd[..n];
-    for (t, pair) in padded.chunks_exact(2).enumerate() {
-        even[t] = pair[0];
-        odd[t] = pair[1];
+fn input_transform_w(row: &[f32], [o0, o1, o2, o3]: [&mut [f32]; 4]) {
+    let n = o0.len();
+    let (row, o1, o2, o3) = (&row[..2 * n + 2], &mut o1[..n], &mut o2[..n], &mut o3[..n]);
+    #[cfg(target_arch = "x86_64")]
+    let done = simd_w::input(row, [&mut *o0, &mut *o1, &mut *o2, &mut *o3]);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for t in done..n {
+        let (r0, r1, r2, r3) = (row[2 * t], row[2 * t + 1], row[2 * t + 2], row[2 * t + 3]);
+        o0[t] = r0 - r2;
+        o1[t] = r1 + r2;
+        o2[t] = r2 - r1;
+        o3[t] = r1 - r3;
     }
 }
 
-/// The transformed input `V [64, C_in, T]` of one chunk `(n, td, th0..th1)`, `T = rows * TW`,
-/// using `slab` for the W-transformed input rows.
+/// The transformed input `V [64, C_in, T]` of one chunk `(n, td, th0..th1)`, `T = rows * TW`.
+///
+/// The axes go D, H, W: the first two passes run over whole input rows (zero-padded along W to the
+/// `2 TW + 2` columns the tiles read, contiguous and long), and only the last, along W, reads the
+/// overlapping 4-column windows, straight into `V`. `slab` holds the D-transformed rows of the chunk
+/// `[C_in, 4 (i), 2 rows + 2 (h), 2 TW + 2]`, then one tile row's H-transformed rows `[4 (i), 4 (j),
+/// 2 TW + 2]`, then a zero row.
 #[inline(always)]
 fn transform_input(
     g: &Geometry,
@@ -283,62 +281,68 @@ fn transform_input(
     let hl_n = 2 * rows + 2;
     let ci = g.c_in;
     let plane = h * wd;
-    // slab [C_in, 4 (i), hl_n, 4 (k), TW]: input rows, transformed along W; then the H-transformed
-    // rows of one tile row [4 (i), 4 (j), 4 (k), TW], and the even and odd input columns of a row
-    let row_block = 4 * tw_n;
-    let slab_len = ci * 4 * hl_n * row_block;
-    slab.resize(slab_len + 16 * row_block + 4 * (tw_n + 1), 0.0);
-    let (slab, rest) = slab.split_at_mut(slab_len);
-    let (h_t, rest) = rest.split_at_mut(16 * row_block);
-    let (padded, rest) = rest.split_at_mut(2 * (tw_n + 1));
-    let (even, odd) = rest.split_at_mut(tw_n + 1);
+    // a padded row: row[j] = x[j - pw] for j in lo..hi, zero elsewhere
+    let lw = 2 * tw_n + 2;
+    let lo = pw.clamp(0, lw as isize) as usize;
+    let hi = (wd as isize + pw).clamp(lo as isize, lw as isize) as usize;
+    let first = (lo as isize - pw) as usize;
+    let d_len = ci * 4 * hl_n * lw;
+    slab.resize(d_len + 16 * lw + wd, 0.0);
+    let (d_t, rest) = slab.split_at_mut(d_len);
+    let (h_t, zeros) = rest.split_at_mut(16 * lw);
+    zeros.fill(0.0);
+    let zeros = &zeros[..];
     for c in 0..ci {
-        let x_c = &x_n[c * d * plane..(c + 1) * d * plane];
-        for i in 0..4 {
-            let id = (2 * td + i) as isize - pd;
-            for hl in 0..hl_n {
-                let ih = (2 * th0 + hl) as isize - ph;
-                let dst = &mut slab[((c * 4 + i) * hl_n + hl) * row_block..][..row_block];
-                if id < 0 || id >= d as isize || ih < 0 || ih >= h as isize {
-                    dst.fill(0.0);
-                    continue;
+        let x_c = &x_n[c * d * plane..][..d * plane];
+        for hl in 0..hl_n {
+            let ih = (2 * th0 + hl) as isize - ph;
+            let at = |i: usize| ((c * 4 + i) * hl_n + hl) * lw;
+            let [o0, o1, o2, o3] = four_mut(d_t, [at(0), at(1), at(2), at(3)], lw);
+            if ih < 0 || ih >= h as isize {
+                for o in [o0, o1, o2, o3] {
+                    o.fill(0.0);
                 }
-                let src = &x_c[id as usize * plane + ih as usize * wd..][..wd];
-                // tile t reads x[2t - pw + 0..4] = even[t], odd[t], even[t + 1], odd[t + 1]
-                split_even_odd(src, -pw, padded, even, odd);
-                // B^T along W of (even[t], odd[t], even[t + 1], odd[t + 1])
-                input_transform_rows(
-                    [&even[..tw_n], &odd[..tw_n], &even[1..], &odd[1..]],
-                    four_mut(dst, [0, tw_n, 2 * tw_n, 3 * tw_n], tw_n),
-                );
+                continue;
             }
+            let src = |a: usize| -> &[f32] {
+                let id = (2 * td + a) as isize - pd;
+                if id < 0 || id >= d as isize {
+                    &zeros[..hi - lo]
+                } else {
+                    &x_c[id as usize * plane + ih as usize * wd + first..][..hi - lo]
+                }
+            };
+            for o in [&mut *o0, &mut *o1, &mut *o2, &mut *o3] {
+                o[..lo].fill(0.0);
+                o[hi..].fill(0.0);
+            }
+            // B^T along D of the four input rows at depths 2 td - pd + 0..4
+            input_transform_rows(
+                [src(0), src(1), src(2), src(3)],
+                [
+                    &mut o0[lo..hi],
+                    &mut o1[lo..hi],
+                    &mut o2[lo..hi],
+                    &mut o3[lo..hi],
+                ],
+            );
         }
     }
-    // along H, then D, for each (c, tile row r), all (k, tw) at once
     v.resize(64 * ci * t_len, 0.0);
     for c in 0..ci {
         for r in 0..rows {
-            let row = |i: usize, j: usize| {
-                &slab[((c * 4 + i) * hl_n + 2 * r + j) * row_block..][..row_block]
-            };
-            // h_t[(i, j')] = B^T along H of rows (i, 2r + 0..4)
+            // h_t[(i, j)] = B^T along H of the D-transformed rows (i, 2 r + 0..4)
             for i in 0..4 {
-                let b = i * 4 * row_block;
-                let out = four_mut(
-                    h_t,
-                    [b, b + row_block, b + 2 * row_block, b + 3 * row_block],
-                    row_block,
-                );
-                input_transform_rows([row(i, 0), row(i, 1), row(i, 2), row(i, 3)], out);
+                let row = |j: usize| &d_t[((c * 4 + i) * hl_n + 2 * r + j) * lw..][..lw];
+                let b = i * 4 * lw;
+                let out = four_mut(h_t, [b, b + lw, b + 2 * lw, b + 3 * lw], lw);
+                input_transform_rows([row(0), row(1), row(2), row(3)], out);
             }
-            // B^T along D straight into V[(i', j, k), c, r * TW ..]
-            for j in 0..4 {
-                for k in 0..4 {
-                    let src = |i: usize| &h_t[(i * 4 + j) * row_block + k * tw_n..][..tw_n];
-                    let at = |i: usize| (((i * 4 + j) * 4 + k) * ci + c) * t_len + r * tw_n;
-                    let out = four_mut(v, [at(0), at(1), at(2), at(3)], tw_n);
-                    input_transform_rows([src(0), src(1), src(2), src(3)], out);
-                }
+            // B^T along W straight into V[(i, j, k), c, r * TW ..]
+            for ij in 0..16 {
+                let at = |k: usize| ((ij * 4 + k) * ci + c) * t_len + r * tw_n;
+                let out = four_mut(v, [at(0), at(1), at(2), at(3)], tw_n);
+                input_transform_w(&h_t[ij * lw..][..lw], out);
             }
         }
     }
@@ -662,6 +666,166 @@ fn output_grad_transform_rows(y0: &[f32], y1: &[f32], out: [&mut [f32]; 4]) {
     map_lanes([y0, y1], out, |[y0, y1]| [y0, y0 + y1, y0 - y1, -y1]);
 }
 
+/// `A` along W of one output-gradient row `row` (`2 n` long, `n = out[0].len()`): tile `t` holds
+/// `row[2 t]` and `row[2 t + 1]` (vectorised as [`input_transform_w`]).
+#[inline(always)]
+fn output_grad_transform_w(row: &[f32], [o0, o1, o2, o3]: [&mut [f32]; 4]) {
+    let n = o0.len();
+    let (row, o1, o2, o3) = (&row[..2 * n], &mut o1[..n], &mut o2[..n], &mut o3[..n]);
+    #[cfg(target_arch = "x86_64")]
+    let done = simd_w::output_grad(row, [&mut *o0, &mut *o1, &mut *o2, &mut *o3]);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for t in done..n {
+        let (y0, y1) = (row[2 * t], row[2 * t + 1]);
+        o0[t] = y0;
+        o1[t] = y0 + y1;
+        o2[t] = y0 - y1;
+        o3[t] = -y1;
+    }
+}
+
+/// The W passes' stride-2 reads, deinterleaved with shuffles: 8 tiles per step with AVX2 (where the
+/// CPU has it), then 4 with SSE (always there on x86-64). Each function returns how many tiles it
+/// wrote; the caller's scalar loop does the rest.
+#[cfg(target_arch = "x86_64")]
+mod simd_w {
+    use std::arch::x86_64::*;
+
+    /// `(even, odd)` lanes of the 16 floats at `p`: `p[0, 2, .., 14]` and `p[1, 3, .., 15]`.
+    ///
+    /// # Safety
+    /// AVX2; 16 readable floats at `p`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn deinterleave8(p: *const f32) -> (__m256, __m256) {
+        // SAFETY: the caller's.
+        let (a, b) = unsafe { (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) };
+        // per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs in order 0 2 1 3
+        let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+        let fix = |v: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+        };
+        (fix(e), fix(o))
+    }
+
+    /// `(even, odd)` lanes of the 8 floats at `p`.
+    ///
+    /// # Safety
+    /// 8 readable floats at `p`.
+    #[inline(always)]
+    unsafe fn deinterleave4(p: *const f32) -> (__m128, __m128) {
+        // SAFETY: the caller's.
+        let (a, b) = unsafe { (_mm_loadu_ps(p), _mm_loadu_ps(p.add(4))) };
+        (
+            _mm_shuffle_ps::<0b10_00_10_00>(a, b),
+            _mm_shuffle_ps::<0b11_01_11_01>(a, b),
+        )
+    }
+
+    fn avx2() -> bool {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
+    }
+
+    /// [`super::input_transform_w`]'s tiles in blocks: `row` is `2 n + 2` long, each output `n`.
+    pub(super) fn input(row: &[f32], mut out: [&mut [f32]; 4]) -> usize {
+        let n = out[0].len();
+        assert!(row.len() >= 2 * n + 2 && out.iter().all(|o| o.len() == n));
+        let mut t = 0;
+        if avx2() {
+            // SAFETY: the CPU has AVX2; the lengths are checked above.
+            t = unsafe { input_avx2(&row[..2 * n + 2], out.each_mut().map(|o| o.as_mut_ptr())) };
+        }
+        let [o0, o1, o2, o3] = out;
+        while t + 4 <= n {
+            // SAFETY: tiles t..t + 4 read row[2 t .. 2 t + 10] <= row[.. 2 n + 2] and write
+            // o[t..t + 4] inside the outputs.
+            unsafe {
+                let p = row.as_ptr().add(2 * t);
+                let (r0, r1) = deinterleave4(p);
+                let (r2, r3) = deinterleave4(p.add(2));
+                _mm_storeu_ps(o0.as_mut_ptr().add(t), _mm_sub_ps(r0, r2));
+                _mm_storeu_ps(o1.as_mut_ptr().add(t), _mm_add_ps(r1, r2));
+                _mm_storeu_ps(o2.as_mut_ptr().add(t), _mm_sub_ps(r2, r1));
+                _mm_storeu_ps(o3.as_mut_ptr().add(t), _mm_sub_ps(r1, r3));
+            }
+            t += 4;
+        }
+        t
+    }
+
+    /// # Safety
+    /// AVX2; `row` `2 n + 2` long and `out` four disjoint writable runs of `n`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn input_avx2(row: &[f32], out: [*mut f32; 4]) -> usize {
+        let n = (row.len() - 2) / 2;
+        let mut t = 0;
+        while t + 8 <= n {
+            // SAFETY: tiles t..t + 8 read row[2 t .. 2 t + 18] <= row[.. 2 n + 2] and write
+            // o[t..t + 8] inside the outputs (which the caller lends mutably).
+            unsafe {
+                let p = row.as_ptr().add(2 * t);
+                let (r0, r1) = deinterleave8(p);
+                let (r2, r3) = deinterleave8(p.add(2));
+                let dst = |k: usize| out[k].add(t);
+                _mm256_storeu_ps(dst(0), _mm256_sub_ps(r0, r2));
+                _mm256_storeu_ps(dst(1), _mm256_add_ps(r1, r2));
+                _mm256_storeu_ps(dst(2), _mm256_sub_ps(r2, r1));
+                _mm256_storeu_ps(dst(3), _mm256_sub_ps(r1, r3));
+            }
+            t += 8;
+        }
+        t
+    }
+
+    /// [`super::output_grad_transform_w`]'s tiles in blocks: `row` is `2 n` long, each output `n`.
+    pub(super) fn output_grad(row: &[f32], mut out: [&mut [f32]; 4]) -> usize {
+        let n = out[0].len();
+        assert!(row.len() >= 2 * n && out.iter().all(|o| o.len() == n));
+        let mut t = 0;
+        if avx2() {
+            // SAFETY: the CPU has AVX2; the lengths are checked above.
+            t = unsafe { output_grad_avx2(&row[..2 * n], out.each_mut().map(|o| o.as_mut_ptr())) };
+        }
+        let [o0, o1, o2, o3] = out;
+        while t + 4 <= n {
+            // SAFETY: tiles t..t + 4 read row[2 t .. 2 t + 8] <= row[.. 2 n] and write o[t..t + 4].
+            unsafe {
+                let (y0, y1) = deinterleave4(row.as_ptr().add(2 * t));
+                _mm_storeu_ps(o0.as_mut_ptr().add(t), y0);
+                _mm_storeu_ps(o1.as_mut_ptr().add(t), _mm_add_ps(y0, y1));
+                _mm_storeu_ps(o2.as_mut_ptr().add(t), _mm_sub_ps(y0, y1));
+                _mm_storeu_ps(o3.as_mut_ptr().add(t), _mm_sub_ps(_mm_setzero_ps(), y1));
+            }
+            t += 4;
+        }
+        t
+    }
+
+    /// # Safety
+    /// AVX2; `row` `2 n` long and `out` four disjoint writable runs of `n`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn output_grad_avx2(row: &[f32], out: [*mut f32; 4]) -> usize {
+        let n = row.len() / 2;
+        let mut t = 0;
+        while t + 8 <= n {
+            // SAFETY: tiles t..t + 8 read row[2 t .. 2 t + 16] <= row[.. 2 n] and write o[t..t + 8].
+            unsafe {
+                let (y0, y1) = deinterleave8(row.as_ptr().add(2 * t));
+                let dst = |k: usize| out[k].add(t);
+                _mm256_storeu_ps(dst(0), y0);
+                _mm256_storeu_ps(dst(1), _mm256_add_ps(y0, y1));
+                _mm256_storeu_ps(dst(2), _mm256_sub_ps(y0, y1));
+                _mm256_storeu_ps(dst(3), _mm256_sub_ps(_mm256_setzero_ps(), y1));
+            }
+            t += 8;
+        }
+        t
+    }
+}
+
 /// The transformed output gradient `A dY A^T` of one chunk, `[64, C_out, T]`, zero where a tile
 /// reaches past the output.
 #[inline(always)]
@@ -680,13 +844,12 @@ fn transform_output_grad(
     let co = g.c_out;
     let s_out = g.out_volume();
     mdy.resize(64 * co * t_len, 0.0);
-    // along W: z_w [2 (ii), 2 (jj), 4 (k), T]; along H: z_h [2 (ii), 4 (j), 4 (k), T]; and the
-    // even and odd columns of one output row
-    scratch.resize(16 * t_len + 32 * t_len + 4 * tw_n, 0.0);
+    // along W: z_w [2 (ii), 2 (jj), 4 (k), T]; along H: z_h [2 (ii), 4 (j), 4 (k), T]; and an
+    // output row padded to the tiles' 2 TW columns (when OW is odd)
+    scratch.resize(16 * t_len + 32 * t_len + 2 * tw_n, 0.0);
     let (z_w, rest) = scratch.split_at_mut(16 * t_len);
-    let (z_h, rest) = rest.split_at_mut(32 * t_len);
-    let (padded, rest) = rest.split_at_mut(2 * tw_n);
-    let (even, odd) = rest.split_at_mut(tw_n);
+    let (z_h, padded) = rest.split_at_mut(32 * t_len);
+    padded.fill(0.0);
     for o in 0..co {
         for r in 0..rows {
             for ii in 0..2 {
@@ -700,8 +863,13 @@ fn transform_output_grad(
                         continue;
                     }
                     let src = &dy_n[o * s_out + (od * oh_n + oh) * ow_n..][..ow_n];
-                    split_even_odd(src, 0, padded, even, odd);
-                    output_grad_transform_rows(even, odd, out);
+                    if ow_n == 2 * tw_n {
+                        output_grad_transform_w(src, out);
+                    } else {
+                        // the last tile's second column lies past the output: zero (set above)
+                        padded[..ow_n].copy_from_slice(src);
+                        output_grad_transform_w(padded, out);
+                    }
                 }
             }
         }
@@ -841,6 +1009,10 @@ mod tests {
             (1, 3, 2, [7, 4, 6], [4, 2, 5], [0, 1, 0]),
             (2, 70, 3, [4, 40, 9], [4, 40, 9], [1, 1, 1]),
             (1, 5, 64, [6, 7, 8], [6, 7, 8], [1, 1, 1]),
+            // 13 and 10 tiles along W: the 8-wide, 4-wide and scalar paths of the W passes
+            (1, 2, 3, [3, 4, 26], [3, 4, 26], [1, 1, 1]),
+            (2, 3, 2, [4, 3, 19], [4, 3, 19], [1, 1, 1]),
+            (1, 2, 2, [3, 3, 21], [1, 1, 19], [0, 0, 0]),
         ];
         for &(batch, c_in, c_out, in_dims, out_dims, pad) in cases {
             let g = Geometry {
