@@ -113,6 +113,19 @@ pub(super) fn with_scratch3<R>(
     })
 }
 
+/// The first `len` floats of the scratch buffer `buf`, which grows (zero-filled) when shorter and
+/// never shrinks. The kernels share the per-thread buffers at different sizes (the Winograd chunk's
+/// stages, the column buffers of the other layers), and a `resize` down and back up zero-filled the
+/// difference every time. The contents are stale, as a reused buffer's always were: every caller
+/// writes its slice in full before reading it (in tests the new floats are NaN, so a read before a
+/// write shows).
+pub(super) fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, if cfg!(test) { f32::NAN } else { 0.0 });
+    }
+    &mut buf[..len]
+}
+
 /// [`with_scratch3`] with the first two buffers, for the direct kernels.
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
     with_scratch3(|a, b, _| f(a, b))
@@ -273,7 +286,7 @@ pub(crate) fn conv_forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f3
                     return;
                 }
                 let p = (r1 - r0) * ow;
-                col.resize(k * p, 0.0);
+                let col = grown(col, k * p);
                 unfold(g, x_n, r0, r1, col);
                 let dst = out_ptr.get();
                 if let Some(b) = bias {
@@ -329,7 +342,7 @@ fn unfold_padded_rows(
     let wp = g.out_dims[2] + g.dilation[2] * (kw - 1);
     let row_len = (r1 - r0) * wp;
     let k_fold = g.c_in * kd * kh;
-    col.resize(k_fold * row_len, 0.0);
+    let col = grown(col, k_fold * row_len);
     let s_c = g.in_volume();
     for (c, rows) in col.chunks_exact_mut((kd * kh * row_len).max(1)).enumerate() {
         // SAFETY: `rows` is channel c's `kd * kh` rows of `row_len` values, borrowed mutably.
@@ -417,7 +430,7 @@ unsafe fn forward_tile_folded(
     let dw = g.dilation[2];
     let t_n = r1 - r0;
     let (wp, row_len, k_fold) = unfold_padded_rows(g, x_n, r0, r1, col);
-    tmp.resize(g.c_out * row_len, 0.0);
+    let tmp = grown(tmp, g.c_out * row_len);
     // the last row's valid outputs end at (t_n - 1) * wp + ow_n <= row_len - dw * (kw - 1)
     let n_cols = row_len - dw * (kw - 1);
     for e in 0..kw {
@@ -520,7 +533,7 @@ pub(crate) fn conv_backward_filter(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f
                     return;
                 }
                 let p = (r1 - r0) * ow;
-                col.resize(k * p, 0.0);
+                let col = grown(col, k * p);
                 unfold(
                     g,
                     &x[n * g.c_in * s_in..(n + 1) * g.c_in * s_in],
@@ -618,7 +631,7 @@ fn unfold_whole_batch(g: &Geometry, x: &[f32], col: &mut Vec<f32>) -> (usize, us
     let total = g.batch * per_sample;
     let k_fold = g.c_in * kd * kh;
     let s_in = g.in_volume();
-    col.resize(k_fold * total, 0.0);
+    let col = grown(col, k_fold * total);
     let col_ptr = SharedMut(col.as_mut_ptr());
     (0..g.batch * g.c_in).into_par_iter().for_each(|nc| {
         let (n, c) = (nc / g.c_in, nc % g.c_in);
@@ -657,7 +670,7 @@ unsafe fn forward_whole_batch_folded(
     let s_out = g.out_volume();
     with_scratch(|col, tmp| {
         let (wp, total, k_fold) = unfold_whole_batch(g, x, col);
-        tmp.resize(g.c_out * total, 0.0);
+        let tmp = grown(tmp, g.c_out * total);
         let n_cols = total - dw * (kw - 1);
         let tmp_ptr = SharedMut(tmp.as_mut_ptr());
         let col: &[f32] = col;
@@ -732,7 +745,7 @@ fn backward_filter_whole_batch_folded(g: &Geometry, x: &[f32], dy: &[f32]) -> Ve
     let mut dw_t = vec![0f32; g.c_out * g.k_len()];
     with_scratch(|col, dy_pad| {
         let (wp, total, k_fold) = unfold_whole_batch(g, x, col);
-        dy_pad.resize(g.c_out * total, 0.0);
+        let dy_pad = grown(dy_pad, g.c_out * total);
         let rows = od * oh;
         dy_pad
             .par_chunks_mut(total)
@@ -801,7 +814,7 @@ fn backward_filter_tile_folded(
     let dw = g.dilation[2];
     let s_out = g.out_volume();
     let (wp, row_len, k_fold) = unfold_padded_rows(g, x_n, r0, r1, col);
-    dy_pad.resize(g.c_out * row_len, 0.0);
+    let dy_pad = grown(dy_pad, g.c_out * row_len);
     for (o, pad_row) in dy_pad.chunks_exact_mut(row_len).enumerate() {
         let src = &dy_n[o * s_out + r0 * ow_n..][..(r1 - r0) * ow_n];
         rows_onto_padded_grid(src, ow_n, pad_row, wp);
@@ -934,7 +947,7 @@ fn backward_data_col2im(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
         || (),
         |_, &(n, id)| {
             with_scratch(|dcol, _| {
-                dcol.resize(m2 * plane_out, 0.0);
+                let dcol = grown(dcol, m2 * plane_out);
                 let mut first = true;
                 for a in 0..kd {
                     let t = id as isize + pd - (a * dd) as isize;

@@ -22,7 +22,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::cpu_gemm::{
-    for_each_channel_range, transpose_filter_grad, valid_range, with_scratch3, SharedMut,
+    for_each_channel_range, grown, transpose_filter_grad, valid_range, with_scratch3, SharedMut,
 };
 use crate::geometry::Geometry;
 
@@ -65,7 +65,7 @@ fn unfold(g: &Geometry, x: &[f32], col: &mut Vec<f32>) -> usize {
     let plane = oh_n * ow_n;
     let per_sample = d * plane;
     let total = g.batch * per_sample;
-    col.resize(g.c_in * kh * kw * total, 0.0);
+    let col = grown(col, g.c_in * kh * kw * total);
     let col_ptr = SharedMut(col.as_mut_ptr());
     let s_in = g.in_volume();
     (0..g.batch * g.c_in).into_par_iter().for_each(|nc| {
@@ -129,7 +129,7 @@ fn weights_by_depth_tap(g: &Geometry, weight: Weight, wr: &mut Vec<f32>) {
     let [kd, kh, kw] = g.kernel;
     let (hw, taps) = (kh * kw, kd * kh * kw);
     let k2 = g.c_in * hw;
-    wr.resize(kd * g.c_out * k2, 0.0);
+    let wr = grown(wr, kd * g.c_out * k2);
     let wr_ptr = SharedMut(wr.as_mut_ptr());
     // one task per output channel o: it reads its own weights in order and writes rows wr[a][o]
     (0..g.c_out).into_par_iter().for_each(|o| {

@@ -34,7 +34,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::cpu_gemm::{with_scratch3, SharedMut};
+use super::cpu_gemm::{grown, with_scratch3, SharedMut};
 use crate::geometry::Geometry;
 
 /// Tiles along W times rows along H per chunk aim at this many tile-channel values (per
@@ -287,7 +287,7 @@ fn transform_input(
     let hi = (wd as isize + pw).clamp(lo as isize, lw as isize) as usize;
     let first = (lo as isize - pw) as usize;
     let d_len = ci * 4 * hl_n * lw;
-    slab.resize(d_len + 16 * lw + wd, 0.0);
+    let slab = grown(slab, d_len + 16 * lw + wd);
     let (d_t, rest) = slab.split_at_mut(d_len);
     let (h_t, zeros) = rest.split_at_mut(16 * lw);
     zeros.fill(0.0);
@@ -328,7 +328,7 @@ fn transform_input(
             );
         }
     }
-    v.resize(64 * ci * t_len, 0.0);
+    let v = grown(v, 64 * ci * t_len);
     for c in 0..ci {
         for r in 0..rows {
             // h_t[(i, j)] = B^T along H of the D-transformed rows (i, 2 r + 0..4)
@@ -352,7 +352,7 @@ fn transform_input(
 /// the forward's `M[xi] = U[xi] V[xi]` as `M^T [T, C_out] = V^T [T, C_in] U^T [C_in, C_out]`.
 fn gemm_forward(g: &Geometry, u: &[f32], v: &[f32], m: &mut Vec<f32>, t_len: usize) {
     let (co, ci) = (g.c_out, g.c_in);
-    m.resize(64 * co * t_len, 0.0);
+    let m = grown(m, 64 * co * t_len);
     for xi in 0..64 {
         // SAFETY: dst = M[xi] as [T, C_out] (row stride 1, column stride T), lhs = V[xi]^T
         // [T, C_in] (column stride T), rhs = U[xi]^T [C_in, C_out] (column stride C_in); all lie
@@ -413,8 +413,7 @@ unsafe fn transform_output(
     let co = g.c_out;
     let s_out = g.out_volume();
     // along D: a_d [2 (ii), 16 (j, k), T]; along H: a_h [2 (ii), 2 (jj), 4 (k), T]
-    scratch.resize(48 * t_len, 0.0);
-    let (a_d, a_h) = scratch.split_at_mut(32 * t_len);
+    let (a_d, a_h) = grown(scratch, 48 * t_len).split_at_mut(32 * t_len);
     for o in 0..co {
         let b = bias.map_or(0.0, |b| b[o]);
         let mv = |xi: usize| &m[(xi * co + o) * t_len..][..t_len];
@@ -843,10 +842,10 @@ fn transform_output_grad(
     let t_len = rows * tw_n;
     let co = g.c_out;
     let s_out = g.out_volume();
-    mdy.resize(64 * co * t_len, 0.0);
+    let mdy = grown(mdy, 64 * co * t_len);
     // along W: z_w [2 (ii), 2 (jj), 4 (k), T]; along H: z_h [2 (ii), 4 (j), 4 (k), T]; and an
     // output row padded to the tiles' 2 TW columns (when OW is odd)
-    scratch.resize(16 * t_len + 32 * t_len + 2 * tw_n, 0.0);
+    let scratch = grown(scratch, 16 * t_len + 32 * t_len + 2 * tw_n);
     let (z_w, rest) = scratch.split_at_mut(16 * t_len);
     let (z_h, padded) = rest.split_at_mut(32 * t_len);
     padded.fill(0.0);
