@@ -24,8 +24,10 @@
 //!
 //! Work is cut into chunks of tiles (one sample, one row of tiles along D, a few rows along H, every
 //! tile along W), sized so that a chunk's transformed input and output stay in the L2 cache, and
-//! run in parallel with rayon. Each stage keeps the tiles along W innermost, so the transforms are
-//! element-wise loops over contiguous memory.
+//! run in parallel with rayon. Each stage keeps W innermost, so the transforms are element-wise loops
+//! over contiguous memory: the input transform's D and H passes run over whole input rows, and its W
+//! pass (like the output gradient's), whose tiles read every other column, deinterleaves with SIMD
+//! shuffles on x86-64.
 //!
 //! Rounding: the transforms add and subtract up to 16 input values (and the weight transform
 //! halves), so results differ from the direct (im2col) kernels by a few f32 ulps of the largest
