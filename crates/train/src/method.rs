@@ -1150,12 +1150,13 @@ mod tests {
         assert!(!plain.terms.contains_key("review"));
 
         let [(la, _), (lb, _)] = forward_students(&nets, &batch)?;
-        let probs = |l: &Tensor| -> Result<Vec<f32>> {
+        // logits with the class axis last: voxel v's classes at 3 v .. 3 v + 3
+        let channels_last = |l: &Tensor| -> Result<Vec<f32>> {
             Ok(l.permute((0, 2, 3, 4, 1))?
                 .flatten_all()?
                 .to_vec1::<f32>()?)
         };
-        let (za, zb) = (probs(&la)?, probs(&lb)?);
+        let (za, zb) = (channels_last(&la)?, channels_last(&lb)?);
         let y = labels.flatten_all()?.to_vec1::<u32>()?;
         let softmax = |z: &[f32]| -> Vec<f64> {
             let mx = z.iter().cloned().fold(f32::MIN, f32::max);

@@ -686,9 +686,9 @@ fn output_grad_transform_w(row: &[f32], [o0, o1, o2, o3]: [&mut [f32]; 4]) {
     }
 }
 
-/// The W passes' stride-2 reads, deinterleaved with shuffles: 8 tiles per step with AVX2 (where the
-/// CPU has it), then 4 with SSE (always there on x86-64). Each function returns how many tiles it
-/// wrote; the caller's scalar loop does the rest.
+/// The W passes' stride-2 reads, deinterleaved with shuffles: 8 tiles per step with AVX2 where the
+/// chunk kernels run their AVX2 builds ([`has_avx2`]), then 4 with SSE (always there on x86-64). Each
+/// function returns how many tiles it wrote; the caller's scalar loop does the rest.
 #[cfg(target_arch = "x86_64")]
 mod simd_w {
     use std::arch::x86_64::*;
@@ -725,17 +725,12 @@ mod simd_w {
         )
     }
 
-    fn avx2() -> bool {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
-    }
-
     /// [`super::input_transform_w`]'s tiles in blocks: `row` is `2 n + 2` long, each output `n`.
     pub(super) fn input(row: &[f32], mut out: [&mut [f32]; 4]) -> usize {
         let n = out[0].len();
         assert!(row.len() >= 2 * n + 2 && out.iter().all(|o| o.len() == n));
         let mut t = 0;
-        if avx2() {
+        if super::has_avx2() {
             // SAFETY: the CPU has AVX2; the lengths are checked above.
             t = unsafe { input_avx2(&row[..2 * n + 2], out.each_mut().map(|o| o.as_mut_ptr())) };
         }
@@ -786,7 +781,7 @@ mod simd_w {
         let n = out[0].len();
         assert!(row.len() >= 2 * n && out.iter().all(|o| o.len() == n));
         let mut t = 0;
-        if avx2() {
+        if super::has_avx2() {
             // SAFETY: the CPU has AVX2; the lengths are checked above.
             t = unsafe { output_grad_avx2(&row[..2 * n], out.each_mut().map(|o| o.as_mut_ptr())) };
         }
